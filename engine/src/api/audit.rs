@@ -1,0 +1,78 @@
+//! `/api/v1/audit`: who changed what, newest first. Admin only.
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use jobdock_types::{AuditEntry, Page};
+use serde::Deserialize;
+
+use super::auth::{Admin, Caller};
+use super::error::ApiError;
+use super::query::ApiQuery;
+use super::AppState;
+use crate::store::AuditFilter;
+
+/// The routes of this module.
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/api/v1/audit", get(list))
+}
+
+/// Query of the audit log.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Items per page, 1 to 500 (default 50).
+    limit: Option<i64>,
+    /// Only this action, e.g. `job.create`.
+    action: Option<String>,
+    /// Only this target, e.g. a job's name.
+    target: Option<String>,
+}
+
+/// A page of audit entries (for the OpenAPI document).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct AuditPage {
+    items: Vec<AuditEntry>,
+    next_cursor: Option<String>,
+}
+
+/// The audit log, newest first.
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditQuery),
+    responses((status = 200, body = AuditPage)))]
+pub async fn list(
+    _caller: Caller<Admin>,
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<AuditQuery>,
+) -> Result<Json<Page<AuditEntry>>, ApiError> {
+    let limit = super::query::PageQuery {
+        cursor: None,
+        limit: q.limit,
+    }
+    .limit()?;
+    let before_id = match &q.cursor {
+        Some(c) => Some(
+            c.parse::<i64>()
+                .map_err(|_| ApiError::invalid("cursor", "is not a cursor of this list"))?,
+        ),
+        None => None,
+    };
+    let filter = AuditFilter {
+        before_id,
+        action: q.action.as_deref(),
+        target: q.target.as_deref(),
+    };
+    let mut items = s.ctx.store.audit(filter, limit as i64 + 1).await?;
+    let more = items.len() > limit;
+    items.truncate(limit);
+    Ok(Json(Page {
+        next_cursor: if more {
+            items.last().map(|e| e.id.to_string())
+        } else {
+            None
+        },
+        items,
+    }))
+}

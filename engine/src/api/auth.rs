@@ -1,0 +1,135 @@
+//! Authentication and authorisation of API calls, as extractors that run before the body is
+//! read: a call that is not allowed gets 401 or 403 whatever its body.
+
+use std::marker::PhantomData;
+
+use axum::extract::{FromRequestParts, RawPathParams};
+use axum::http::request::Parts;
+use jobdock_types::Scope;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::auth::{hash_token, hashes_match, Principal};
+use crate::service::Actor;
+
+/// The scope an endpoint needs, as a type.
+pub trait NeedScope: Send + Sync + 'static {
+    /// The scope.
+    const SCOPE: Scope;
+}
+
+macro_rules! scope_marker {
+    ($($name:ident => $scope:expr),* $(,)?) => {$(
+        #[doc = concat!("Needs the `", stringify!($name), "` scope or more.")]
+        #[derive(Debug)]
+        pub struct $name;
+        impl NeedScope for $name {
+            const SCOPE: Scope = $scope;
+        }
+    )*};
+}
+
+scope_marker!(Read => Scope::Read, Trigger => Scope::Trigger, Operator => Scope::Operator, Admin => Scope::Admin);
+
+/// An authenticated caller whose token has at least scope `S`, and who may reach the job
+/// named in the path (if the path names one).
+#[derive(Debug)]
+pub struct Caller<S: NeedScope> {
+    /// Who calls.
+    pub principal: Principal,
+    /// For the audit log.
+    pub actor: Actor,
+    _scope: PhantomData<S>,
+}
+
+impl<S: NeedScope> Caller<S> {
+    /// Refuses unless the caller's token reaches job `name`.
+    pub fn check_job(&self, name: &str) -> Result<(), ApiError> {
+        if self.principal.may_reach_job(name) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "this token is restricted to other jobs and cannot reach job `{name}`"
+            )))
+        }
+    }
+}
+
+impl<S: NeedScope> FromRequestParts<AppState> for Caller<S> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let principal = authenticate(parts, state).await?;
+        if !principal.has_scope(S::SCOPE) {
+            return Err(ApiError::Forbidden(format!(
+                "this endpoint needs a token with scope `{}` or higher; this one has `{}`",
+                S::SCOPE.as_str(),
+                principal.scope.as_str()
+            )));
+        }
+        let actor = Actor {
+            token_id: Some(principal.token_id.clone()),
+            token_name: Some(principal.token_name.clone()),
+            request_id: parts
+                .headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        };
+        let caller = Self {
+            principal,
+            actor,
+            _scope: PhantomData,
+        };
+        if let Ok(params) = RawPathParams::from_request_parts(parts, state).await {
+            if let Some((_, name)) = params.iter().find(|(k, _)| *k == "name") {
+                caller.check_job(name)?;
+            }
+        }
+        Ok(caller)
+    }
+}
+
+async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
+    if let Some(p) = parts.extensions.get::<Principal>() {
+        return Ok(p.clone());
+    }
+    let header =
+        parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or(ApiError::Unauthorized(
+                "this endpoint needs `Authorization: Bearer <token>`",
+            ))?;
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or(ApiError::Unauthorized(
+            "the Authorization header must be `Bearer <token>`",
+        ))?;
+    let hash = hash_token(token);
+    let row = state
+        .ctx
+        .store
+        .token_by_hash(&hash)
+        .await?
+        .filter(|row| hashes_match(&row.token_hash, &hash))
+        .ok_or(ApiError::Unauthorized("the token is unknown or revoked"))?;
+    let principal = Principal::from_row(&row).ok_or_else(|| {
+        ApiError::Internal(anyhow::anyhow!("token {} has a corrupt scope", row.id))
+    })?;
+    let store = state.ctx.store.clone();
+    let id = row.id.clone();
+    tokio::spawn(async move {
+        if let Err(e) = store.token_used(&id).await {
+            tracing::debug!(error = %e, "could not record token use");
+        }
+    });
+    Ok(principal)
+}

@@ -1,0 +1,114 @@
+//! JSON bodies whose errors name the field: `resources.memory_mb: invalid type: string "x",
+//! expected i64` rather than a bare parse error.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::header;
+use jobdock_types::FieldError;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+
+/// A JSON body, deserialised with the path of any bad field.
+#[derive(Debug, Clone)]
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let json_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|m| {
+                let m = m.trim();
+                m == "application/json" || m.ends_with("+json")
+            });
+        if json_type != Some(true) {
+            return Err(ApiError::UnsupportedMediaType(
+                "the body must be JSON, sent with `Content-Type: application/json`".into(),
+            ));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::BadRequest(format!("could not read the request body: {e}"))
+            }
+        })?;
+        from_slice(&bytes).map(ApiJson).map_err(ApiError::Invalid)
+    }
+}
+
+/// Deserialises bytes, naming the bad field on error.
+pub fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Vec<FieldError>> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| vec![field_error(e.path(), e.inner())])
+}
+
+/// Deserialises a JSON value, naming the bad field on error.
+pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, Vec<FieldError>> {
+    serde_path_to_error::deserialize(value).map_err(|e| vec![field_error(e.path(), e.inner())])
+}
+
+fn field_error(path: &serde_path_to_error::Path, err: &impl std::fmt::Display) -> FieldError {
+    let mut field = path.to_string();
+    if field == "." {
+        field.clear();
+    }
+    let message = err.to_string();
+    // serde reports a missing or unknown field at its parent; name the field itself.
+    for prefix in ["missing field `", "unknown field `"] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            if let Some(name) = rest.split('`').next() {
+                if !field.ends_with(name) {
+                    field = if field.is_empty() {
+                        name.to_string()
+                    } else {
+                        format!("{field}.{name}")
+                    };
+                }
+            }
+        }
+    }
+    let message = message
+        .split(" at line ")
+        .next()
+        .unwrap_or(&message)
+        .to_string();
+    FieldError::new(field, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jobdock_types::JobSpec;
+
+    fn err(body: &str) -> FieldError {
+        from_slice::<JobSpec>(body.as_bytes())
+            .unwrap_err()
+            .remove(0)
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = err(r#"{"name":"a","image":"b","resources":{"memory_mb":"lots"}}"#);
+        assert_eq!(e.field, "resources.memory_mb");
+        let e = err(r#"{"name":"a","image":"b","colour":"red"}"#);
+        assert_eq!(e.field, "colour");
+        assert!(e.message.contains("unknown field"), "{}", e.message);
+        let e = err(r#"{"name":"a"}"#);
+        assert_eq!(e.field, "image");
+        let e = err(r#"{"name":"a","image":"b","on_conflict":"wait"}"#);
+        assert_eq!(e.field, "on_conflict");
+        assert!(e.message.contains("queue"), "{}", e.message);
+    }
+
+    #[test]
+    fn broken_json_is_an_error_not_a_panic() {
+        let e = err(r#"{"name":"#);
+        assert!(!e.message.is_empty());
+    }
+}

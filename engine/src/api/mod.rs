@@ -1,0 +1,66 @@
+//! The HTTP API: thin handlers that parse, authorise, call a service function and map its
+//! error. `router(state)` builds the whole app, testable without a socket.
+
+mod audit;
+pub mod auth;
+pub mod error;
+mod health;
+mod jobs;
+pub mod json;
+pub mod openapi;
+mod query;
+mod tokens;
+
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::HeaderName;
+use axum::Router;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::service::Ctx;
+
+/// What every handler gets.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The service layer's context.
+    pub ctx: Ctx,
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The whole application.
+pub fn router(state: AppState) -> Router {
+    let layers = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let path = req
+                .extensions()
+                .get::<MatchedPath>()
+                .map(MatchedPath::as_str)
+                .unwrap_or("-");
+            let id = req
+                .headers()
+                .get(REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            tracing::info_span!("request", method = %req.method(), path, request_id = id)
+        }))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(axum::middleware::from_fn(error::finish))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_secs(120),
+        ));
+    Router::new()
+        .merge(health::routes())
+        .merge(jobs::routes())
+        .merge(tokens::routes())
+        .merge(audit::routes())
+        .merge(openapi::routes())
+        .layer(DefaultBodyLimit::max(4 * 1024 * 1024))
+        .layer(layers)
+        .with_state(state)
+}

@@ -1,0 +1,100 @@
+//! The `jobdock` command line: `serve` and the offline `keys` commands run the engine; every
+//! other command is a client of a running engine's API (`JOBDOCK_URL`, `JOBDOCK_TOKEN`).
+
+mod client;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{ServeArgs, Settings, StoreArgs, StoreSettings};
+
+/// Jobdock: run containerised data syncs on demand, safely.
+#[derive(Debug, Parser)]
+#[command(name = "jobdock", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the service.
+    Serve(Box<ServeArgs>),
+    /// Manage the master keys that seal secrets (works on the database directly).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Register, list, show and delete jobs.
+    Jobs(client::ClientArgs<client::JobsCommand>),
+    /// Set and remove job secrets.
+    Secrets(client::ClientArgs<client::SecretsCommand>),
+    /// Create, list and revoke API tokens.
+    Tokens(client::ClientArgs<client::TokensCommand>),
+    /// Show the audit log.
+    Audit(client::ClientArgs<client::AuditCommand>),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Print a fresh random master key (base64 of 32 bytes).
+    Generate,
+    /// Re-seal every secret under the first key of the configured ring.
+    ///
+    /// Put the new key first and the old ones after it (`JOBDOCK_MASTER_KEY=new,old`), run
+    /// this once, then drop the old keys from every replica's configuration.
+    Rotate(StoreArgs),
+}
+
+/// Runs the command line and returns the process's exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli.command));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve(args) => {
+            let settings = Settings::from_args(&args)?;
+            crate::telemetry::init(settings.log_format, &settings.log);
+            crate::startup::serve(settings).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys(KeysCommand::Generate) => {
+            println!("{}", crate::crypto::KeyRing::generate_key()?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys(KeysCommand::Rotate(args)) => {
+            let settings = StoreSettings::from_args(&args)?;
+            let store = crate::startup::open_store(&settings).await?;
+            let (ring, _) = crate::service::keys::load(&store, &settings.master_key, false).await?;
+            let n = crate::service::keys::rotate(&store, &ring).await?;
+            println!(
+                "re-sealed {n} secret value(s) under master key {}",
+                ring.primary_id()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Jobs(a) => client::jobs(a).await,
+        Command::Secrets(a) => client::secrets(a).await,
+        Command::Tokens(a) => client::tokens(a).await,
+        Command::Audit(a) => client::audit(a).await,
+    }
+}

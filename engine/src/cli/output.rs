@@ -1,0 +1,67 @@
+//! Printing answers: a readable table by default, JSON with `--output json`.
+
+use clap::ValueEnum;
+use serde::Serialize;
+
+/// Output format of client commands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Aligned columns for people.
+    #[default]
+    Table,
+    /// The API's JSON, for scripts.
+    Json,
+}
+
+/// Prints `value` as JSON, or as a table of `headers` and `rows`.
+pub fn print<T: Serialize>(format: Format, value: &T, headers: &[&str], rows: Vec<Vec<String>>) {
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(value).expect("API values serialise")
+        ),
+        Format::Table => print!("{}", table(headers, &rows)),
+    }
+}
+
+/// Aligns columns with spaces. A table crate would add colours and borders we do not want in
+/// output that people also pipe into grep; this is the whole of what is needed.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(headers.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn columns_line_up() {
+        let t = super::table(
+            &["NAME", "IMAGE"],
+            &[
+                vec!["a".into(), "x:1".into()],
+                vec!["long-name".into(), "y".into()],
+            ],
+        );
+        assert_eq!(t, "NAME       IMAGE\na          x:1\nlong-name  y\n");
+    }
+}

@@ -1,0 +1,378 @@
+//! The engine's settings: parsed once at start from flags, `JOBDOCK_*` variables and an
+//! optional `jobdock.toml`, validated, and passed down as one typed struct.
+//!
+//! Precedence: a flag or variable wins over the file, the file over the default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// Where the engine keeps its state; shared by `serve` and the offline `keys` commands.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Settings file (TOML). Default: `jobdock.toml` in the data directory, when present.
+    #[arg(long, env = "JOBDOCK_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Directory of the embedded database and the generated master key; created if missing,
+    /// and may hold other files. [file: data_dir] [default: ./jobdock-data]
+    #[arg(long, env = "JOBDOCK_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// PostgreSQL URL (`postgres://user:pass@host/db`) to use instead of the embedded SQLite
+    /// database; needed to run several replicas. [file: database_url]
+    #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Master keys sealing secrets: base64 of 32 bytes each, newest first, comma-separated
+    /// (the newest seals, all open). Default: `<data-dir>/master.key`, created on first start
+    /// with the embedded database. [file: master_key]
+    #[arg(
+        long,
+        env = "JOBDOCK_MASTER_KEY",
+        value_name = "KEYS",
+        hide_env_values = true
+    )]
+    pub master_key: Option<String>,
+
+    /// File holding the master keys, one per line, newest first. [file: master_key_file]
+    #[arg(long, env = "JOBDOCK_MASTER_KEY_FILE", value_name = "FILE")]
+    pub master_key_file: Option<PathBuf>,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags of `jobdock serve`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = SERVE_AFTER_HELP)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    /// Address to listen on, host:port. [file: listen] [default: 127.0.0.1:8080]
+    #[arg(long, env = "JOBDOCK_LISTEN", value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+
+    /// TLS certificate chain (PEM); with --tls-key the service speaks HTTPS itself.
+    /// [file: tls_cert]
+    #[arg(
+        long,
+        env = "JOBDOCK_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM). [file: tls_key]
+    #[arg(
+        long,
+        env = "JOBDOCK_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// Log format. [file: log_format] [default: text]
+    #[arg(long, env = "JOBDOCK_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// Which log lines to show, as a tracing filter. [file: log] [default: info]
+    #[arg(long, env = "JOBDOCK_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+
+    /// Backend of jobs that name none: docker, swarm, kubernetes or nomad.
+    /// [file: default_backend] [default: docker]
+    #[arg(long, env = "JOBDOCK_DEFAULT_BACKEND", value_name = "NAME")]
+    pub default_backend: Option<String>,
+
+    /// The first admin token, used verbatim when no token exists yet (stored as a hash).
+    /// Without it, `serve` creates one and prints it once.
+    #[arg(
+        long,
+        env = "JOBDOCK_ADMIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub admin_token: Option<String>,
+}
+
+const SERVE_AFTER_HELP: &str = "\
+Every flag can also be given as its environment variable, or as the key shown in [file: …] in a
+TOML settings file (`--config`, or `jobdock.toml` in the data directory). Flags and variables win
+over the file.";
+
+/// The `jobdock.toml` file: every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    master_key: Option<String>,
+    master_key_file: Option<PathBuf>,
+    listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    log_format: Option<LogFormat>,
+    log: Option<String>,
+    default_backend: Option<String>,
+}
+
+/// A setting that is wrong, in words.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Where the secrets' master keys come from.
+#[derive(Debug, Clone)]
+pub enum MasterKeySource {
+    /// Given directly (flag, variable or file setting).
+    Inline(SecretString),
+    /// A file the operator manages.
+    File(PathBuf),
+    /// `<data-dir>/master.key`, created on first start.
+    DataDirFile(PathBuf),
+}
+
+/// The database to use.
+#[derive(Debug, Clone)]
+pub enum Database {
+    /// Embedded SQLite at this path.
+    Sqlite(PathBuf),
+    /// PostgreSQL at this URL.
+    Postgres(SecretString),
+}
+
+/// Resolved store settings.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The database.
+    pub database: Database,
+    /// The master keys.
+    pub master_key: MasterKeySource,
+}
+
+/// Resolved settings of `serve`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Store settings.
+    pub store: StoreSettings,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// TLS certificate and key, when the service terminates TLS itself.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter.
+    pub log: String,
+    /// Default backend of jobs.
+    pub default_backend: jobdock_types::BackendName,
+    /// Bootstrap admin token.
+    pub admin_token: Option<SecretString>,
+}
+
+fn read_file(args: &StoreArgs) -> Result<FileSettings, ConfigError> {
+    let (path, explicit) = match &args.config {
+        Some(p) => (p.clone(), true),
+        None => (
+            args.data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("./jobdock-data"))
+                .join("jobdock.toml"),
+            false,
+        ),
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(FileSettings::default())
+        }
+        Err(e) => return Err(ConfigError(format!("cannot read {}: {e}", path.display()))),
+    };
+    toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+}
+
+/// An empty variable (`JOBDOCK_MASTER_KEY=`) means "not set", as it does for most tools.
+fn non_empty(v: &Option<String>) -> Option<String> {
+    v.clone().filter(|s| !s.trim().is_empty())
+}
+
+fn resolve_store(args: &StoreArgs, file: &FileSettings) -> Result<StoreSettings, ConfigError> {
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or_else(|| file.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("./jobdock-data"));
+    let database = match non_empty(&args.database_url).or_else(|| file.database_url.clone()) {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Database::Postgres(SecretString::from(url))
+        }
+        Some(url) if url.starts_with("sqlite:") => Database::Sqlite(PathBuf::from(
+            url.trim_start_matches("sqlite:").trim_start_matches("//"),
+        )),
+        Some(_) => {
+            return Err(ConfigError(
+                "database_url / DATABASE_URL must start with postgres:// (or sqlite:)".into(),
+            ))
+        }
+        None => Database::Sqlite(data_dir.join("jobdock.db")),
+    };
+    let master_key =
+        if let Some(k) = non_empty(&args.master_key).or_else(|| file.master_key.clone()) {
+            MasterKeySource::Inline(SecretString::from(k))
+        } else if let Some(p) = args
+            .master_key_file
+            .clone()
+            .or_else(|| file.master_key_file.clone())
+        {
+            MasterKeySource::File(p)
+        } else {
+            MasterKeySource::DataDirFile(data_dir.join("master.key"))
+        };
+    Ok(StoreSettings {
+        data_dir,
+        database,
+        master_key,
+    })
+}
+
+impl StoreSettings {
+    /// Resolves the store settings alone (for the offline `keys` commands).
+    pub fn from_args(args: &StoreArgs) -> Result<Self, ConfigError> {
+        resolve_store(args, &read_file(args)?)
+    }
+}
+
+impl Settings {
+    /// Resolves and validates every setting of `serve`.
+    pub fn from_args(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let file = read_file(&args.store)?;
+        let store = resolve_store(&args.store, &file)?;
+        let listen = args
+            .listen
+            .clone()
+            .or_else(|| file.listen.clone())
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen = parse_listen(&listen)?;
+        let tls = match (
+            args.tls_cert.clone().or_else(|| file.tls_cert.clone()),
+            args.tls_key.clone().or_else(|| file.tls_key.clone()),
+        ) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError(
+                    "tls_cert and tls_key must be given together".into(),
+                ))
+            }
+        };
+        let backend = args
+            .default_backend
+            .clone()
+            .or_else(|| file.default_backend.clone())
+            .unwrap_or_else(|| "docker".into());
+        let default_backend = serde_json::from_value(serde_json::Value::String(backend.clone()))
+            .map_err(|_| {
+                ConfigError(format!(
+                    "default_backend `{backend}` is not one of docker, swarm, kubernetes, nomad"
+                ))
+            })?;
+        Ok(Self {
+            store,
+            listen,
+            tls,
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            log: args
+                .log
+                .clone()
+                .or_else(|| file.log.clone())
+                .unwrap_or_else(|| "info".into()),
+            default_backend,
+            admin_token: non_empty(&args.admin_token).map(SecretString::from),
+        })
+    }
+}
+
+fn parse_listen(s: &str) -> Result<SocketAddr, ConfigError> {
+    use std::net::ToSocketAddrs;
+    s.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| ConfigError(format!("listen address `{s}` is not host:port")))
+}
+
+/// Creates the data directory if needed.
+pub fn ensure_dir(dir: &Path) -> Result<(), ConfigError> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        ConfigError(format!(
+            "cannot create data directory {}: {e}",
+            dir.display()
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> ServeArgs {
+        T::try_parse_from(std::iter::once("t").chain(args.iter().copied()))
+            .unwrap()
+            .serve
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("jobdock.toml"),
+            "listen = \"127.0.0.1:9999\"\nlog_format = \"json\"\n",
+        )
+        .unwrap();
+        let d = dir.path().to_str().unwrap();
+        let s = Settings::from_args(&parse(&["--data-dir", d])).unwrap();
+        assert_eq!(s.listen.port(), 9999);
+        assert_eq!(s.log_format, LogFormat::Json);
+        let s =
+            Settings::from_args(&parse(&["--data-dir", d, "--listen", "127.0.0.1:7000"])).unwrap();
+        assert_eq!(s.listen.port(), 7000);
+        assert!(matches!(s.store.database, Database::Sqlite(ref p) if p.ends_with("jobdock.db")));
+    }
+
+    #[test]
+    fn unknown_file_keys_and_bad_values_are_refused_with_their_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("x.toml");
+        std::fs::write(&f, "lisen = \"x\"\n").unwrap();
+        let err = Settings::from_args(&parse(&["--config", f.to_str().unwrap()])).unwrap_err();
+        assert!(err.0.contains("lisen"), "{err}");
+        let err = Settings::from_args(&parse(&[
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            "nowhere",
+        ]))
+        .unwrap_err();
+        assert!(err.0.contains("nowhere"), "{err}");
+    }
+}

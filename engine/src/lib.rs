@@ -1,0 +1,13 @@
+//! Jobdock's engine: the HTTP API, the store, and (in later modules) dispatch and supervision
+//! of runs. `main.rs` is a thin shell around [`cli::run`].
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod schedule;
+pub mod service;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,306 @@
+//! Validation of job definitions: every bad field is reported, each with a message a person
+//! understands, before anything is stored.
+
+use std::collections::BTreeSet;
+
+use jobdock_types::{BackendName, FieldError, JobSpec};
+
+/// Limits of what a job definition may hold.
+const MAX_NAME: usize = 63;
+const MAX_IMAGE: usize = 512;
+const MAX_VALUE: usize = 32 * 1024;
+const MAX_DESCRIPTION: usize = 4096;
+
+/// Checks a job name: a DNS label (so that it is a valid name on every backend).
+pub fn job_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME {
+        return Err(format!("must be 1 to {MAX_NAME} characters"));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Err("may contain only lowercase letters a-z, digits and `-`".into());
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return Err("must start and end with a letter or digit".into());
+    }
+    Ok(())
+}
+
+/// Checks an environment variable or secret name.
+pub fn var_name(key: &str) -> Result<(), String> {
+    let mut chars = key.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') || key.len() > 255 {
+        return Err(
+            "must be a variable name: letters, digits and `_`, not starting with a digit".into(),
+        );
+    }
+    if key.to_ascii_uppercase().starts_with("JOBDOCK_") {
+        return Err("names starting with JOBDOCK_ are reserved for the engine".into());
+    }
+    Ok(())
+}
+
+fn lock_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > MAX_NAME {
+        return Err(format!("must be 1 to {MAX_NAME} characters"));
+    }
+    if !key
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
+    {
+        return Err("may contain only lowercase letters, digits, `-`, `_` and `.`".into());
+    }
+    Ok(())
+}
+
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn check(&mut self, field: impl Into<String>, result: Result<(), String>) {
+        if let Err(m) = result {
+            self.0.push(FieldError::new(field, m));
+        }
+    }
+    fn range(&mut self, field: &str, value: Option<i64>, min: i64, max: i64) {
+        if let Some(v) = value {
+            if v < min || v > max {
+                self.0.push(FieldError::new(
+                    field,
+                    format!("must be between {min} and {max}"),
+                ));
+            }
+        }
+    }
+}
+
+fn no_nul(s: &str, max: usize) -> Result<(), String> {
+    if s.contains('\0') {
+        return Err("must not contain a NUL character".into());
+    }
+    if s.len() > max {
+        return Err(format!("must be at most {max} bytes"));
+    }
+    Ok(())
+}
+
+/// Checks a whole job definition against the backends the engine has.
+pub fn job_spec(spec: &JobSpec, backends: &[BackendName]) -> Result<(), Vec<FieldError>> {
+    let mut e = Errors(Vec::new());
+    e.check("name", job_name(&spec.name));
+    e.check("image", image(&spec.image));
+    if let Some(cmd) = &spec.command {
+        if cmd.is_empty() {
+            e.check(
+                "command",
+                Err("must not be empty (leave it out to use the image's own)".into()),
+            );
+        }
+        for (i, arg) in cmd.iter().enumerate() {
+            e.check(format!("command[{i}]"), no_nul(arg, MAX_VALUE));
+        }
+    }
+    for (k, v) in &spec.env {
+        e.check(
+            format!("env.{k}"),
+            var_name(k).and_then(|_| no_nul(v, MAX_VALUE)),
+        );
+    }
+    if let Some(secrets) = &spec.secrets {
+        for (k, v) in secrets {
+            e.check(
+                format!("secrets.{k}"),
+                var_name(k).and_then(|_| no_nul(v, MAX_VALUE)),
+            );
+            if spec.env.contains_key(k) {
+                e.check(
+                    format!("env.{k}"),
+                    Err("is also a secret; a name is one or the other".into()),
+                );
+            }
+        }
+    }
+    if let Some(b) = spec.backend {
+        if !backends.contains(&b) {
+            let have: Vec<&str> = backends.iter().map(|b| b.as_str()).collect();
+            e.check(
+                "backend",
+                Err(format!(
+                    "backend `{}` is not configured on this engine (configured: {})",
+                    b.as_str(),
+                    have.join(", ")
+                )),
+            );
+        }
+    }
+    if let Some(r) = &spec.resources {
+        if let Some(c) = r.cpus {
+            if !(c > 0.0 && c <= 1024.0) {
+                e.check(
+                    "resources.cpus",
+                    Err("must be more than 0 and at most 1024".into()),
+                );
+            }
+        }
+        e.range("resources.memory_mb", r.memory_mb, 6, 4 * 1024 * 1024);
+    }
+    e.range("timeout_seconds", spec.timeout_seconds, 1, 366 * 86_400);
+    e.range("max_parallel", spec.max_parallel, 1, 10_000);
+    let mut seen = BTreeSet::new();
+    for (i, k) in spec.lock_keys.iter().enumerate() {
+        e.check(format!("lock_keys[{i}]"), lock_key(k));
+        if !seen.insert(k) {
+            e.check(
+                format!("lock_keys[{i}]"),
+                Err(format!("`{k}` is named twice")),
+            );
+        }
+    }
+    if let Some(s) = &spec.schedule {
+        e.check(
+            "schedule.cron",
+            crate::schedule::parse_cron(&s.cron).map(|_| ()),
+        );
+        e.check(
+            "schedule.timezone",
+            crate::schedule::parse_timezone(&s.timezone).map(|_| ()),
+        );
+    }
+    if let Some(r) = &spec.retries {
+        e.range("retries.max_attempts", Some(r.max_attempts), 1, 100);
+        e.range(
+            "retries.backoff_seconds",
+            Some(r.backoff_seconds),
+            0,
+            86_400,
+        );
+    }
+    e.range(
+        "expected_duration_seconds",
+        spec.expected_duration_seconds,
+        1,
+        366 * 86_400,
+    );
+    for (k, v) in &spec.labels {
+        e.check(format!("labels.{k}"), label(k, v));
+    }
+    if let Some(d) = &spec.description {
+        e.check("description", no_nul(d, MAX_DESCRIPTION));
+    }
+    if e.0.is_empty() {
+        Ok(())
+    } else {
+        Err(e.0)
+    }
+}
+
+fn image(image: &str) -> Result<(), String> {
+    if image.trim().is_empty() {
+        return Err(
+            "must name a container image, e.g. `registry.example.com/team/sync:1.0`".into(),
+        );
+    }
+    if image.len() > MAX_IMAGE || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "must be an image reference without spaces, at most {MAX_IMAGE} characters"
+        ));
+    }
+    Ok(())
+}
+
+fn label(k: &str, v: &str) -> Result<(), String> {
+    if k.is_empty()
+        || k.len() > MAX_NAME
+        || !k
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+    {
+        return Err(format!(
+            "label names are 1 to {MAX_NAME} letters, digits, `-`, `_`, `.` or `/`"
+        ));
+    }
+    no_nul(v, 256)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> JobSpec {
+        JobSpec {
+            name: "orders-sync".into(),
+            image: "busybox:1".into(),
+            ..Default::default()
+        }
+    }
+
+    fn fields(spec: &JobSpec) -> Vec<String> {
+        job_spec(spec, &[BackendName::Docker])
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| e.field)
+            .collect()
+    }
+
+    #[test]
+    fn a_minimal_job_is_valid() {
+        assert_eq!(fields(&spec()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn names_are_dns_labels() {
+        for bad in [
+            "",
+            "Orders",
+            "orders_sync",
+            "-orders",
+            "orders-",
+            &"a".repeat(64),
+        ] {
+            assert!(job_name(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["a", "customer-a-orders", "x1", &"a".repeat(63)] {
+            assert!(job_name(good).is_ok(), "{good:?} refused");
+        }
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let mut s = spec();
+        s.name = "Bad Name".into();
+        s.image = " ".into();
+        s.env.insert("JOBDOCK_RUN_ID".into(), "x".into());
+        s.env.insert("1X".into(), "x".into());
+        s.secrets = Some([("TOKEN".to_string(), "v".to_string())].into());
+        s.env.insert("TOKEN".into(), "x".into());
+        s.max_parallel = Some(0);
+        s.timeout_seconds = Some(-5);
+        s.lock_keys = vec!["a".into(), "a".into()];
+        s.backend = Some(BackendName::Nomad);
+        s.resources = Some(jobdock_types::Resources {
+            cpus: Some(0.0),
+            memory_mb: Some(1),
+        });
+        let f = fields(&s);
+        for want in [
+            "name",
+            "image",
+            "env.JOBDOCK_RUN_ID",
+            "env.1X",
+            "env.TOKEN",
+            "max_parallel",
+            "timeout_seconds",
+            "lock_keys[1]",
+            "backend",
+            "resources.cpus",
+            "resources.memory_mb",
+        ] {
+            assert!(f.contains(&want.to_string()), "{want} missing from {f:?}");
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Starting the service: open the store, load the keys, bootstrap the first token, bind the
+//! listener (plain or TLS), serve until SIGTERM/SIGINT, then shut down gracefully.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use jobdock_types::BackendName;
+use secrecy::ExposeSecret;
+
+use crate::api::{self, AppState};
+use crate::config::{self, Database, Settings, StoreSettings};
+use crate::service::keys::{self, KeyOrigin};
+use crate::service::tokens::{self, Bootstrap};
+use crate::service::Ctx;
+use crate::store::Store;
+
+/// Opens the store the settings name, creating the data directory for SQLite.
+pub async fn open_store(s: &StoreSettings) -> anyhow::Result<Store> {
+    match &s.database {
+        Database::Sqlite(path) => {
+            config::ensure_dir(&s.data_dir)?;
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                config::ensure_dir(parent)?;
+            }
+            Store::open_sqlite(path)
+                .await
+                .with_context(|| format!("cannot open the database {}", path.display()))
+        }
+        Database::Postgres(url) => Store::connect(url.expose_secret())
+            .await
+            .context("cannot connect to PostgreSQL (DATABASE_URL)"),
+    }
+}
+
+/// Builds the service's context: store, keys, bootstrap token.
+pub async fn build(settings: &Settings) -> anyhow::Result<Ctx> {
+    let store = open_store(&settings.store).await?;
+    let may_create = matches!(settings.store.database, Database::Sqlite(_));
+    let (ring, origin) = keys::load(&store, &settings.store.master_key, may_create).await?;
+    if origin == KeyOrigin::Created {
+        tracing::warn!(
+            path = %settings.store.data_dir.join("master.key").display(),
+            "created a new master key for secrets. Back it up: losing it loses every stored secret"
+        );
+    }
+    let installation = store
+        .setting_or_init("installation_id", || uuid::Uuid::new_v4().to_string())
+        .await?;
+    tracing::info!(installation, "store ready");
+    let ctx = Ctx {
+        store,
+        keys: Arc::new(ring),
+        backends: Arc::from(
+            [
+                BackendName::Docker,
+                BackendName::Swarm,
+                BackendName::Kubernetes,
+                BackendName::Nomad,
+            ]
+            .as_slice(),
+        ),
+        default_backend: settings.default_backend,
+    };
+    match tokens::bootstrap(&ctx, settings.admin_token.as_ref()).await? {
+        Bootstrap::AlreadyDone => {}
+        Bootstrap::FromConfig => {
+            tracing::info!("stored JOBDOCK_ADMIN_TOKEN as the first admin token")
+        }
+        Bootstrap::Generated(t) => {
+            // Printed once, on stdout, so that it reaches the operator but not a log collector
+            // reading stderr; it is never logged.
+            println!(
+                "Created the first admin token (shown only now; store it safely):\n\n    {t}\n"
+            );
+        }
+    }
+    Ok(ctx)
+}
+
+/// Runs `serve` until a shutdown signal.
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let ctx = build(&settings).await?;
+    let app = api::router(AppState { ctx: ctx.clone() });
+    let handle = axum_server::Handle::new();
+    tokio::spawn(shutdown_on_signal(handle.clone()));
+    let listener = std::net::TcpListener::bind(settings.listen)
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    listener.set_nonblocking(true)?;
+    let addr: SocketAddr = listener.local_addr()?;
+    let service = app.into_make_service();
+    match &settings.tls {
+        Some((cert, key)) => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot load TLS certificate {} and key {}",
+                        cert.display(),
+                        key.display()
+                    )
+                })?;
+            tracing::info!(%addr, "listening (https)");
+            axum_server::from_tcp_rustls(listener, tls)
+                .handle(handle)
+                .serve(service)
+                .await?;
+        }
+        None => {
+            tracing::info!(%addr, "listening (http)");
+            axum_server::from_tcp(listener)
+                .handle(handle)
+                .serve(service)
+                .await?;
+        }
+    }
+    ctx.store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_on_signal(handle: axum_server::Handle) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+    handle.graceful_shutdown(Some(Duration::from_secs(30)));
+}

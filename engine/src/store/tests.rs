@@ -1,0 +1,224 @@
+//! Store tests: every test runs on embedded SQLite and on PostgreSQL.
+
+use jobdock_testkit::postgres::TestDb;
+use jobdock_types::JobSpec;
+use serde_json::json;
+
+use super::*;
+
+/// A store on a fresh database; the guard keeps the PostgreSQL database (or the SQLite
+/// directory) alive for the test.
+async fn store(pg: bool) -> (Store, Box<dyn std::any::Any>) {
+    if pg {
+        let db = TestDb::create().await;
+        (Store::connect(&db.url).await.unwrap(), Box::new(db))
+    } else {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open_sqlite(&dir.path().join("t.db")).await.unwrap();
+        (s, Box::new(dir))
+    }
+}
+
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(false).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                super::$name(true).await
+            }
+        }
+    )*};
+}
+
+both!(
+    job_names_are_unique_among_live_jobs,
+    secrets_are_replaced_and_found_by_sealing_key,
+    tokens_are_found_by_hash_until_revoked,
+    audit_filters_and_pages_newest_first,
+    settings_are_created_once,
+    migrations_run_again_without_change,
+);
+
+fn spec(name: &str) -> JobSpec {
+    JobSpec {
+        name: name.into(),
+        image: "img".into(),
+        ..Default::default()
+    }
+}
+
+async fn job_names_are_unique_among_live_jobs(pg: bool) {
+    let (s, _g) = store(pg).await;
+    let mut tx = s.begin_write().await.unwrap();
+    let a = jobs::insert(&mut tx, NewJob { spec: &spec("a") })
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = s.begin_write().await.unwrap();
+    let dup = jobs::insert(&mut tx, NewJob { spec: &spec("a") }).await;
+    assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
+    drop(tx);
+    let mut tx = s.begin_write().await.unwrap();
+    jobs::soft_delete(&mut tx, &a.id).await.unwrap();
+    let b = jobs::insert(&mut tx, NewJob { spec: &spec("a") })
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_ne!(a.id, b.id);
+    assert_eq!(s.job("a").await.unwrap().id, b.id);
+    let listed = s.jobs_after(None, 10).await.unwrap();
+    assert_eq!(listed.len(), 1, "the deleted job is not listed");
+}
+
+async fn secrets_are_replaced_and_found_by_sealing_key(pg: bool) {
+    let (s, _g) = store(pg).await;
+    let mut tx = s.begin_write().await.unwrap();
+    let job = jobs::insert(&mut tx, NewJob { spec: &spec("j") })
+        .await
+        .unwrap();
+    let sealed = |key: &str, key_id: &str| SealedSecret {
+        key: key.into(),
+        key_id: key_id.into(),
+        nonce: vec![1; 12],
+        ciphertext: vec![0, 255, 7],
+    };
+    secrets::replace_all(&mut tx, &job.id, &[sealed("A", "k1"), sealed("B", "k2")])
+        .await
+        .unwrap();
+    secrets::put(&mut tx, &job.id, &sealed("A", "k2"))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(s.secret_names(&job.id).await.unwrap(), vec!["A", "B"]);
+    assert_eq!(
+        s.secrets(&job.id).await.unwrap()[0].ciphertext,
+        vec![0, 255, 7]
+    );
+    let samples = s.sealing_key_samples().await.unwrap();
+    assert_eq!(samples.len(), 1, "only k2 seals anything now");
+    assert_eq!(samples[0].1.key_id, "k2");
+    let mut tx = s.begin_write().await.unwrap();
+    assert_eq!(
+        secrets::not_sealed_with(&mut tx, "k1").await.unwrap().len(),
+        2
+    );
+    assert!(secrets::delete(&mut tx, &job.id, "A").await.unwrap());
+    assert!(!secrets::delete(&mut tx, &job.id, "A").await.unwrap());
+    jobs::soft_delete(&mut tx, &job.id).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(
+        s.secret_names(&job.id).await.unwrap().is_empty(),
+        "a deleted job's secrets go"
+    );
+}
+
+async fn tokens_are_found_by_hash_until_revoked(pg: bool) {
+    let (s, _g) = store(pg).await;
+    let mut tx = s.begin_write().await.unwrap();
+    assert!(!tokens::any_exists(&mut tx).await.unwrap());
+    let patterns = vec!["a-*".to_string()];
+    let row = tokens::insert(
+        &mut tx,
+        NewTokenRow {
+            name: "n",
+            scope: "read",
+            jobs: Some(&patterns),
+            token_hash: &[9; 32],
+        },
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let found = s.token_by_hash(&[9; 32]).await.unwrap().unwrap();
+    assert_eq!(found.jobs, Some(patterns));
+    s.token_used(&row.id).await.unwrap();
+    assert!(s
+        .token_by_hash(&[9; 32])
+        .await
+        .unwrap()
+        .unwrap()
+        .last_used_at
+        .is_some());
+    let mut tx = s.begin_write().await.unwrap();
+    assert!(tokens::revoke(&mut tx, &row.id).await.unwrap().is_some());
+    assert!(tokens::revoke(&mut tx, &row.id).await.unwrap().is_none());
+    assert!(
+        tokens::any_exists(&mut tx).await.unwrap(),
+        "revoked tokens still count for bootstrap"
+    );
+    tx.commit().await.unwrap();
+    assert!(s.token_by_hash(&[9; 32]).await.unwrap().is_none());
+    assert!(s.tokens_after(None, 10).await.unwrap().is_empty());
+}
+
+async fn audit_filters_and_pages_newest_first(pg: bool) {
+    let (s, _g) = store(pg).await;
+    let mut tx = s.begin_write().await.unwrap();
+    for (action, target) in [
+        ("job.create", "a"),
+        ("job.create", "b"),
+        ("job.delete", "a"),
+    ] {
+        let e = NewAuditEntry {
+            action,
+            target,
+            detail: json!({"x": 1}),
+            ..Default::default()
+        };
+        audit::record(&mut tx, e).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let all = s.audit(AuditFilter::default(), 10).await.unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.target.as_str()).collect::<Vec<_>>(),
+        vec!["a", "b", "a"]
+    );
+    assert_eq!(all[0].action, "job.delete");
+    assert_eq!(all[0].detail, json!({"x": 1}));
+    let older = s
+        .audit(
+            AuditFilter {
+                before_id: Some(all[0].id),
+                ..Default::default()
+            },
+            1,
+        )
+        .await
+        .unwrap();
+    assert_eq!(older[0].target, "b");
+    let only_a = s
+        .audit(
+            AuditFilter {
+                target: Some("a"),
+                action: Some("job.create"),
+                ..Default::default()
+            },
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(only_a.len(), 1);
+}
+
+async fn settings_are_created_once(pg: bool) {
+    let (s, _g) = store(pg).await;
+    let first = s
+        .setting_or_init("installation_id", || "one".into())
+        .await
+        .unwrap();
+    let second = s
+        .setting_or_init("installation_id", || "two".into())
+        .await
+        .unwrap();
+    assert_eq!((first.as_str(), second.as_str()), ("one", "one"));
+}
+
+async fn migrations_run_again_without_change(pg: bool) {
+    let (s, _g) = store(pg).await;
+    s.migrate().await.unwrap();
+    s.ping().await.unwrap();
+}

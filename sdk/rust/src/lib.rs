@@ -1,0 +1,265 @@
+//! A typed client for Jobdock's HTTP API, used by the `jobdock` CLI and the end-to-end tests.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), jobdock_client::Error> {
+//! let client = jobdock_client::Client::new("http://127.0.0.1:8080", "my-token")?;
+//! for job in client.list_jobs(None).await?.items {
+//!     println!("{}", job.name);
+//! }
+//! # Ok(()) }
+//! ```
+
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use jobdock_types as types;
+use jobdock_types::*;
+
+/// What can go wrong talking to Jobdock.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API answered with a problem (any 4xx or 5xx).
+    #[error("{0}")]
+    Api(Box<Problem>),
+    /// The service could not be reached, or the connection broke.
+    #[error("could not reach Jobdock: {0}")]
+    Transport(#[from] reqwest::Error),
+    /// The base URL is not a URL.
+    #[error("bad Jobdock URL `{0}`")]
+    BadUrl(String),
+    /// The answer was not what the API promises.
+    #[error("unexpected answer (HTTP {status}): {body}")]
+    Unexpected {
+        /// The status code.
+        status: u16,
+        /// The start of the body.
+        body: String,
+    },
+}
+
+impl Error {
+    /// The problem's HTTP status, when the API answered with one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Error::Api(p) => Some(p.status),
+            Error::Unexpected { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A Jobdock API client. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client for the service at `base_url` (e.g. `http://127.0.0.1:8080`) using a bearer token.
+    pub fn new(base_url: &str, token: &str) -> Result<Self, Error> {
+        let base = base_url.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Error::BadUrl(base_url.to_string()));
+        }
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("jobdock-client/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            base,
+            token: token.to_string(),
+            http,
+        })
+    }
+
+    /// The base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// A request to `path` (starting with `/`), authorised with the client's token.
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http
+            .request(method, format!("{}{}", self.base, path))
+            .bearer_auth(&self.token)
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, Error> {
+        let resp = req.send().await?;
+        let status = resp.status();
+        let bytes = resp.bytes().await?;
+        if status.is_success() {
+            let body = if bytes.is_empty() {
+                &b"null"[..]
+            } else {
+                &bytes[..]
+            };
+            return serde_json::from_slice(body).map_err(|_| unexpected(status, &bytes));
+        }
+        Err(match serde_json::from_slice::<Problem>(&bytes) {
+            Ok(p) => Error::Api(Box::new(p)),
+            Err(_) => unexpected(status, &bytes),
+        })
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
+        self.send(self.request(Method::GET, path)).await
+    }
+
+    async fn with_body<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &B,
+    ) -> Result<T, Error> {
+        self.send(self.request(method, path).json(body)).await
+    }
+
+    async fn delete(&self, path: &str) -> Result<(), Error> {
+        let _: serde_json::Value = self.send(self.request(Method::DELETE, path)).await?;
+        Ok(())
+    }
+
+    // ---- jobs
+
+    /// Register a job.
+    pub async fn create_job(&self, spec: &JobSpec) -> Result<Job, Error> {
+        self.with_body(Method::POST, "/api/v1/jobs", spec).await
+    }
+
+    /// One page of jobs, ordered by name.
+    pub async fn list_jobs(&self, cursor: Option<&str>) -> Result<Page<Job>, Error> {
+        self.get(&with_cursor("/api/v1/jobs", cursor)).await
+    }
+
+    /// Every job, following the pages.
+    pub async fn all_jobs(&self) -> Result<Vec<Job>, Error> {
+        let mut all = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = self.list_jobs(cursor.as_deref()).await?;
+            all.extend(page.items);
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// One job.
+    pub async fn get_job(&self, name: &str) -> Result<Job, Error> {
+        self.get(&format!("/api/v1/jobs/{}", seg(name))).await
+    }
+
+    /// Replace a job's definition (secrets are kept unless `spec.secrets` is set).
+    pub async fn replace_job(&self, spec: &JobSpec) -> Result<Job, Error> {
+        let path = format!("/api/v1/jobs/{}", seg(&spec.name));
+        self.with_body(Method::PUT, &path, spec).await
+    }
+
+    /// Change some fields of a job with a JSON merge patch (RFC 7396).
+    pub async fn patch_job(&self, name: &str, patch: &serde_json::Value) -> Result<Job, Error> {
+        let req = self
+            .request(Method::PATCH, &format!("/api/v1/jobs/{}", seg(name)))
+            .header("content-type", "application/merge-patch+json")
+            .body(patch.to_string());
+        self.send(req).await
+    }
+
+    /// Delete a job; with `force`, its active runs are cancelled first.
+    pub async fn delete_job(&self, name: &str, force: bool) -> Result<(), Error> {
+        let q = if force { "?force=true" } else { "" };
+        self.delete(&format!("/api/v1/jobs/{}{q}", seg(name))).await
+    }
+
+    /// Set one secret of a job.
+    pub async fn set_secret(&self, job: &str, key: &str, value: &str) -> Result<Job, Error> {
+        let path = format!("/api/v1/jobs/{}/secrets/{}", seg(job), seg(key));
+        let body = SecretValue {
+            value: value.to_string(),
+        };
+        self.with_body(Method::PUT, &path, &body).await
+    }
+
+    /// Remove one secret of a job.
+    pub async fn delete_secret(&self, job: &str, key: &str) -> Result<(), Error> {
+        self.delete(&format!("/api/v1/jobs/{}/secrets/{}", seg(job), seg(key)))
+            .await
+    }
+
+    // ---- tokens and audit
+
+    /// Create a token; the answer holds its value, shown only this once.
+    pub async fn create_token(&self, new: &NewToken) -> Result<CreatedToken, Error> {
+        self.with_body(Method::POST, "/api/v1/tokens", new).await
+    }
+
+    /// One page of tokens (never their values).
+    pub async fn list_tokens(&self, cursor: Option<&str>) -> Result<Page<TokenInfo>, Error> {
+        self.get(&with_cursor("/api/v1/tokens", cursor)).await
+    }
+
+    /// Revoke a token.
+    pub async fn revoke_token(&self, id: &str) -> Result<(), Error> {
+        self.delete(&format!("/api/v1/tokens/{}", seg(id))).await
+    }
+
+    /// One page of the audit log, newest first.
+    pub async fn audit(&self, cursor: Option<&str>) -> Result<Page<AuditEntry>, Error> {
+        self.get(&with_cursor("/api/v1/audit", cursor)).await
+    }
+}
+
+fn with_cursor(path: &str, cursor: Option<&str>) -> String {
+    match cursor {
+        Some(c) => format!("{path}?cursor={}", seg(c)),
+        None => path.to_string(),
+    }
+}
+
+/// Percent-encodes one path segment or query value. Job names and ids are plain ASCII, but a
+/// client must not let a stray `/` or `?` change which endpoint it calls.
+fn seg(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn unexpected(status: StatusCode, body: &[u8]) -> Error {
+    let text = String::from_utf8_lossy(body);
+    Error::Unexpected {
+        status: status.as_u16(),
+        body: text.chars().take(500).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_are_escaped() {
+        assert_eq!(seg("customer-a_1.x"), "customer-a_1.x");
+        assert_eq!(seg("a/b?c"), "a%2Fb%3Fc");
+    }
+
+    #[test]
+    fn base_url_must_be_http() {
+        assert!(matches!(
+            Client::new("localhost:8080", "t"),
+            Err(Error::BadUrl(_))
+        ));
+        assert_eq!(
+            Client::new("http://h:1/", "t").unwrap().base_url(),
+            "http://h:1"
+        );
+    }
+}

@@ -1,0 +1,203 @@
+//! Jobs: a registered container image plus how to run it.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The scheduler a job runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum BackendName {
+    /// A container on the engine's Docker daemon.
+    Docker,
+    /// A Docker Swarm service in replicated-job mode.
+    Swarm,
+    /// A Kubernetes `batch/v1` Job.
+    Kubernetes,
+    /// A Nomad batch job.
+    Nomad,
+}
+
+impl BackendName {
+    /// The name used in job definitions.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Docker => "docker",
+            Self::Swarm => "swarm",
+            Self::Kubernetes => "kubernetes",
+            Self::Nomad => "nomad",
+        }
+    }
+}
+
+/// What a trigger does when its run cannot start now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum OnConflict {
+    /// Wait, first in first out, and start as soon as possible.
+    #[default]
+    Queue,
+    /// Refuse with 409, naming the run that holds the slot.
+    Reject,
+    /// Record the run as `skipped`; it never starts.
+    Skip,
+}
+
+/// Resource limits of each run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// CPU limit in cores, e.g. `0.5`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    /// Memory limit in MiB. Without it the engine's default limit applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<i64>,
+}
+
+/// When a job runs by itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    /// A crontab(5) expression with 5 fields, or 6 with seconds in front.
+    pub cron: String,
+    /// An IANA time zone, e.g. `Europe/Amsterdam`.
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// A paused schedule fires nothing; the job can still be triggered by hand.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+fn default_timezone() -> String {
+    "UTC".into()
+}
+
+/// Retries of failed attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Retries {
+    /// Attempts in all, the first included (1 = no retry).
+    pub max_attempts: i64,
+    /// Seconds to wait before the next attempt.
+    #[serde(default = "default_backoff")]
+    pub backoff_seconds: i64,
+}
+
+fn default_backoff() -> i64 {
+    30
+}
+
+/// A job definition as sent to `POST /api/v1/jobs` and `PUT /api/v1/jobs/{name}`.
+///
+/// Every field but `name` and `image` is optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// Unique name: lowercase letters, digits and `-`, at most 63 characters.
+    pub name: String,
+    /// The container image, e.g. `registry.example.com/sync/customer-a:1.4`.
+    pub image: String,
+    /// The command to run instead of the image's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Plain configuration, passed as environment variables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Secret values, passed to the container but never shown again. On `PUT`/`PATCH`,
+    /// leaving this out keeps the stored secrets; giving it replaces the whole set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<BTreeMap<String, String>>,
+    /// Where the job runs; the engine's default backend when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<BackendName>,
+    /// Limits of each run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    /// A run is stopped and ends `timed_out` after this many seconds of running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<i64>,
+    /// At most this many runs of the job at once (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallel: Option<i64>,
+    /// Named locks shared with other jobs; a run needs all of them to start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lock_keys: Vec<String>,
+    /// What a trigger does when the run cannot start now (default `queue`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_conflict: Option<OnConflict>,
+    /// When the job runs by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
+    /// Retries of failed attempts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Retries>,
+    /// How long a run usually takes; without it the engine learns it from past runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_duration_seconds: Option<i64>,
+    /// Free-form labels for people and filters.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// What the job does, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// A registered job, as the API returns it: the definition with defaults filled in,
+/// the names (never the values) of its secrets, and its history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Job {
+    /// Unique name.
+    pub name: String,
+    /// The container image.
+    pub image: String,
+    /// The command, or `null` for the image's own.
+    pub command: Option<Vec<String>>,
+    /// Plain configuration.
+    pub env: BTreeMap<String, String>,
+    /// The names of the job's secrets, sorted.
+    pub secret_names: Vec<String>,
+    /// Where the job runs.
+    pub backend: BackendName,
+    /// Limits of each run.
+    pub resources: Resources,
+    /// Timeout of a run in seconds, if any.
+    pub timeout_seconds: Option<i64>,
+    /// At most this many runs at once.
+    pub max_parallel: i64,
+    /// Named locks shared with other jobs.
+    pub lock_keys: Vec<String>,
+    /// What a trigger does when the run cannot start now.
+    pub on_conflict: OnConflict,
+    /// When the job runs by itself.
+    pub schedule: Option<Schedule>,
+    /// Retries of failed attempts.
+    pub retries: Option<Retries>,
+    /// How long a run usually takes, if set.
+    pub expected_duration_seconds: Option<i64>,
+    /// Free-form labels.
+    pub labels: BTreeMap<String, String>,
+    /// What the job does.
+    pub description: Option<String>,
+    /// When the job was registered.
+    pub created_at: DateTime<Utc>,
+    /// When its definition or secrets last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Body of `PUT /api/v1/jobs/{name}/secrets/{key}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SecretValue {
+    /// The secret's value; it is never shown again.
+    pub value: String,
+}

@@ -1,0 +1,131 @@
+//! The `jobdock` command line as a client of a running engine.
+
+use crate::app;
+
+fn text(o: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn jobs_secrets_and_tokens_from_the_command_line() {
+    let app = app(false).await;
+    let admin = jobdock_testkit::app::ADMIN_TOKEN;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("job.yaml");
+    std::fs::write(
+        &file,
+        "name: cli-job\nimage: busybox:1\ncommand: [sh, -c, 'echo hi']\nenv:\n  SOURCE: erp\nschedule:\n  cron: '0 6 * * 1-5'\n  timezone: Europe/Amsterdam\n",
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let o = app.cli(&["jobs", "create", "-f", f], admin, None);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = app.cli(&["jobs", "list"], admin, None);
+    let (out, _) = text(&o);
+    assert!(out.starts_with("NAME"), "{out}");
+    assert!(
+        out.contains("cli-job") && out.contains("0 6 * * 1-5"),
+        "{out}"
+    );
+    let o = app.cli(&["jobs", "list", "--output", "json"], admin, None);
+    let listed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(listed[0]["env"]["SOURCE"], "erp");
+
+    // Secrets come from standard input, never from argv.
+    let o = app.cli(
+        &["secrets", "set", "cli-job", "API_KEY"],
+        admin,
+        Some("from-stdin-123\n"),
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert_eq!(
+        app.admin().get_job("cli-job").await.unwrap().secret_names,
+        vec!["API_KEY"]
+    );
+
+    // `apply` replaces an existing job.
+    std::fs::write(&file, "name: cli-job\nimage: busybox:2\n").unwrap();
+    assert!(app
+        .cli(&["jobs", "apply", "-f", f], admin, None)
+        .status
+        .success());
+    let job = app.admin().get_job("cli-job").await.unwrap();
+    assert_eq!(job.image, "busybox:2");
+    assert_eq!(
+        job.secret_names,
+        vec!["API_KEY"],
+        "apply without secrets keeps them"
+    );
+
+    // Tokens: the value is printed once and works.
+    let o = app.cli(
+        &[
+            "tokens", "create", "--scope", "read", "--name", "bi-read", "--job", "cli-*",
+        ],
+        admin,
+        None,
+    );
+    let (out, _) = text(&o);
+    let token = out.trim();
+    assert!(token.starts_with("jd_"), "{out}");
+    let o = app.cli(&["jobs", "get", "cli-job", "-o", "json"], token, None);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = app.cli(&["tokens", "list"], admin, None);
+    let (out, _) = text(&o);
+    assert!(
+        out.contains("bi-read") && out.contains("cli-*") && !out.contains(token),
+        "{out}"
+    );
+
+    // API errors are shown as the problem's title and detail, with a non-zero exit.
+    std::fs::write(&file, "name: Bad Name\nimage: x\n").unwrap();
+    let o = app.cli(&["jobs", "create", "-f", f], admin, None);
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("Unprocessable Entity") && err.contains("name:"),
+        "{err}"
+    );
+    assert!(!err.contains("{\""), "raw JSON shown: {err}");
+    let o = app.cli(&["jobs", "get", "cli-job"], "wrong-token", None);
+    let (_, err) = text(&o);
+    assert!(!o.status.success() && err.contains("Unauthorized"), "{err}");
+
+    let o = app.cli(&["jobs", "delete", "cli-job"], admin, None);
+    assert!(o.status.success());
+    let o = app.cli(&["audit", "list"], admin, None);
+    let (out, _) = text(&o);
+    assert!(
+        out.contains("job.delete") && out.contains("secret.set"),
+        "{out}"
+    );
+}
+
+#[test]
+fn serve_help_documents_every_setting() {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_jobdock"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&o.stdout);
+    for s in [
+        "--listen",
+        "JOBDOCK_LISTEN",
+        "--data-dir",
+        "JOBDOCK_DATA_DIR",
+        "DATABASE_URL",
+        "JOBDOCK_MASTER_KEY",
+        "--master-key-file",
+        "--tls-cert",
+        "--tls-key",
+        "JOBDOCK_LOG_FORMAT",
+        "JOBDOCK_ADMIN_TOKEN",
+        "--config",
+        "jobdock.toml",
+    ] {
+        assert!(help.contains(s), "{s} not in serve --help");
+    }
+}

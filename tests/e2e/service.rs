@@ -1,0 +1,199 @@
+//! The service as a whole: health, readiness, the OpenAPI document, TLS, shutdown.
+
+use crate::{app, builder};
+
+#[tokio::test]
+async fn readiness_names_every_check() {
+    let app = app(false).await;
+    let resp = reqwest::get(format!("{}/readyz", app.url())).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["database"]["status"], "ok");
+    assert!(body["backends"].is_object());
+}
+
+#[tokio::test]
+async fn readiness_fails_when_postgres_goes_away() {
+    let app = builder().postgres(true).start().await;
+    let url = format!("{}/readyz", app.url());
+    assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
+    // Terminate the engine's connections and forbid new ones to its database.
+    let db = app
+        .db()
+        .unwrap()
+        .url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let admin = jobdock_testkit::postgres::admin_url();
+    let sql = format!(
+        "ALTER DATABASE {db} WITH ALLOW_CONNECTIONS false; \
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}';"
+    );
+    let out = std::process::Command::new("psql")
+        .arg(&admin)
+        .arg("-c")
+        .arg(&sql)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let resp = reqwest::get(&url).await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["database"]["status"], "down");
+    assert_eq!(
+        reqwest::get(format!("{}/healthz", app.url()))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let restore = format!("ALTER DATABASE {db} WITH ALLOW_CONNECTIONS true;");
+    std::process::Command::new("psql")
+        .arg(&admin)
+        .arg("-c")
+        .arg(&restore)
+        .output()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_openapi_document_covers_every_endpoint() {
+    let app = app(false).await;
+    let doc: serde_json::Value = reqwest::get(format!("{}/api/v1/openapi.json", app.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, methods) in [
+        ("/api/v1/jobs", &["get", "post"][..]),
+        ("/api/v1/jobs/{name}", &["get", "put", "patch", "delete"]),
+        ("/api/v1/jobs/{name}/secrets/{key}", &["put", "delete"]),
+        ("/api/v1/tokens", &["get", "post"]),
+        ("/api/v1/tokens/{id}", &["delete"]),
+        ("/api/v1/audit", &["get"]),
+        ("/healthz", &["get"]),
+        ("/readyz", &["get"]),
+    ] {
+        let p = paths.get(path).unwrap_or_else(|| panic!("{path} missing"));
+        for m in methods {
+            assert!(p.get(*m).is_some(), "{m} {path} missing");
+        }
+    }
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    for s in [
+        "JobSpec",
+        "Job",
+        "Problem",
+        "FieldError",
+        "NewToken",
+        "CreatedToken",
+        "AuditEntry",
+    ] {
+        assert!(schemas.contains_key(s), "schema {s} missing");
+    }
+}
+
+#[tokio::test]
+async fn the_service_terminates_tls_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+    let (ca, cert, key) = (d("ca.pem"), d("cert.pem"), d("key.pem"));
+    let openssl = |args: &[&str]| {
+        let o = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    // A CA, and a server certificate for 127.0.0.1 signed by it.
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        &d("ca.key"),
+        "-out",
+        &ca,
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        &key,
+        "-out",
+        &d("req.csr"),
+    ]);
+    std::fs::write(
+        d("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &d("req.csr"),
+        "-CA",
+        &ca,
+        "-CAkey",
+        &d("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &d("ext.cnf"),
+        "-out",
+        &cert,
+    ]);
+    let app = builder()
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .start()
+        .await;
+    let https = app.url().replace("http://", "https://");
+    let pem = std::fs::read(&ca).unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .build()
+        .unwrap();
+    let resp = client.get(format!("{https}/healthz")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // Plain HTTP on the TLS port gets no answer it could mistake for the API.
+    assert!(reqwest::get(format!("{}/healthz", app.url()))
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true));
+}
+
+#[tokio::test]
+async fn sigterm_shuts_down_cleanly() {
+    let mut app = app(false).await;
+    assert!(app.terminate(), "exit status 0 after SIGTERM");
+    assert!(app.logs().contains("shutting down"));
+}

@@ -1,0 +1,1 @@
+//! Test images, built locally (no registry is reachable).
