@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use secrecy::SecretString;
@@ -97,6 +98,36 @@ pub struct ServeArgs {
     #[arg(long, env = "JOBDOCK_DEFAULT_BACKEND", value_name = "NAME")]
     pub default_backend: Option<String>,
 
+    /// Most log bytes kept per run; past it lines are dropped and the log says how much.
+    /// [file: log_cap_mb] [default: 64]
+    #[arg(long, env = "JOBDOCK_LOG_CAP_MB", value_name = "MIB")]
+    pub log_cap_mb: Option<i64>,
+
+    /// Memory limit of containers whose job sets none, in MiB (0 = no limit).
+    /// [file: default_memory_mb] [default: 2048]
+    #[arg(long, env = "JOBDOCK_DEFAULT_MEMORY_MB", value_name = "MIB")]
+    pub default_memory_mb: Option<u64>,
+
+    /// User the containers run as (`uid[:gid]` or a name). Default: the image's.
+    /// [file: container_user]
+    #[arg(long, env = "JOBDOCK_CONTAINER_USER", value_name = "USER")]
+    pub container_user: Option<String>,
+
+    /// Keep the containers of failed runs for inspection instead of removing them.
+    /// [file: keep_failed_containers]
+    #[arg(long, env = "JOBDOCK_KEEP_FAILED_CONTAINERS")]
+    pub keep_failed_containers: bool,
+
+    /// How long a run waits for an unreachable backend to come back before it is marked
+    /// `lost`, in seconds. [file: backend_reattach_seconds] [default: 300]
+    #[arg(long, env = "JOBDOCK_BACKEND_REATTACH_SECONDS", value_name = "SECONDS")]
+    pub backend_reattach_seconds: Option<u64>,
+
+    /// How long a replica's claim on a run lasts without a heartbeat; another replica takes
+    /// the run over after it. [file: lease_seconds] [default: 30]
+    #[arg(long, env = "JOBDOCK_LEASE_SECONDS", value_name = "SECONDS")]
+    pub lease_seconds: Option<u64>,
+
     /// The first admin token, used verbatim when no token exists yet (stored as a hash).
     /// Without it, `serve` creates one and prints it once.
     #[arg(
@@ -127,6 +158,12 @@ struct FileSettings {
     log_format: Option<LogFormat>,
     log: Option<String>,
     default_backend: Option<String>,
+    log_cap_mb: Option<i64>,
+    default_memory_mb: Option<u64>,
+    container_user: Option<String>,
+    keep_failed_containers: Option<bool>,
+    backend_reattach_seconds: Option<u64>,
+    lease_seconds: Option<u64>,
 }
 
 /// A setting that is wrong, in words.
@@ -182,6 +219,10 @@ pub struct Settings {
     pub default_backend: jobdock_types::BackendName,
     /// Bootstrap admin token.
     pub admin_token: Option<SecretString>,
+    /// How runs are run.
+    pub runner: crate::runner::RunnerConfig,
+    /// How the Docker backend makes containers.
+    pub docker: jobdock_backends::docker::DockerConfig,
 }
 
 fn read_file(args: &StoreArgs) -> Result<FileSettings, ConfigError> {
@@ -302,7 +343,48 @@ impl Settings {
                 .unwrap_or_else(|| "info".into()),
             default_backend,
             admin_token: non_empty(&args.admin_token).map(SecretString::from),
+            runner: runner_config(args, &file)?,
+            docker: docker_config(args, &file),
         })
+    }
+}
+
+fn runner_config(
+    args: &ServeArgs,
+    file: &FileSettings,
+) -> Result<crate::runner::RunnerConfig, ConfigError> {
+    let mut c = crate::runner::RunnerConfig::default();
+    if let Some(mb) = args.log_cap_mb.or(file.log_cap_mb) {
+        if mb < 1 {
+            return Err(ConfigError("log_cap_mb must be at least 1".into()));
+        }
+        c.log_cap_bytes = mb * 1024 * 1024;
+    }
+    if let Some(s) = args
+        .backend_reattach_seconds
+        .or(file.backend_reattach_seconds)
+    {
+        c.reattach_window = Duration::from_secs(s);
+    }
+    if let Some(s) = args.lease_seconds.or(file.lease_seconds) {
+        if s < 3 {
+            return Err(ConfigError("lease_seconds must be at least 3".into()));
+        }
+        c.lease_ttl = Duration::from_secs(s);
+    }
+    Ok(c)
+}
+
+fn docker_config(args: &ServeArgs, file: &FileSettings) -> jobdock_backends::docker::DockerConfig {
+    let memory_mb = args
+        .default_memory_mb
+        .or(file.default_memory_mb)
+        .unwrap_or(2048);
+    jobdock_backends::docker::DockerConfig {
+        default_memory_bytes: (memory_mb > 0).then_some(memory_mb * 1024 * 1024),
+        default_user: non_empty(&args.container_user).or_else(|| file.container_user.clone()),
+        keep_failed: args.keep_failed_containers || file.keep_failed_containers.unwrap_or(false),
+        ..Default::default()
     }
 }
 

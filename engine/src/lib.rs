@@ -3,9 +3,11 @@
 
 pub mod api;
 pub mod auth;
+pub mod backends;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod runner;
 pub mod schedule;
 pub mod service;
 pub mod startup;

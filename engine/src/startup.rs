@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use jobdock_types::BackendName;
 use secrecy::ExposeSecret;
 
 use crate::api::{self, AppState};
+use crate::backends::Backends;
 use crate::config::{self, Database, Settings, StoreSettings};
+use crate::runner::Runner;
 use crate::service::keys::{self, KeyOrigin};
 use crate::service::tokens::{self, Bootstrap};
 use crate::service::Ctx;
@@ -34,8 +35,8 @@ pub async fn open_store(s: &StoreSettings) -> anyhow::Result<Store> {
     }
 }
 
-/// Builds the service's context: store, keys, bootstrap token.
-pub async fn build(settings: &Settings) -> anyhow::Result<Ctx> {
+/// Builds the service's context: store, keys, backends, bootstrap token.
+pub async fn build(settings: &Settings, backends: &Backends) -> anyhow::Result<(Ctx, String)> {
     let store = open_store(&settings.store).await?;
     let may_create = matches!(settings.store.database, Database::Sqlite(_));
     let (ring, origin) = keys::load(&store, &settings.store.master_key, may_create).await?;
@@ -52,15 +53,7 @@ pub async fn build(settings: &Settings) -> anyhow::Result<Ctx> {
     let ctx = Ctx {
         store,
         keys: Arc::new(ring),
-        backends: Arc::from(
-            [
-                BackendName::Docker,
-                BackendName::Swarm,
-                BackendName::Kubernetes,
-                BackendName::Nomad,
-            ]
-            .as_slice(),
-        ),
+        backends: Arc::from(backends.names()),
         default_backend: settings.default_backend,
     };
     match tokens::bootstrap(&ctx, settings.admin_token.as_ref()).await? {
@@ -76,13 +69,26 @@ pub async fn build(settings: &Settings) -> anyhow::Result<Ctx> {
             );
         }
     }
-    Ok(ctx)
+    Ok((ctx, installation))
 }
 
 /// Runs `serve` until a shutdown signal.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let ctx = build(&settings).await?;
-    let app = api::router(AppState { ctx: ctx.clone() });
+    let backends = Backends::detect(settings.docker.clone()).await;
+    tracing::info!(backends = ?backends, "backends");
+    let (ctx, installation) = build(&settings, &backends).await?;
+    let runner = Runner::new(
+        ctx.clone(),
+        backends.clone(),
+        settings.runner.clone(),
+        installation,
+    );
+    runner.start().await;
+    let app = api::router(AppState {
+        ctx: ctx.clone(),
+        runner: runner.clone(),
+        backends,
+    });
     let handle = axum_server::Handle::new();
     tokio::spawn(shutdown_on_signal(handle.clone()));
     let listener = std::net::TcpListener::bind(settings.listen)
@@ -116,6 +122,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
                 .await?;
         }
     }
+    runner.stop();
     ctx.store.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -10,7 +10,9 @@ pub fn init(format: LogFormat, filter: &str) {
     // Dependencies are chatty at info; keep their warnings, lose their noise.
     let filter = filter
         .add_directive("sqlx=warn".parse().expect("valid directive"))
-        .add_directive("hyper=warn".parse().expect("valid directive"));
+        .add_directive("hyper=warn".parse().expect("valid directive"))
+        // bollard logs request bodies at debug level, and a create body holds secret env values.
+        .add_directive("bollard=info".parse().expect("valid directive"));
     use std::io::IsTerminal as _;
     let builder = fmt()
         .with_env_filter(filter)

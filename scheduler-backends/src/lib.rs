@@ -16,6 +16,8 @@ use futures::stream::BoxStream;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
+pub mod docker;
+
 /// Label keys every backend puts on what it creates, so that a restarted engine finds its runs.
 pub mod labels {
     /// The run's id.

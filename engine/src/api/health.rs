@@ -69,10 +69,26 @@ pub async fn readyz(State(s): State<AppState>) -> (StatusCode, Json<Readiness>) 
         },
     };
     let ready = database.status == "ok";
+    let backends = s
+        .backends
+        .health()
+        .await
+        .into_iter()
+        .map(|(name, h)| {
+            let status = if h.ok { "ok" } else { "down" };
+            (
+                name,
+                Check {
+                    status,
+                    detail: Some(h.detail),
+                },
+            )
+        })
+        .collect();
     let body = Readiness {
         status: if ready { "ready" } else { "not_ready" },
         database,
-        backends: BTreeMap::new(),
+        backends,
     };
     let code = if ready {
         StatusCode::OK

@@ -7,8 +7,10 @@ pub mod error;
 mod health;
 mod jobs;
 pub mod json;
+mod logs;
 pub mod openapi;
 mod query;
+mod runs;
 mod tokens;
 
 use std::time::Duration;
@@ -20,6 +22,8 @@ use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::backends::Backends;
+use crate::runner::Runner;
 use crate::service::Ctx;
 
 /// What every handler gets.
@@ -27,6 +31,10 @@ use crate::service::Ctx;
 pub struct AppState {
     /// The service layer's context.
     pub ctx: Ctx,
+    /// This replica's runner, woken when a run is queued or cancelled.
+    pub runner: Runner,
+    /// The backends, for readiness.
+    pub backends: Backends,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -57,6 +65,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::routes())
         .merge(jobs::routes())
+        .merge(runs::routes())
+        .merge(logs::routes())
         .merge(tokens::routes())
         .merge(audit::routes())
         .merge(openapi::routes())

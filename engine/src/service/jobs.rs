@@ -11,6 +11,9 @@ use serde_json::json;
 use super::{validate, Actor, Ctx, Result, ServiceError};
 use crate::store::{self, JobRow, NewJob, StoreError};
 
+/// Seconds between SIGTERM and SIGKILL when a job sets none.
+pub const DEFAULT_STOP_GRACE_SECONDS: i64 = 10;
+
 /// Fills in the defaults, so that what is stored (and shown) is what will run.
 fn normalise(mut spec: JobSpec, ctx: &Ctx) -> JobSpec {
     spec.backend.get_or_insert(ctx.default_backend);
@@ -41,6 +44,12 @@ pub fn to_api(row: &JobRow, secret_names: Vec<String>) -> Job {
         schedule: s.schedule.clone(),
         retries: s.retries,
         expected_duration_seconds: s.expected_duration_seconds,
+        allow_command_override: s.allow_command_override,
+        stop_grace_seconds: s.stop_grace_seconds.unwrap_or(DEFAULT_STOP_GRACE_SECONDS),
+        retry_on: s.retry_on.clone(),
+        secret_delivery: s.secret_delivery.unwrap_or_default(),
+        network: s.network.clone(),
+        registry: s.registry.clone(),
         labels: s.labels.clone(),
         description: s.description.clone(),
         created_at: row.created(),
@@ -213,18 +222,32 @@ async fn write(
 }
 
 /// Deletes a job. Its runs stay readable under the job's name; a later job of the same name
-/// starts a history of its own.
+/// starts a history of its own. While runs are queued, starting or running the delete is
+/// refused, unless `force`, which cancels them first (running ones stop as any cancel does).
 pub async fn delete(ctx: &Ctx, actor: &Actor, name: &str, force: bool) -> Result<()> {
     let mut tx = ctx.store.begin_write().await?;
     let row = store::jobs::get_for_update(&mut tx, &ctx.store, name)
         .await
         .map_err(job_err(name))?;
+    let active = store::runs::unfinished_for_job(&mut tx, &row.id).await?;
+    if !active.is_empty() && !force {
+        let ids: Vec<&str> = active.iter().map(|r| r.id.as_str()).collect();
+        return Err(ServiceError::Conflict(format!(
+            "job `{name}` has {} unfinished run(s) ({}); cancel them, or delete with ?force=true",
+            ids.len(),
+            ids.join(", ")
+        )));
+    }
+    for run in &active {
+        let reason = format!("cancelled: job `{name}` was deleted");
+        if !store::runs::cancel_queued(&mut tx, &run.id, &reason).await? {
+            store::runs::request_cancel(&mut tx, &run.id).await?;
+        }
+    }
     store::jobs::soft_delete(&mut tx, &row.id).await?;
-    store::audit::record(
-        &mut tx,
-        actor.audit("job.delete", name, json!({ "force": force })),
-    )
-    .await?;
+    let cancelled: Vec<&str> = active.iter().map(|r| r.id.as_str()).collect();
+    let detail = json!({ "force": force, "cancelled_runs": cancelled });
+    store::audit::record(&mut tx, actor.audit("job.delete", name, detail)).await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(())
 }
@@ -287,10 +310,14 @@ pub async fn delete_secret(ctx: &Ctx, actor: &Actor, name: &str, key: &str) -> R
 }
 
 /// The plain values of a job's secrets, for handing to a run.
-pub async fn open_secrets(ctx: &Ctx, row: &JobRow) -> Result<Vec<(String, SecretString)>> {
-    let sealed = ctx.store.secrets(&row.id).await?;
+pub async fn open_secrets_of(
+    ctx: &Ctx,
+    job_id: &str,
+    job_name: &str,
+) -> Result<Vec<(String, SecretString)>> {
+    let sealed = ctx.store.secrets(job_id).await?;
     sealed
         .iter()
-        .map(|s| Ok((s.key.clone(), ctx.keys.open(&row.name, s)?)))
+        .map(|s| Ok((s.key.clone(), ctx.keys.open(job_name, s)?)))
         .collect()
 }

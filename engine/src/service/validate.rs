@@ -188,6 +188,33 @@ pub fn job_spec(spec: &JobSpec, backends: &[BackendName]) -> Result<(), Vec<Fiel
     for (k, v) in &spec.labels {
         e.check(format!("labels.{k}"), label(k, v));
     }
+    e.range("stop_grace_seconds", spec.stop_grace_seconds, 0, 3600);
+    if let Some(n) = &spec.network {
+        e.check("network", network(n));
+    }
+    if let Some(r) = &spec.registry {
+        e.check(
+            "registry.server",
+            no_nul(&r.server, 255).and_then(|_| non_blank(&r.server)),
+        );
+        e.check(
+            "registry.username",
+            no_nul(&r.username, 255).and_then(|_| non_blank(&r.username)),
+        );
+        let known = spec
+            .secrets
+            .as_ref()
+            .map(|s| s.contains_key(&r.password_secret));
+        if known == Some(false) {
+            e.check(
+                "registry.password_secret",
+                Err(format!(
+                    "names no secret of this job (`{}`)",
+                    r.password_secret
+                )),
+            );
+        }
+    }
     if let Some(d) = &spec.description {
         e.check("description", no_nul(d, MAX_DESCRIPTION));
     }
@@ -196,6 +223,29 @@ pub fn job_spec(spec: &JobSpec, backends: &[BackendName]) -> Result<(), Vec<Fiel
     } else {
         Err(e.0)
     }
+}
+
+fn non_blank(s: &str) -> Result<(), String> {
+    if s.trim().is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(())
+    }
+}
+
+fn network(n: &str) -> Result<(), String> {
+    if n.is_empty()
+        || n.len() > 128
+        || !n
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(
+            "must be `bridge`, `host`, `none` or a network name (letters, digits, `-`, `_`, `.`)"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 fn image(image: &str) -> Result<(), String> {

@@ -9,6 +9,8 @@
 
 pub mod audit;
 pub mod jobs;
+pub mod logs;
+pub mod runs;
 pub mod secrets;
 mod settings;
 pub mod tokens;

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// The scheduler a job runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum BackendName {
@@ -94,6 +94,43 @@ fn default_backoff() -> i64 {
     30
 }
 
+/// Failures that are retried besides non-zero exits and lost runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum RetryOn {
+    /// Retry an attempt that ran past `timeout_seconds`.
+    TimedOut,
+    /// Retry an attempt killed for exceeding its memory limit.
+    OomKilled,
+}
+
+/// How secret values reach the container.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum SecretDelivery {
+    /// As environment variables (the default).
+    #[default]
+    Env,
+    /// As files `/run/secrets/<KEY>` on an in-memory filesystem.
+    Files,
+}
+
+/// Credentials for pulling the job's image from a private registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RegistryAuth {
+    /// The registry's host, e.g. `myteam.azurecr.io`.
+    pub server: String,
+    /// The user name.
+    pub username: String,
+    /// The name of one of the job's secrets that holds the password. That secret is used for
+    /// the pull only and is not passed to the container.
+    pub password_secret: String,
+}
+
 /// A job definition as sent to `POST /api/v1/jobs` and `PUT /api/v1/jobs/{name}`.
 ///
 /// Every field but `name` and `image` is optional.
@@ -142,6 +179,24 @@ pub struct JobSpec {
     /// How long a run usually takes; without it the engine learns it from past runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_duration_seconds: Option<i64>,
+    /// Let `trigger`-scoped tokens override the command when they trigger a run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_command_override: bool,
+    /// Seconds between SIGTERM and SIGKILL when a run is stopped (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_grace_seconds: Option<i64>,
+    /// Retry attempts that timed out or were killed for memory too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retry_on: Vec<RetryOn>,
+    /// How secrets reach the container (default `env`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_delivery: Option<SecretDelivery>,
+    /// Network of the container: `bridge` (default), `host`, `none` or a network's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// Credentials for a private registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<RegistryAuth>,
     /// Free-form labels for people and filters.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
@@ -183,6 +238,18 @@ pub struct Job {
     pub retries: Option<Retries>,
     /// How long a run usually takes, if set.
     pub expected_duration_seconds: Option<i64>,
+    /// Whether `trigger`-scoped tokens may override the command.
+    pub allow_command_override: bool,
+    /// Seconds between SIGTERM and SIGKILL when a run is stopped.
+    pub stop_grace_seconds: i64,
+    /// Failures retried besides non-zero exits and lost runs.
+    pub retry_on: Vec<RetryOn>,
+    /// How secrets reach the container.
+    pub secret_delivery: SecretDelivery,
+    /// Network of the container, if not the backend's default.
+    pub network: Option<String>,
+    /// Credentials for a private registry (the password stays a secret).
+    pub registry: Option<RegistryAuth>,
     /// Free-form labels.
     pub labels: BTreeMap<String, String>,
     /// What the job does.

@@ -6,10 +6,12 @@
 
 mod jobs;
 mod problem;
+mod runs;
 mod tokens;
 
 pub use jobs::*;
 pub use problem::*;
+pub use runs::*;
 pub use tokens::*;
 
 use serde::{Deserialize, Serialize};

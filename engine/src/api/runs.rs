@@ -1,0 +1,180 @@
+//! `/api/v1/jobs/{name}/runs` and `/api/v1/runs`: trigger, read (or long-poll), list and
+//! cancel runs.
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use jobdock_types::{Page, Problem, Run, RunStatus, TriggerRequest};
+use serde::Deserialize;
+
+use super::auth::{Caller, Read, Trigger};
+use super::error::{problem, ApiError};
+use super::json::OptionalJson;
+use super::query::{ApiQuery, PageQuery};
+use super::AppState;
+use crate::service::runs::{self as svc, Refusal, TriggerError, Triggered};
+
+/// The routes of this module.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/jobs/{name}/runs", post(trigger))
+        .route("/api/v1/runs", get(list))
+        .route("/api/v1/runs/{id}", get(read))
+        .route("/api/v1/runs/{id}/cancel", post(cancel))
+}
+
+/// Start a run of a job. A repeated `Idempotency-Key` (header or body) returns the first run
+/// with 200 instead of starting another.
+#[utoipa::path(post, path = "/api/v1/jobs/{name}/runs", tag = "runs",
+    params(("name" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    request_body(content = TriggerRequest, description = "Optional"),
+    responses((status = 201, body = Run), (status = 200, description = "The run this idempotency key created", body = Run),
+        (status = 409, body = Problem), (status = 422, body = Problem), (status = 429, body = Problem)))]
+pub async fn trigger(
+    caller: Caller<Trigger>,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    OptionalJson(req): OptionalJson<TriggerRequest>,
+) -> Result<Response, ApiError> {
+    let header_key = headers
+        .get("idempotency-key")
+        .map(|v| v.to_str().map(str::to_string))
+        .transpose()
+        .map_err(|_| ApiError::invalid("Idempotency-Key", "must be printable ASCII"))?;
+    let t = svc::Trigger {
+        actor: &caller.actor,
+        scope: caller.principal.scope,
+        kind: "api",
+        header_key,
+    };
+    match svc::trigger(&s.ctx, t, &name, req).await {
+        Ok(Triggered::Created(run)) => {
+            s.runner.wake();
+            Ok((StatusCode::CREATED, Json(*run)).into_response())
+        }
+        Ok(Triggered::Existing(run)) => Ok((StatusCode::OK, Json(*run)).into_response()),
+        Err(TriggerError::Service(e)) => Err(e.into()),
+        Err(TriggerError::Refused(r)) => Ok(refusal(r)),
+    }
+}
+
+fn refusal(r: Refusal) -> Response {
+    let (status, holder) = match &r {
+        Refusal::SlotTaken { holder, .. } => (StatusCode::CONFLICT, Some(holder.clone())),
+        Refusal::QueueFull { .. } => (StatusCode::TOO_MANY_REQUESTS, None),
+    };
+    let mut p = problem(status, Some(r.to_string()));
+    p.run_id = holder;
+    let mut resp = status.into_response();
+    resp.extensions_mut().insert(p);
+    resp
+}
+
+/// Query of `GET /api/v1/runs/{id}`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ReadQuery {
+    /// Long poll: answer as soon as the run has ended, or after this many seconds (at most 60).
+    wait_seconds: Option<u64>,
+}
+
+/// One run. With `?wait_seconds=`, the answer comes when the run ends (or the wait is over).
+#[utoipa::path(get, path = "/api/v1/runs/{id}", tag = "runs", params(("id" = String, Path), ReadQuery),
+    responses((status = 200, body = Run), (status = 404, body = Problem)))]
+pub async fn read(
+    caller: Caller<Read>,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<ReadQuery>,
+) -> Result<Json<Run>, ApiError> {
+    let run = svc::row(&s.ctx, &id).await?;
+    caller.check_job(&run.job_name)?;
+    if let Some(wait) = q.wait_seconds {
+        if wait > 60 {
+            return Err(ApiError::invalid("wait_seconds", "must be at most 60"));
+        }
+        let until = tokio::time::Instant::now() + Duration::from_secs(wait);
+        while tokio::time::Instant::now() < until {
+            match s.ctx.store.status_of(&id).await? {
+                Some(st) if !st.is_final() => tokio::time::sleep(Duration::from_millis(200)).await,
+                _ => break,
+            }
+        }
+    }
+    Ok(Json(svc::get(&s.ctx, &id).await?))
+}
+
+/// Query of `GET /api/v1/runs`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only runs of this job.
+    job: Option<String>,
+    /// Only runs in this status.
+    status: Option<String>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Items per page, 1 to 500 (default 50).
+    limit: Option<i64>,
+}
+
+/// A page of runs (for the OpenAPI document).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct RunPage {
+    items: Vec<Run>,
+    next_cursor: Option<String>,
+}
+
+/// Runs, newest first.
+#[utoipa::path(get, path = "/api/v1/runs", tag = "runs", params(ListQuery),
+    responses((status = 200, body = RunPage)))]
+pub async fn list(
+    caller: Caller<Read>,
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<Page<Run>>, ApiError> {
+    let limit = PageQuery {
+        cursor: None,
+        limit: q.limit,
+    }
+    .limit()?;
+    let status = q
+        .status
+        .as_deref()
+        .map(|st| st.parse::<RunStatus>())
+        .transpose()
+        .map_err(|m| ApiError::invalid("status", m))?;
+    let cursor = q
+        .cursor
+        .as_deref()
+        .map(|c| c.parse::<i64>())
+        .transpose()
+        .map_err(|_| ApiError::invalid("cursor", "is not a cursor of this list"))?;
+    let page = svc::list(&s.ctx, q.job.as_deref(), status, cursor, limit, |job| {
+        caller.principal.may_reach_job(job)
+    })
+    .await?;
+    Ok(Json(page))
+}
+
+/// Cancel a queued or running run. A running run is reported `cancelled` once its
+/// container has really stopped.
+#[utoipa::path(post, path = "/api/v1/runs/{id}/cancel", tag = "runs", params(("id" = String, Path)),
+    responses((status = 200, body = Run), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn cancel(
+    caller: Caller<Trigger>,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Run>, ApiError> {
+    let run = svc::row(&s.ctx, &id).await?;
+    caller.check_job(&run.job_name)?;
+    let run = svc::cancel(&s.ctx, &caller.actor, &id).await?;
+    s.runner.wake();
+    Ok(Json(run))
+}

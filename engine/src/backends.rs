@@ -1,0 +1,88 @@
+//! The backends this engine has: configured, or detected at start. A job may name only these.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobdock_backends::docker::{DockerBackend, DockerConfig};
+use jobdock_backends::{Backend, BackendHealth};
+use jobdock_types::BackendName;
+
+/// The engine's backends by name. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Backends {
+    map: BTreeMap<BackendName, Arc<dyn Backend>>,
+}
+
+impl std::fmt::Debug for Backends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.map.keys()).finish()
+    }
+}
+
+impl Backends {
+    /// A set holding the given backends (tests may bring their own).
+    pub fn from_list(list: Vec<(BackendName, Arc<dyn Backend>)>) -> Self {
+        Self {
+            map: list.into_iter().collect(),
+        }
+    }
+
+    /// Detects the local Docker daemon (`DOCKER_HOST` or the default socket). Docker counts
+    /// as configured when its address is there, even if the daemon does not answer right now:
+    /// runs then wait and `/readyz` says why, instead of jobs being refused.
+    pub async fn detect(docker: DockerConfig) -> Self {
+        let mut map: BTreeMap<BackendName, Arc<dyn Backend>> = BTreeMap::new();
+        let configured = std::env::var_os("DOCKER_HOST").is_some()
+            || std::path::Path::new("/var/run/docker.sock").exists();
+        if configured {
+            match DockerBackend::connect(docker).await {
+                Ok(b) => {
+                    map.insert(BackendName::Docker, Arc::new(b));
+                }
+                Err(e) => tracing::warn!(error = %e, "the Docker backend is not available"),
+            }
+        }
+        Self { map }
+    }
+
+    /// The backend of this name.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Backend>> {
+        self.map
+            .iter()
+            .find(|(k, _)| k.as_str() == name)
+            .map(|(_, b)| b)
+    }
+
+    /// The names, for validation.
+    pub fn names(&self) -> Vec<BackendName> {
+        self.map.keys().copied().collect()
+    }
+
+    /// The names as the store keeps them.
+    pub fn name_strings(&self) -> Vec<String> {
+        self.map.keys().map(|k| k.as_str().to_string()).collect()
+    }
+
+    /// Every backend.
+    pub fn iter(&self) -> impl Iterator<Item = (&BackendName, &Arc<dyn Backend>)> {
+        self.map.iter()
+    }
+
+    /// Each backend's health, asked at once with a bound on the wait.
+    pub async fn health(&self) -> BTreeMap<String, BackendHealth> {
+        let checks = self.map.iter().map(|(name, b)| async move {
+            let h = tokio::time::timeout(Duration::from_secs(3), b.health())
+                .await
+                .unwrap_or_else(|_| BackendHealth {
+                    ok: false,
+                    detail: "did not answer within 3 s".into(),
+                });
+            (name.as_str().to_string(), h)
+        });
+        futures::future::join_all(checks)
+            .await
+            .into_iter()
+            .collect()
+    }
+}

@@ -1,0 +1,224 @@
+//! Running runs: the dispatch loop claims queued runs, a supervisor task per run launches it,
+//! stores its log, enforces its timeout and cancel, and records how it ended; a heartbeat
+//! keeps this replica's leases, and an adoption loop takes over runs nobody supervises
+//! (after a crash of this replica or another).
+
+mod dispatch;
+mod launch;
+mod logpump;
+mod redact;
+mod supervise;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::backends::Backends;
+use crate::service::Ctx;
+use crate::store::{now_ms, Dialect};
+
+/// Settings of the runner.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Most bytes of log stored per run; past it lines are dropped and counted.
+    pub log_cap_bytes: i64,
+    /// How long a lease lasts without a heartbeat.
+    pub lease_ttl: Duration,
+    /// How long a run waits for its backend to come back before it is marked `lost`.
+    pub reattach_window: Duration,
+    /// How often the dispatch loop looks for work when nothing wakes it.
+    pub poll_interval: Duration,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            log_cap_bytes: 64 * 1024 * 1024,
+            lease_ttl: Duration::from_secs(30),
+            reattach_window: Duration::from_secs(300),
+            poll_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// The runner of this replica. Cheap to clone.
+#[derive(Clone)]
+pub struct Runner {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    ctx: Ctx,
+    backends: Backends,
+    config: RunnerConfig,
+    /// This process's id, written as the owner of the leases it holds.
+    owner: String,
+    installation_id: String,
+    wake: Notify,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner")
+            .field("owner", &self.inner.owner)
+            .finish()
+    }
+}
+
+impl Runner {
+    /// A runner; nothing runs until [`Runner::start`].
+    pub fn new(
+        ctx: Ctx,
+        backends: Backends,
+        config: RunnerConfig,
+        installation_id: String,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                ctx,
+                backends,
+                config,
+                owner: uuid::Uuid::new_v4().to_string(),
+                installation_id,
+                wake: Notify::new(),
+                shutdown: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// Wakes the dispatch loop (a run was queued or a slot freed).
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Stops the loops. Supervisors stop watching; containers keep running and are adopted
+    /// by the next start (or another replica).
+    pub fn stop(&self) {
+        self.inner.shutdown.cancel();
+    }
+
+    /// Starts the loops: adoption of orphaned runs first, then dispatch, heartbeat, adoption.
+    pub async fn start(&self) {
+        // On SQLite there is one engine: every unfinished run was this engine's, before a
+        // restart, and can be adopted at once instead of after its lease expires.
+        let single = self.inner.ctx.store.dialect() == Dialect::Sqlite;
+        self.adopt_orphans(single).await;
+        self.sweep_leftovers().await;
+        let r = self.clone();
+        tokio::spawn(
+            async move { r.dispatch_loop().await }.instrument(tracing::info_span!("dispatch")),
+        );
+        let r = self.clone();
+        tokio::spawn(
+            async move { r.heartbeat_loop().await }.instrument(tracing::info_span!("heartbeat")),
+        );
+        let r = self.clone();
+        tokio::spawn(async move { r.adopt_loop().await }.instrument(tracing::info_span!("adopt")));
+    }
+
+    fn lease_until(&self) -> i64 {
+        now_ms() + self.inner.config.lease_ttl.as_millis() as i64
+    }
+
+    async fn heartbeat_loop(&self) {
+        let every = self.inner.config.lease_ttl / 3;
+        loop {
+            tokio::select! {
+                _ = self.inner.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if let Err(e) = self
+                .inner
+                .ctx
+                .store
+                .heartbeat(&self.inner.owner, self.lease_until())
+                .await
+            {
+                tracing::warn!(error = %e, "could not extend leases");
+            }
+        }
+    }
+
+    async fn adopt_loop(&self) {
+        loop {
+            tokio::select! {
+                _ = self.inner.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.inner.config.lease_ttl / 2) => {}
+            }
+            self.adopt_orphans(false).await;
+        }
+    }
+
+    /// Takes over starting and running runs whose supervisor is gone.
+    async fn adopt_orphans(&self, all: bool) {
+        let names = self.inner.backends.name_strings();
+        let orphans = match self.inner.ctx.store.orphans(&names, all).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not look for orphaned runs");
+                return;
+            }
+        };
+        for run in orphans {
+            match self
+                .inner
+                .ctx
+                .store
+                .adopt(&run.id, &self.inner.owner, self.lease_until(), all)
+                .await
+            {
+                Ok(true) => {
+                    tracing::info!(run_id = %run.id, job = %run.job_name, status = %run.status, "adopting run");
+                    self.spawn_supervisor(run);
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(run_id = %run.id, error = %e, "could not adopt run"),
+            }
+        }
+    }
+
+    /// Removes containers of this installation whose runs have ended (the engine stopped
+    /// between storing a run's end and removing its container) or that no run knows.
+    async fn sweep_leftovers(&self) {
+        for (name, backend) in self.inner.backends.iter() {
+            let found = match backend.list_in_flight(&self.inner.installation_id).await {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(backend = %name.as_str(), error = %e, "could not list containers");
+                    continue;
+                }
+            };
+            for f in found {
+                let status = self
+                    .inner
+                    .ctx
+                    .store
+                    .status_of(&f.handle.run_id)
+                    .await
+                    .ok()
+                    .flatten();
+                let current = self.inner.ctx.store.run(&f.handle.run_id).await.ok();
+                let stale_attempt = current
+                    .as_ref()
+                    .is_some_and(|r| r.attempt != i64::from(f.handle.attempt));
+                if status.is_none_or(|s| s.is_final()) || stale_attempt {
+                    tracing::info!(run_id = %f.handle.run_id, "removing a leftover container");
+                    let _ = backend.stop(&f.handle, Duration::from_secs(1)).await;
+                    if let Err(e) = backend.cleanup(&f.handle).await {
+                        tracing::warn!(run_id = %f.handle.run_id, error = %e, "could not remove a leftover container");
+                    }
+                }
+            }
+        }
+    }
+
+    fn spawn_supervisor(&self, run: crate::store::runs::RunRow) {
+        let r = self.clone();
+        let span = tracing::info_span!("run", run_id = %run.id, job = %run.job_name, attempt = run.attempt);
+        tokio::spawn(async move { supervise::supervise(r, run).await }.instrument(span));
+    }
+}

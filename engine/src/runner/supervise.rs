@@ -1,0 +1,519 @@
+//! One task per run attempt: launch (or find again), mark running, store the log while
+//! waiting for the end, enforce timeout and cancel, then record the end — only once the
+//! exit status and the complete log are stored — and remove the container.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobdock_backends::{Backend, BackendError, Exit, RunHandle, TaskState};
+use jobdock_types::{RetryOn, RunStatus};
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+
+use super::launch::launch_spec;
+use super::logpump::{Position, Pump, PumpError};
+use super::redact::Redactor;
+use super::Runner;
+use crate::service::jobs::DEFAULT_STOP_GRACE_SECONDS;
+use crate::store::runs::{self, Outcome, RunRow};
+use crate::store::{now_ms, StoreError};
+
+/// How an attempt ended, as the supervisor saw it.
+#[derive(Debug)]
+enum Ended {
+    /// The container exited by itself.
+    Exited(Exit),
+    /// Stopped for running past its timeout.
+    TimedOut(Exit),
+    /// Stopped because a cancel was asked for.
+    Cancelled(Exit),
+    /// The backend no longer knows it, or could not be reached for too long.
+    Lost(String),
+    /// It never started.
+    LaunchFailed(String),
+}
+
+/// Why supervision stopped without an end to record.
+enum Detach {
+    /// The engine is shutting down; the container keeps running and is adopted later.
+    Shutdown,
+}
+
+pub(super) async fn supervise(r: Runner, run: RunRow) {
+    let id = run.id.clone();
+    if let Err(e) = attempt(&r, run).await {
+        // The lease expires and the run is adopted again, by this replica or another.
+        tracing::error!(run_id = %id, error = %format!("{e:#}"), "supervising the run failed");
+    }
+    r.wake();
+}
+
+fn millis(t: Option<chrono::DateTime<chrono::Utc>>) -> Option<i64> {
+    t.map(|t| t.timestamp_millis())
+}
+
+async fn attempt(r: &Runner, run: RunRow) -> anyhow::Result<()> {
+    let ctx = &r.inner.ctx;
+    let backend = r
+        .inner
+        .backends
+        .get(&run.backend)
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("backend {} is not configured here", run.backend))?;
+    let secrets = crate::service::jobs::open_secrets_of(ctx, &run.job_id, &run.job_name).await?;
+    let redactor = Redactor::new(&secrets.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>());
+
+    let handle = match launch(r, &backend, &run, secrets).await? {
+        Ok(h) => h,
+        Err(ended) => return record(r, &run, ended, None).await,
+    };
+    let Some(started_at) = wait_until_started(r, &backend, &handle, &run).await? else {
+        return Ok(());
+    };
+    if run.status == RunStatus::Starting {
+        let mut tx = ctx.store.begin_write().await?;
+        runs::mark_running(&mut tx, &run.id, run.attempt, started_at).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+    }
+
+    let logs_done = CancellationToken::new();
+    let pump = tokio::spawn(pump_logs(
+        r.clone(),
+        backend.clone(),
+        handle.clone(),
+        run.clone(),
+        redactor,
+        logs_done.clone(),
+    ));
+    let ended = match watch(r, &backend, &handle, &run, started_at).await {
+        Ok(e) => e,
+        Err(Detach::Shutdown) => {
+            pump.abort();
+            return Ok(());
+        }
+    };
+    // The stream ends with the container; give a slow one time to deliver its last lines.
+    let drained = tokio::time::timeout(Duration::from_secs(30), pump).await;
+    logs_done.cancel();
+    if drained.is_err() {
+        tracing::warn!("the log stream did not end within 30 s of the container's exit");
+    }
+    record(r, &run, ended, Some((&backend, &handle))).await
+}
+
+/// Launches the attempt, or finds the container it already has. The outer error is for
+/// the engine's own failures; the inner one is an attempt that could not start.
+async fn launch(
+    r: &Runner,
+    backend: &Arc<dyn Backend>,
+    run: &RunRow,
+    secrets: Vec<(String, SecretString)>,
+) -> anyhow::Result<Result<RunHandle, Ended>> {
+    if let Some(h) = run
+        .backend_ref
+        .as_deref()
+        .and_then(|s| serde_json::from_str(s).ok())
+    {
+        return Ok(Ok(h));
+    }
+    let spec = match launch_spec(run, &r.inner.installation_id, secrets) {
+        Ok(s) => s,
+        Err(reason) => return Ok(Err(Ended::LaunchFailed(reason))),
+    };
+    let give_up = tokio::time::Instant::now() + r.inner.config.reattach_window;
+    loop {
+        match backend.launch(&spec).await {
+            Ok(h) => {
+                let json = serde_json::to_string(&h)?;
+                r.inner
+                    .ctx
+                    .store
+                    .set_backend_ref(&run.id, run.attempt, &json)
+                    .await?;
+                return Ok(Ok(h));
+            }
+            Err(e @ (BackendError::Unavailable(_) | BackendError::Api { status: None, .. }))
+                if tokio::time::Instant::now() < give_up =>
+            {
+                tracing::warn!(error = %e, "backend unavailable; retrying the launch");
+                tokio::select! {
+                    _ = r.inner.shutdown.cancelled() => anyhow::bail!("shutting down"),
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+            Err(e) => return Ok(Err(Ended::LaunchFailed(format!("could not start: {e}")))),
+        }
+    }
+}
+
+/// Waits while the scheduler places and pulls; the start time, or `None` when the run
+/// already got its end recorded (cancelled or lost before it ever ran).
+async fn wait_until_started(
+    r: &Runner,
+    backend: &Arc<dyn Backend>,
+    handle: &RunHandle,
+    run: &RunRow,
+) -> anyhow::Result<Option<i64>> {
+    loop {
+        match backend.state(handle).await {
+            Ok(TaskState::Running { started_at }) => {
+                return Ok(Some(
+                    millis(started_at).or(run.started_at).unwrap_or_else(now_ms),
+                ))
+            }
+            Ok(TaskState::Exited(e)) => {
+                return Ok(Some(millis(e.started_at).unwrap_or_else(now_ms)))
+            }
+            Ok(TaskState::NotFound) => {
+                record(
+                    r,
+                    run,
+                    Ended::Lost("the backend no longer knows the run's container".into()),
+                    None,
+                )
+                .await?;
+                return Ok(None);
+            }
+            Ok(TaskState::Pending { .. }) | Err(_) => {}
+        }
+        if r.inner.ctx.store.cancel_requested(&run.id).await? {
+            let grace = grace(run);
+            let _ = backend.stop(handle, grace).await;
+            let exit = backend.wait(handle).await.unwrap_or_else(|_| empty_exit());
+            record(r, run, Ended::Cancelled(exit), Some((backend, handle))).await?;
+            return Ok(None);
+        }
+        tokio::select! {
+            _ = r.inner.shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+fn empty_exit() -> Exit {
+    Exit {
+        exit_code: None,
+        oom_killed: false,
+        deadline_exceeded: false,
+        started_at: None,
+        finished_at: None,
+        reason: None,
+    }
+}
+
+fn grace(run: &RunRow) -> Duration {
+    Duration::from_secs(
+        run.spec
+            .stop_grace_seconds
+            .unwrap_or(DEFAULT_STOP_GRACE_SECONDS)
+            .max(0) as u64,
+    )
+}
+
+/// Why the supervisor is stopping the container, if it is.
+#[derive(Clone, Copy, PartialEq)]
+enum Stopping {
+    Timeout,
+    Cancel,
+}
+
+/// Waits for the end, stopping the container on timeout or cancel, and riding out a
+/// backend that goes away for less than the re-attach window.
+async fn watch(
+    r: &Runner,
+    backend: &Arc<dyn Backend>,
+    handle: &RunHandle,
+    run: &RunRow,
+    started_at: i64,
+) -> Result<Ended, Detach> {
+    let deadline = run.spec.timeout_seconds.map(|t| {
+        let at = started_at + t * 1000;
+        tokio::time::Instant::now() + Duration::from_millis((at - now_ms()).max(0) as u64)
+    });
+    let mut stopping: Option<Stopping> = None;
+    let mut cancel_check = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let mut wait = backend.wait(handle);
+        let result = loop {
+            tokio::select! {
+                res = &mut wait => break res,
+                _ = r.inner.shutdown.cancelled() => return Err(Detach::Shutdown),
+                _ = sleep_until(deadline), if stopping.is_none() && deadline.is_some() => {
+                    tracing::info!("timeout reached; stopping the container");
+                    stopping = Some(Stopping::Timeout);
+                    spawn_stop(backend, handle, grace(run));
+                }
+                _ = cancel_check.tick(), if stopping.is_none() => {
+                    if r.inner.ctx.store.cancel_requested(&run.id).await.unwrap_or(false) {
+                        tracing::info!("cancel requested; stopping the container");
+                        stopping = Some(Stopping::Cancel);
+                        spawn_stop(backend, handle, grace(run));
+                    }
+                }
+            }
+        };
+        match result {
+            Ok(exit) => {
+                return Ok(match stopping {
+                    Some(Stopping::Timeout) => Ended::TimedOut(exit),
+                    Some(Stopping::Cancel) => Ended::Cancelled(exit),
+                    None if exit.deadline_exceeded => Ended::TimedOut(exit),
+                    None => Ended::Exited(exit),
+                })
+            }
+            Err(BackendError::NotFound(_)) => {
+                return Ok(Ended::Lost(
+                    "the backend no longer knows the run's container".into(),
+                ))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "lost contact with the backend; waiting for it to come back");
+                if let Some(ended) = reattach(r, backend, handle).await? {
+                    return Ok(ended);
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn spawn_stop(backend: &Arc<dyn Backend>, handle: &RunHandle, grace: Duration) {
+    let (backend, handle) = (backend.clone(), handle.clone());
+    tokio::spawn(async move {
+        if let Err(e) = backend.stop(&handle, grace).await {
+            tracing::warn!(error = %e, "stopping the container failed");
+        }
+    });
+}
+
+/// Polls the backend until it answers again: `None` to resume waiting, or how the run ended.
+async fn reattach(
+    r: &Runner,
+    backend: &Arc<dyn Backend>,
+    handle: &RunHandle,
+) -> Result<Option<Ended>, Detach> {
+    let window = r.inner.config.reattach_window;
+    let give_up = tokio::time::Instant::now() + window;
+    loop {
+        tokio::select! {
+            _ = r.inner.shutdown.cancelled() => return Err(Detach::Shutdown),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        match backend.state(handle).await {
+            Ok(TaskState::Exited(exit)) => return Ok(Some(Ended::Exited(exit))),
+            Ok(TaskState::NotFound) => {
+                return Ok(Some(Ended::Lost(
+                    "the backend no longer knows the run's container".into(),
+                )))
+            }
+            Ok(_) => return Ok(None),
+            Err(_) if tokio::time::Instant::now() >= give_up => {
+                return Ok(Some(Ended::Lost(format!(
+                    "the backend could not be reached for {} s",
+                    window.as_secs()
+                ))))
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Copies the log into the store, restarting the stream from the stored position when it
+/// breaks, until it ends with the container or `done` is cancelled.
+async fn pump_logs(
+    r: Runner,
+    backend: Arc<dyn Backend>,
+    handle: RunHandle,
+    run: RunRow,
+    redactor: Redactor,
+    done: CancellationToken,
+) {
+    let store = &r.inner.ctx.store;
+    loop {
+        let pos = match store.run(&run.id).await {
+            Ok(now) => Position {
+                bytes: now.log_bytes,
+                last_ts: now.last_log_ts,
+                last_ts_n: now.last_log_ts_n,
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the log position");
+                Position {
+                    bytes: run.log_bytes,
+                    last_ts: run.last_log_ts,
+                    last_ts_n: run.last_log_ts_n,
+                }
+            }
+        };
+        let pump = Pump {
+            store,
+            backend: &backend,
+            handle: &handle,
+            run_id: &run.id,
+            attempt: run.attempt,
+            redactor: &redactor,
+            cap: r.inner.config.log_cap_bytes,
+        };
+        let result = tokio::select! {
+            res = pump.run(pos) => res,
+            _ = done.cancelled() => return,
+        };
+        match result {
+            Ok(()) => return,
+            Err(PumpError::Backend(e)) => tracing::debug!(error = %e, "log stream broke; resuming"),
+            Err(PumpError::Store(e)) => {
+                tracing::warn!(error = %e, "could not store log lines; retrying")
+            }
+        }
+        tokio::select! {
+            _ = done.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Records the end of the attempt — a final status, or the next attempt — then removes the
+/// container. The container goes only after its end is stored, so a crash in between leaves
+/// it for the start-up sweep rather than losing its exit status.
+async fn record(
+    r: &Runner,
+    run: &RunRow,
+    ended: Ended,
+    container: Option<(&Arc<dyn Backend>, &RunHandle)>,
+) -> anyhow::Result<()> {
+    let store = &r.inner.ctx.store;
+    let (status, outcome) = classify(run, ended);
+    append_cap_notice(r, run).await?;
+    let retry_on = &run.spec.retry_on;
+    let retry = match status {
+        RunStatus::Failed if outcome.oom_killed => retry_on.contains(&RetryOn::OomKilled),
+        RunStatus::Failed | RunStatus::Lost => true,
+        RunStatus::TimedOut => retry_on.contains(&RetryOn::TimedOut),
+        _ => false,
+    } && run.attempt < run.max_attempts;
+    let mut tx = store.begin_write().await?;
+    let recorded = if retry {
+        let backoff = run.spec.retries.map(|r| r.backoff_seconds).unwrap_or(0);
+        let mut o = outcome.clone();
+        o.reason = Some(format!(
+            "{}; attempt {} of {} follows in {backoff} s",
+            o.reason.as_deref().unwrap_or("failed"),
+            run.attempt + 1,
+            run.max_attempts
+        ));
+        runs::requeue(
+            &mut tx,
+            &run.id,
+            run.attempt,
+            status,
+            &o,
+            now_ms() + backoff * 1000,
+        )
+        .await?
+    } else {
+        runs::finish(&mut tx, &run.id, run.attempt, status, &outcome).await?
+    };
+    tx.commit().await.map_err(StoreError::from)?;
+    if recorded {
+        tracing::info!(status = %status, retry, exit_code = ?outcome.exit_code, "attempt ended");
+    }
+    if let Some((backend, handle)) = container {
+        if let Err(e) = backend.cleanup(handle).await {
+            tracing::warn!(error = %e, "could not remove the container; the start-up sweep will");
+        }
+    }
+    Ok(())
+}
+
+fn classify(run: &RunRow, ended: Ended) -> (RunStatus, Outcome) {
+    let from_exit = |e: &Exit, reason: String| Outcome {
+        exit_code: e.exit_code,
+        oom_killed: e.oom_killed,
+        reason: Some(reason),
+        finished_at: millis(e.finished_at),
+        started_at: millis(e.started_at),
+    };
+    match ended {
+        Ended::Exited(e) if e.oom_killed && e.exit_code != Some(0) => {
+            let limit = run.spec.resources.and_then(|r| r.memory_mb);
+            let reason = match limit {
+                Some(mb) => format!("killed by the kernel: out of memory (limit {mb} MiB)"),
+                None => "killed by the kernel: out of memory".into(),
+            };
+            (RunStatus::Failed, from_exit(&e, reason))
+        }
+        Ended::Exited(e) if e.exit_code == Some(0) => (
+            RunStatus::Succeeded,
+            from_exit(&e, "exited with code 0".into()),
+        ),
+        Ended::Exited(e) => {
+            let reason = match (e.exit_code, &e.reason) {
+                (Some(c), _) => format!("exited with code {c}"),
+                (None, Some(r)) => r.clone(),
+                (None, None) => "ended without an exit code".into(),
+            };
+            (RunStatus::Failed, from_exit(&e, reason))
+        }
+        Ended::TimedOut(e) => {
+            let t = run.spec.timeout_seconds.unwrap_or_default();
+            (
+                RunStatus::TimedOut,
+                from_exit(
+                    &e,
+                    format!("ran longer than its timeout of {t} s and was stopped"),
+                ),
+            )
+        }
+        Ended::Cancelled(e) => (
+            RunStatus::Cancelled,
+            from_exit(&e, "cancelled; the container was stopped".into()),
+        ),
+        Ended::Lost(reason) => (
+            RunStatus::Lost,
+            Outcome {
+                reason: Some(reason),
+                ..Default::default()
+            },
+        ),
+        Ended::LaunchFailed(reason) => (
+            RunStatus::Failed,
+            Outcome {
+                reason: Some(reason),
+                ..Default::default()
+            },
+        ),
+    }
+}
+
+/// Past the cap, the log ends with a line that says how much was dropped.
+async fn append_cap_notice(r: &Runner, run: &RunRow) -> Result<(), StoreError> {
+    let now = r.inner.ctx.store.run(&run.id).await?;
+    if now.log_dropped == 0 {
+        return Ok(());
+    }
+    let line = crate::store::logs::NewLine {
+        attempt: run.attempt,
+        ts: chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0),
+        stream: "jobdock",
+        line: format!(
+            "log capped at {} MiB: {} further bytes of output were dropped",
+            r.inner.config.log_cap_bytes / (1024 * 1024),
+            now.log_dropped
+        ),
+    };
+    let totals = crate::store::logs::BatchTotals {
+        dropped: -now.log_dropped,
+        ..Default::default()
+    };
+    r.inner
+        .ctx
+        .store
+        .append_logs(&run.id, &[line], totals)
+        .await
+}

@@ -1,0 +1,398 @@
+//! Triggering, reading and cancelling runs. A trigger snapshots the job's definition, and
+//! idempotency is decided by a unique index, so a retried HTTP call never starts a second run.
+
+use jobdock_types::{
+    FieldError, JobSpec, OnConflict, Page, Run, RunAttempt, RunStatus, Scope, TriggerRequest,
+};
+use serde_json::json;
+
+use super::{validate, Actor, Ctx, Result, ServiceError};
+use crate::store::runs::{self, AttemptRow, NewRun, RunRow};
+use crate::store::{self, from_ms, now_ms, StoreError};
+
+/// Most runs of one job that may wait in the queue; past it a trigger gets 429.
+pub const QUEUE_CAP: i64 = 1000;
+
+/// Who triggers, and with what rights.
+#[derive(Debug, Clone)]
+pub struct Trigger<'a> {
+    /// For the audit log.
+    pub actor: &'a Actor,
+    /// The caller's scope (overrides are a privilege).
+    pub scope: Scope,
+    /// `api`, `schedule`, `rerun`.
+    pub kind: &'a str,
+    /// The `Idempotency-Key` header, if any.
+    pub header_key: Option<String>,
+}
+
+/// What a trigger did.
+#[derive(Debug)]
+pub enum Triggered {
+    /// A new run (201).
+    Created(Box<Run>),
+    /// The run an earlier call with the same idempotency key created (200).
+    Existing(Box<Run>),
+}
+
+/// Why a trigger was refused because of the job's limits.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// `on_conflict: reject` and the slot is taken.
+    #[error("job `{job}` already has {max_parallel} run(s) queued, starting or running (on_conflict: reject)")]
+    SlotTaken {
+        /// The job.
+        job: String,
+        /// Its limit.
+        max_parallel: i64,
+        /// A run that holds the slot.
+        holder: String,
+    },
+    /// The job's queue is full.
+    #[error("job `{job}` already has {QUEUE_CAP} runs waiting; try again later")]
+    QueueFull {
+        /// The job.
+        job: String,
+    },
+}
+
+fn key_of(req: &TriggerRequest, header: Option<&str>) -> Result<Option<String>> {
+    let key = match (req.idempotency_key.as_deref(), header) {
+        (Some(b), Some(h)) if b != h => {
+            return Err(ServiceError::invalid(
+                "idempotency_key",
+                "differs from the Idempotency-Key header; send one or make them equal",
+            ))
+        }
+        (Some(k), _) | (None, Some(k)) => Some(k.to_string()),
+        (None, None) => None,
+    };
+    if let Some(k) = &key {
+        if k.is_empty() || k.len() > 255 || k.chars().any(char::is_control) {
+            return Err(ServiceError::invalid(
+                "idempotency_key",
+                "must be 1 to 255 printable characters",
+            ));
+        }
+    }
+    Ok(key)
+}
+
+/// SHA-256 of the parts of the body that shape the run, to spot a key reused for another run.
+fn request_hash(req: &TriggerRequest) -> String {
+    let canonical = json!({ "env": req.env, "command": req.command }).to_string();
+    let d = ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes());
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn check_overrides(
+    job: &JobSpec,
+    secrets: &[String],
+    req: &TriggerRequest,
+    scope: Scope,
+) -> Result<()> {
+    let mut errors = Vec::new();
+    for k in req.env.keys() {
+        if let Err(m) = validate::var_name(k) {
+            errors.push(FieldError::new(format!("env.{k}"), m));
+        } else if secrets.contains(k) {
+            errors.push(FieldError::new(
+                format!("env.{k}"),
+                "is a secret of this job; a trigger may not override a secret",
+            ));
+        }
+    }
+    if let Some(cmd) = &req.command {
+        if cmd.is_empty() {
+            errors.push(FieldError::new("command", "must not be empty"));
+        }
+        if scope < Scope::Operator && !job.allow_command_override {
+            return Err(ServiceError::Forbidden(
+                "overriding the command needs an operator token, or a job with allow_command_override".into(),
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ServiceError::Invalid(errors))
+    }
+}
+
+/// Triggers a run of job `name`.
+pub async fn trigger(
+    ctx: &Ctx,
+    t: Trigger<'_>,
+    name: &str,
+    req: TriggerRequest,
+) -> Result<Triggered, TriggerError> {
+    let key = key_of(&req, t.header_key.as_deref())?;
+    let hash = request_hash(&req);
+    let mut tx = ctx.store.begin_write().await.map_err(ServiceError::from)?;
+    let job = store::jobs::get_for_update(&mut tx, &ctx.store, name)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => ServiceError::NotFound(format!("job `{name}` does not exist")),
+            e => e.into(),
+        })?;
+    // A repeated key wins over every other rule: it returns the run it created.
+    if let Some(k) = &key {
+        if let Some(existing) = runs::by_idempotency_key(&mut tx, &job.id, k)
+            .await
+            .map_err(ServiceError::from)?
+        {
+            drop(tx);
+            return existing_for_key(ctx, existing, &hash).await;
+        }
+    }
+    let secret_names = ctx
+        .store
+        .secret_names(&job.id)
+        .await
+        .map_err(ServiceError::from)?;
+    check_overrides(&job.spec, &secret_names, &req, t.scope)?;
+
+    let mut snapshot = job.spec.clone();
+    snapshot.env.extend(req.env.clone());
+    if let Some(cmd) = &req.command {
+        snapshot.command = Some(cmd.clone());
+    }
+    let unfinished = runs::unfinished_for_job(&mut tx, &job.id)
+        .await
+        .map_err(ServiceError::from)?;
+    let max_parallel = job.spec.max_parallel.unwrap_or(1);
+    let queued = unfinished
+        .iter()
+        .filter(|r| r.status == RunStatus::Queued)
+        .count() as i64;
+    let full = unfinished.len() as i64 >= max_parallel;
+    let mut status = RunStatus::Queued;
+    let mut reason = None;
+    match job.spec.on_conflict.unwrap_or_default() {
+        OnConflict::Reject if full => {
+            return Err(TriggerError::Refused(Refusal::SlotTaken {
+                job: name.into(),
+                max_parallel,
+                holder: unfinished[0].id.clone(),
+            }))
+        }
+        OnConflict::Skip if full => {
+            status = RunStatus::Skipped;
+            reason = Some(format!(
+                "skipped: run {} already holds the job's slot (on_conflict: skip)",
+                unfinished[0].id
+            ));
+        }
+        _ if queued >= QUEUE_CAP => {
+            return Err(TriggerError::Refused(Refusal::QueueFull {
+                job: name.into(),
+            }))
+        }
+        _ => {}
+    }
+    let inserted = runs::insert(
+        &mut tx,
+        NewRun {
+            job_id: &job.id,
+            job_name: &job.name,
+            status,
+            spec: &snapshot,
+            max_attempts: job.spec.retries.map(|r| r.max_attempts).unwrap_or(1),
+            backend: job.spec.backend.map(|b| b.as_str()).unwrap_or("docker"),
+            trigger_kind: t.kind,
+            triggered_by: t.actor.token_name.as_deref(),
+            idempotency_key: key.as_deref(),
+            request_hash: Some(&hash),
+            reason: reason.as_deref(),
+        },
+    )
+    .await;
+    let row = match inserted {
+        Ok(row) => row,
+        // Another request with the same key committed first: answer with its run.
+        Err(StoreError::Conflict(_)) if key.is_some() => {
+            drop(tx);
+            let mut conn = ctx.store.begin_write().await.map_err(ServiceError::from)?;
+            let existing =
+                runs::by_idempotency_key(&mut conn, &job.id, key.as_deref().unwrap_or_default())
+                    .await
+                    .map_err(ServiceError::from)?
+                    .ok_or_else(|| {
+                        ServiceError::Conflict("idempotency key race; retry the call".into())
+                    })?;
+            drop(conn);
+            return existing_for_key(ctx, existing, &hash).await;
+        }
+        Err(e) => return Err(ServiceError::from(e).into()),
+    };
+    store::audit::record(
+        &mut tx,
+        t.actor.audit(
+            "run.trigger",
+            name,
+            json!({ "run_id": row.id, "status": row.status.as_str(), "env_overrides": req.env.keys().collect::<Vec<_>>(),
+                    "command_override": req.command.is_some(), "idempotency_key": key }),
+        ),
+    )
+    .await
+    .map_err(ServiceError::from)?;
+    tx.commit()
+        .await
+        .map_err(|e| ServiceError::from(StoreError::from(e)))?;
+    Ok(Triggered::Created(Box::new(to_api(&row, Vec::new()))))
+}
+
+async fn existing_for_key(
+    ctx: &Ctx,
+    existing: RunRow,
+    hash: &str,
+) -> Result<Triggered, TriggerError> {
+    if existing.request_hash.as_deref() != Some(hash) {
+        return Err(ServiceError::invalid(
+            "idempotency_key",
+            format!(
+                "was used for run {} with a different body; use a new key for a different run",
+                existing.id
+            ),
+        )
+        .into());
+    }
+    Ok(Triggered::Existing(Box::new(get(ctx, &existing.id).await?)))
+}
+
+/// Errors of a trigger: the service's, or a refusal by the job's limits.
+#[derive(Debug, thiserror::Error)]
+pub enum TriggerError {
+    /// A service error.
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    /// Refused by the limits.
+    #[error(transparent)]
+    Refused(Refusal),
+}
+
+fn attempt_api(a: &AttemptRow) -> RunAttempt {
+    RunAttempt {
+        attempt: a.attempt,
+        status: a.status,
+        exit_code: a.exit_code,
+        oom_killed: a.oom_killed,
+        reason: a.reason.clone(),
+        started_at: a.started_at.map(from_ms),
+        finished_at: a.finished_at.map(from_ms),
+    }
+}
+
+/// The API's view of a run.
+pub fn to_api(r: &RunRow, attempts: Vec<AttemptRow>) -> Run {
+    let end = r.finished_at.unwrap_or_else(now_ms);
+    Run {
+        id: r.id.clone(),
+        job: r.job_name.clone(),
+        status: r.status,
+        attempt: r.attempt,
+        max_attempts: r.max_attempts,
+        exit_code: r.exit_code,
+        oom_killed: r.oom_killed,
+        reason: r.reason.clone(),
+        trigger: r.trigger_kind.clone(),
+        triggered_by: r.triggered_by.clone(),
+        idempotency_key: r.idempotency_key.clone(),
+        created_at: from_ms(r.created_at),
+        started_at: r.started_at.map(from_ms),
+        finished_at: r.finished_at.map(from_ms),
+        next_attempt_at: r.next_attempt_at.map(from_ms),
+        queue_ms: r.first_started_at.map(|s| s - r.created_at),
+        duration_ms: r.started_at.map(|s| end.max(s) - s),
+        attempts: attempts.iter().map(attempt_api).collect(),
+    }
+}
+
+fn run_not_found(id: &str) -> ServiceError {
+    ServiceError::NotFound(format!("run `{id}` does not exist"))
+}
+
+/// One run, with its attempts.
+pub async fn get(ctx: &Ctx, id: &str) -> Result<Run> {
+    let row = ctx.store.run(id).await.map_err(|e| match e {
+        StoreError::NotFound => run_not_found(id),
+        e => e.into(),
+    })?;
+    let attempts = ctx.store.attempts(id).await?;
+    Ok(to_api(&row, attempts))
+}
+
+/// The run's row (for authorisation by job name).
+pub async fn row(ctx: &Ctx, id: &str) -> Result<RunRow> {
+    ctx.store.run(id).await.map_err(|e| match e {
+        StoreError::NotFound => run_not_found(id),
+        e => e.into(),
+    })
+}
+
+/// A page of runs, newest first; the cursor is the last run's position.
+pub async fn list(
+    ctx: &Ctx,
+    job: Option<&str>,
+    status: Option<RunStatus>,
+    cursor: Option<i64>,
+    limit: usize,
+    visible: impl Fn(&str) -> bool,
+) -> Result<Page<Run>> {
+    let mut items = Vec::new();
+    let mut before = cursor;
+    loop {
+        let batch = ctx
+            .store
+            .runs(job, status, before, limit as i64 + 1)
+            .await?;
+        let exhausted = batch.len() <= limit;
+        for r in &batch {
+            if items.len() == limit {
+                return Ok(Page {
+                    items,
+                    next_cursor: before.map(|b| b.to_string()),
+                });
+            }
+            before = Some(r.seq);
+            if visible(&r.job_name) {
+                items.push(to_api(r, Vec::new()));
+            }
+        }
+        if exhausted {
+            return Ok(Page {
+                items,
+                next_cursor: None,
+            });
+        }
+    }
+}
+
+/// Cancels a run: a queued run ends at once; a starting or running one is stopped by its
+/// supervisor and ends `cancelled` once its container has really stopped.
+pub async fn cancel(ctx: &Ctx, actor: &Actor, id: &str) -> Result<Run> {
+    let mut tx = ctx.store.begin_write().await?;
+    let run = ctx.store.run(id).await.map_err(|e| match e {
+        StoreError::NotFound => run_not_found(id),
+        e => e.into(),
+    })?;
+    if run.status.is_final() {
+        return Err(ServiceError::Conflict(format!(
+            "run {id} has already ended ({})",
+            run.status
+        )));
+    }
+    let by = actor.token_name.as_deref().unwrap_or("the engine");
+    let ended =
+        runs::cancel_queued(&mut tx, id, &format!("cancelled by {by} before it started")).await?;
+    if !ended {
+        runs::request_cancel(&mut tx, id).await?;
+    }
+    store::audit::record(
+        &mut tx,
+        actor.audit("run.cancel", &run.job_name, json!({ "run_id": id })),
+    )
+    .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    get(ctx, id).await
+}

@@ -1,0 +1,136 @@
+//! Run logs, stored as they arrive so that they outlive the container and any replica can
+//! serve them. Each batch is appended in one transaction together with the run's log
+//! position, so a restart resumes exactly after the last stored line.
+
+use sqlx::Row;
+
+use super::{Result, Store};
+
+/// One line to store.
+#[derive(Debug, Clone)]
+pub struct NewLine {
+    /// The attempt that wrote it.
+    pub attempt: i64,
+    /// Container timestamp, ns since the epoch.
+    pub ts: i64,
+    /// `stdout`, `stderr` or `jobdock`.
+    pub stream: &'static str,
+    /// The line (already redacted).
+    pub line: String,
+}
+
+/// A stored line.
+#[derive(Debug, Clone)]
+pub struct LogRow {
+    /// Position in the run's log, from 1.
+    pub line_no: i64,
+    /// The attempt that wrote it.
+    pub attempt: i64,
+    /// Container timestamp, ns.
+    pub ts: i64,
+    /// Stream.
+    pub stream: String,
+    /// The line.
+    pub line: String,
+}
+
+/// What a batch adds to the run's counters.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BatchTotals {
+    /// Bytes of the stored lines.
+    pub bytes: i64,
+    /// Bytes dropped past the cap.
+    pub dropped: i64,
+    /// Timestamp (ns) of the batch's last line with a container timestamp.
+    pub last_ts: Option<i64>,
+    /// How many lines up to now (stored before and in this batch) carry exactly `last_ts`.
+    pub last_ts_n: i64,
+}
+
+impl Store {
+    /// Appends lines after the run's current last line, and moves its position.
+    pub async fn append_logs(
+        &self,
+        run_id: &str,
+        lines: &[NewLine],
+        totals: BatchTotals,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query("SELECT log_lines FROM runs WHERE id = $1")
+            .bind(run_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let first: i64 = row.try_get::<i64, _>("log_lines")? + 1;
+        // Multi-row inserts in chunks: one statement per line would make a chatty run slow.
+        for (c, chunk) in lines.chunks(200).enumerate() {
+            let mut sql = String::from(
+                "INSERT INTO run_logs (run_id, line_no, attempt, ts, stream, line) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let b = i * 6;
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6
+                ));
+            }
+            let mut q = sqlx::query(&sql);
+            for (i, l) in chunk.iter().enumerate() {
+                q = q
+                    .bind(run_id)
+                    .bind(first + (c * 200 + i) as i64)
+                    .bind(l.attempt)
+                    .bind(l.ts)
+                    .bind(l.stream)
+                    .bind(&l.line);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        sqlx::query(
+            "UPDATE runs SET log_lines = log_lines + $1, log_bytes = log_bytes + $2, \
+             log_dropped = log_dropped + $3, last_log_ts = COALESCE($4, last_log_ts), \
+             last_log_ts_n = CASE WHEN $4 IS NULL THEN last_log_ts_n ELSE $5 END WHERE id = $6",
+        )
+        .bind(lines.len() as i64)
+        .bind(totals.bytes)
+        .bind(totals.dropped)
+        .bind(totals.last_ts)
+        .bind(totals.last_ts_n)
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Lines after `after_line_no`, at most `limit`.
+    pub async fn logs(&self, run_id: &str, after_line_no: i64, limit: i64) -> Result<Vec<LogRow>> {
+        let rows = sqlx::query(
+            "SELECT line_no, attempt, ts, stream, line FROM run_logs \
+             WHERE run_id = $1 AND line_no > $2 ORDER BY line_no LIMIT $3",
+        )
+        .bind(run_id)
+        .bind(after_line_no)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(LogRow {
+                    line_no: r.try_get("line_no")?,
+                    attempt: r.try_get("attempt")?,
+                    ts: r.try_get("ts")?,
+                    stream: r.try_get("stream")?,
+                    line: r.try_get("line")?,
+                })
+            })
+            .collect()
+    }
+}

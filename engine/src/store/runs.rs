@@ -1,0 +1,595 @@
+//! Runs and their attempts — and the run's state machine: this is the only module that
+//! writes a run's `status`. Every transition is a compare-and-set on the current status, so
+//! two replicas (or a supervisor and a cancel) can never both move the same run.
+//!
+//! | from                 | to                         | by                                   |
+//! |----------------------|----------------------------|--------------------------------------|
+//! | (new)                | queued, skipped            | [`insert`] (trigger)                 |
+//! | queued               | starting                   | [`mark_starting`] (dispatch claim)   |
+//! | queued               | cancelled                  | [`cancel_queued`]                    |
+//! | starting             | running                    | [`mark_running`]                     |
+//! | starting, running    | succeeded, failed, timed_out, cancelled, lost | [`finish`]        |
+//! | starting, running    | queued (next attempt)      | [`requeue`] (retry)                  |
+
+use jobdock_types::{JobSpec, RunStatus};
+use sqlx::{AnyConnection, Row};
+
+use super::{now_ms, Result, Store, StoreError};
+
+/// A stored run.
+#[derive(Debug, Clone)]
+pub struct RunRow {
+    /// Order of triggering.
+    pub seq: i64,
+    /// The run's id.
+    pub id: String,
+    /// The job's internal id.
+    pub job_id: String,
+    /// The job's name.
+    pub job_name: String,
+    /// Where it stands.
+    pub status: RunStatus,
+    /// Current attempt.
+    pub attempt: i64,
+    /// Attempts allowed.
+    pub max_attempts: i64,
+    /// The job's definition as it was when the run was triggered, overrides applied.
+    pub spec: JobSpec,
+    /// Backend name.
+    pub backend: String,
+    /// `api`, `schedule`, `rerun`.
+    pub trigger_kind: String,
+    /// Who triggered it.
+    pub triggered_by: Option<String>,
+    /// Idempotency key.
+    pub idempotency_key: Option<String>,
+    /// Hash of the trigger's body, to spot a reused key with another body.
+    pub request_hash: Option<String>,
+    /// The backend's handle (JSON), once launched.
+    pub backend_ref: Option<String>,
+    /// Latest exit code.
+    pub exit_code: Option<i64>,
+    /// Latest attempt OOM-killed.
+    pub oom_killed: bool,
+    /// In words.
+    pub reason: Option<String>,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms of the first attempt's start.
+    pub first_started_at: Option<i64>,
+    /// Unix ms of the latest attempt's start.
+    pub started_at: Option<i64>,
+    /// Unix ms.
+    pub finished_at: Option<i64>,
+    /// Unix ms.
+    pub next_attempt_at: Option<i64>,
+    /// A cancel was asked for while the run was starting or running.
+    pub cancel_requested: bool,
+    /// The replica supervising it.
+    pub lease_owner: Option<String>,
+    /// Unix ms.
+    pub lease_expires_at: Option<i64>,
+    /// Log lines stored.
+    pub log_lines: i64,
+    /// Log bytes stored.
+    pub log_bytes: i64,
+    /// Log bytes dropped past the cap.
+    pub log_dropped: i64,
+    /// Timestamp (ns) of the last stored line, to resume after a restart.
+    pub last_log_ts: Option<i64>,
+    /// How many stored lines carry exactly `last_log_ts`.
+    pub last_log_ts_n: i64,
+}
+
+/// A stored attempt.
+#[derive(Debug, Clone)]
+pub struct AttemptRow {
+    /// From 1.
+    pub attempt: i64,
+    /// Its status.
+    pub status: RunStatus,
+    /// Exit code.
+    pub exit_code: Option<i64>,
+    /// OOM-killed.
+    pub oom_killed: bool,
+    /// In words.
+    pub reason: Option<String>,
+    /// Unix ms.
+    pub started_at: Option<i64>,
+    /// Unix ms.
+    pub finished_at: Option<i64>,
+}
+
+/// A run to insert.
+#[derive(Debug)]
+pub struct NewRun<'a> {
+    /// Job id.
+    pub job_id: &'a str,
+    /// Job name.
+    pub job_name: &'a str,
+    /// `queued` or `skipped`.
+    pub status: RunStatus,
+    /// The snapshot.
+    pub spec: &'a JobSpec,
+    /// Attempts allowed.
+    pub max_attempts: i64,
+    /// Backend name.
+    pub backend: &'a str,
+    /// `api`, `schedule`, `rerun`.
+    pub trigger_kind: &'a str,
+    /// Who.
+    pub triggered_by: Option<&'a str>,
+    /// Idempotency key.
+    pub idempotency_key: Option<&'a str>,
+    /// Body hash.
+    pub request_hash: Option<&'a str>,
+    /// Why (for a skipped run).
+    pub reason: Option<&'a str>,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// Exit code.
+    pub exit_code: Option<i64>,
+    /// OOM-killed.
+    pub oom_killed: bool,
+    /// In words.
+    pub reason: Option<String>,
+    /// Unix ms; now when `None`.
+    pub finished_at: Option<i64>,
+    /// Unix ms, when the backend knows it better than the engine.
+    pub started_at: Option<i64>,
+}
+
+const COLUMNS: &str = "seq, id, job_id, job_name, status, attempt, max_attempts, spec, backend, \
+    trigger_kind, triggered_by, idempotency_key, request_hash, backend_ref, exit_code, oom_killed, \
+    reason, created_at, first_started_at, started_at, finished_at, next_attempt_at, \
+    cancel_requested, lease_owner, lease_expires_at, log_lines, log_bytes, log_dropped, \
+    last_log_ts, last_log_ts_n";
+
+fn status(s: String) -> Result<RunStatus> {
+    s.parse().map_err(StoreError::Corrupt)
+}
+
+pub(crate) fn decode(r: &sqlx::any::AnyRow) -> Result<RunRow> {
+    let spec: String = r.try_get("spec")?;
+    Ok(RunRow {
+        seq: r.try_get("seq")?,
+        id: r.try_get("id")?,
+        job_id: r.try_get("job_id")?,
+        job_name: r.try_get("job_name")?,
+        status: status(r.try_get("status")?)?,
+        attempt: r.try_get("attempt")?,
+        max_attempts: r.try_get("max_attempts")?,
+        spec: serde_json::from_str(&spec)
+            .map_err(|e| StoreError::Corrupt(format!("run snapshot: {e}")))?,
+        backend: r.try_get("backend")?,
+        trigger_kind: r.try_get("trigger_kind")?,
+        triggered_by: r.try_get("triggered_by")?,
+        idempotency_key: r.try_get("idempotency_key")?,
+        request_hash: r.try_get("request_hash")?,
+        backend_ref: r.try_get("backend_ref")?,
+        exit_code: r.try_get("exit_code")?,
+        oom_killed: r.try_get::<i64, _>("oom_killed")? != 0,
+        reason: r.try_get("reason")?,
+        created_at: r.try_get("created_at")?,
+        first_started_at: r.try_get("first_started_at")?,
+        started_at: r.try_get("started_at")?,
+        finished_at: r.try_get("finished_at")?,
+        next_attempt_at: r.try_get("next_attempt_at")?,
+        cancel_requested: r.try_get::<i64, _>("cancel_requested")? != 0,
+        lease_owner: r.try_get("lease_owner")?,
+        lease_expires_at: r.try_get("lease_expires_at")?,
+        log_lines: r.try_get("log_lines")?,
+        log_bytes: r.try_get("log_bytes")?,
+        log_dropped: r.try_get("log_dropped")?,
+        last_log_ts: r.try_get("last_log_ts")?,
+        last_log_ts_n: r.try_get("last_log_ts_n")?,
+    })
+}
+
+/// Inserts a run. A clash on the idempotency key is [`StoreError::Conflict`].
+pub async fn insert(conn: &mut AnyConnection, new: NewRun<'_>) -> Result<RunRow> {
+    let now = now_ms();
+    let finished = new.status.is_final().then_some(now);
+    let row = sqlx::query(&format!(
+        "INSERT INTO runs (id, job_id, job_name, status, max_attempts, spec, backend, trigger_kind, \
+         triggered_by, idempotency_key, request_hash, reason, created_at, finished_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING {COLUMNS}"
+    ))
+    .bind(uuid::Uuid::now_v7().to_string())
+    .bind(new.job_id)
+    .bind(new.job_name)
+    .bind(new.status.as_str())
+    .bind(new.max_attempts)
+    .bind(serde_json::to_string(new.spec).expect("a JobSpec serialises"))
+    .bind(new.backend)
+    .bind(new.trigger_kind)
+    .bind(new.triggered_by)
+    .bind(new.idempotency_key)
+    .bind(new.request_hash)
+    .bind(new.reason)
+    .bind(now)
+    .bind(finished)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(|e| StoreError::on_unique(e, "a run with this idempotency key"))?;
+    decode(&row)
+}
+
+/// The run of a job with this idempotency key.
+pub async fn by_idempotency_key(
+    conn: &mut AnyConnection,
+    job_id: &str,
+    key: &str,
+) -> Result<Option<RunRow>> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM runs WHERE job_id = $1 AND idempotency_key = $2"
+    ))
+    .bind(job_id)
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.as_ref().map(decode).transpose()
+}
+
+/// Queued runs whose time has come, oldest first.
+pub async fn due(conn: &mut AnyConnection, backends: &[String], limit: i64) -> Result<Vec<RunRow>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM runs WHERE status = 'queued' \
+         AND (next_attempt_at IS NULL OR next_attempt_at <= $1) ORDER BY seq LIMIT $2"
+    ))
+    .bind(now_ms())
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(decode)
+        .filter(|r| r.as_ref().map_or(true, |r| backends.contains(&r.backend)))
+        .collect()
+}
+
+/// How many runs of a job hold a slot (starting or running).
+pub async fn active_for_job(conn: &mut AnyConnection, job_id: &str) -> Result<i64> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS n FROM runs WHERE job_id = $1 AND status IN ('starting', 'running')",
+    )
+    .bind(job_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(row.try_get("n")?)
+}
+
+/// The runs of a job that are not final, oldest first.
+pub async fn unfinished_for_job(conn: &mut AnyConnection, job_id: &str) -> Result<Vec<RunRow>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM runs WHERE job_id = $1 \
+         AND status IN ('queued', 'starting', 'running') ORDER BY seq"
+    ))
+    .bind(job_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(decode).collect()
+}
+
+/// queued → starting: the caller's replica takes the run under a lease.
+pub async fn mark_starting(
+    conn: &mut AnyConnection,
+    id: &str,
+    owner: &str,
+    lease_until: i64,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE runs SET status = 'starting', lease_owner = $1, lease_expires_at = $2, \
+         next_attempt_at = NULL, backend_ref = NULL WHERE id = $3 AND status = 'queued'",
+    )
+    .bind(owner)
+    .bind(lease_until)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO run_attempts (run_id, attempt, status) \
+         SELECT id, attempt, 'starting' FROM runs WHERE id = $1 \
+         ON CONFLICT (run_id, attempt) DO UPDATE SET status = 'starting'",
+    )
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(true)
+}
+
+/// queued → cancelled.
+pub async fn cancel_queued(conn: &mut AnyConnection, id: &str, reason: &str) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE runs SET status = 'cancelled', reason = $1, finished_at = $2, next_attempt_at = NULL \
+         WHERE id = $3 AND status = 'queued'",
+    )
+    .bind(reason)
+    .bind(now_ms())
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Asks the supervisor of a starting or running run to stop it.
+pub async fn request_cancel(conn: &mut AnyConnection, id: &str) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE runs SET cancel_requested = 1 WHERE id = $1 AND status IN ('starting', 'running')",
+    )
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// starting → running, for the given attempt.
+pub async fn mark_running(
+    conn: &mut AnyConnection,
+    id: &str,
+    attempt: i64,
+    started_at: i64,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE runs SET status = 'running', started_at = $1, \
+         first_started_at = COALESCE(first_started_at, $1) \
+         WHERE id = $2 AND attempt = $3 AND status = 'starting'",
+    )
+    .bind(started_at)
+    .bind(id)
+    .bind(attempt)
+    .execute(&mut *conn)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Ok(false);
+    }
+    let o = Outcome {
+        started_at: Some(started_at),
+        ..Default::default()
+    };
+    update_attempt(conn, id, attempt, RunStatus::Running, &o).await?;
+    Ok(true)
+}
+
+async fn update_attempt(
+    conn: &mut AnyConnection,
+    id: &str,
+    attempt: i64,
+    status: RunStatus,
+    o: &Outcome,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE run_attempts SET status = $1, exit_code = COALESCE($2, exit_code), \
+         oom_killed = $3, reason = COALESCE($4, reason), started_at = COALESCE($5, started_at), \
+         finished_at = $6 WHERE run_id = $7 AND attempt = $8",
+    )
+    .bind(status.as_str())
+    .bind(o.exit_code)
+    .bind(o.oom_killed as i64)
+    .bind(o.reason.as_deref())
+    .bind(o.started_at)
+    .bind(
+        status
+            .is_final()
+            .then(|| o.finished_at.unwrap_or_else(now_ms)),
+    )
+    .bind(id)
+    .bind(attempt)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// starting | running → a final status, for the given attempt.
+pub async fn finish(
+    conn: &mut AnyConnection,
+    id: &str,
+    attempt: i64,
+    to: RunStatus,
+    o: &Outcome,
+) -> Result<bool> {
+    debug_assert!(to.is_final());
+    let finished = o.finished_at.unwrap_or_else(now_ms);
+    let done = sqlx::query(
+        "UPDATE runs SET status = $1, exit_code = $2, oom_killed = $3, reason = $4, finished_at = $5, \
+         started_at = COALESCE(started_at, $6), first_started_at = COALESCE(first_started_at, $6), \
+         lease_owner = NULL, lease_expires_at = NULL \
+         WHERE id = $7 AND attempt = $8 AND status IN ('starting', 'running')",
+    )
+    .bind(to.as_str())
+    .bind(o.exit_code)
+    .bind(o.oom_killed as i64)
+    .bind(o.reason.as_deref())
+    .bind(finished)
+    .bind(o.started_at)
+    .bind(id)
+    .bind(attempt)
+    .execute(&mut *conn)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Ok(false);
+    }
+    update_attempt(
+        conn,
+        id,
+        attempt,
+        to,
+        &Outcome {
+            finished_at: Some(finished),
+            ..o.clone()
+        },
+    )
+    .await?;
+    Ok(true)
+}
+
+/// starting | running → queued for the next attempt: the ended attempt keeps `ended_as`.
+pub async fn requeue(
+    conn: &mut AnyConnection,
+    id: &str,
+    attempt: i64,
+    ended_as: RunStatus,
+    o: &Outcome,
+    next_attempt_at: i64,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE runs SET status = 'queued', attempt = attempt + 1, exit_code = $1, oom_killed = $2, \
+         reason = $3, next_attempt_at = $4, lease_owner = NULL, lease_expires_at = NULL, \
+         backend_ref = NULL, cancel_requested = 0 \
+         WHERE id = $5 AND attempt = $6 AND status IN ('starting', 'running')",
+    )
+    .bind(o.exit_code)
+    .bind(o.oom_killed as i64)
+    .bind(o.reason.as_deref())
+    .bind(next_attempt_at)
+    .bind(id)
+    .bind(attempt)
+    .execute(&mut *conn)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Ok(false);
+    }
+    update_attempt(conn, id, attempt, ended_as, o).await?;
+    Ok(true)
+}
+
+impl Store {
+    /// One run.
+    pub async fn run(&self, id: &str) -> Result<RunRow> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM runs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        decode(&row)
+    }
+
+    /// Runs newest first, optionally of one job and in one status, before `before_seq`.
+    pub async fn runs(
+        &self,
+        job: Option<&str>,
+        status: Option<RunStatus>,
+        before_seq: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<RunRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM runs WHERE seq < $1 AND ($2 IS NULL OR job_name = $2) \
+             AND ($3 IS NULL OR status = $3) ORDER BY seq DESC LIMIT $4"
+        ))
+        .bind(before_seq.unwrap_or(i64::MAX))
+        .bind(job)
+        .bind(status.map(|s| s.as_str()))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+
+    /// A run's attempts, in order.
+    pub async fn attempts(&self, run_id: &str) -> Result<Vec<AttemptRow>> {
+        let rows = sqlx::query(
+            "SELECT attempt, status, exit_code, oom_killed, reason, started_at, finished_at \
+             FROM run_attempts WHERE run_id = $1 ORDER BY attempt",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AttemptRow {
+                    attempt: r.try_get("attempt")?,
+                    status: status(r.try_get("status")?)?,
+                    exit_code: r.try_get("exit_code")?,
+                    oom_killed: r.try_get::<i64, _>("oom_killed")? != 0,
+                    reason: r.try_get("reason")?,
+                    started_at: r.try_get("started_at")?,
+                    finished_at: r.try_get("finished_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Records the backend's handle of a run's current attempt.
+    pub async fn set_backend_ref(&self, id: &str, attempt: i64, handle: &str) -> Result<()> {
+        sqlx::query("UPDATE runs SET backend_ref = $1 WHERE id = $2 AND attempt = $3")
+            .bind(handle)
+            .bind(id)
+            .bind(attempt)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Extends the lease of every run this replica supervises.
+    pub async fn heartbeat(&self, owner: &str, until: i64) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE runs SET lease_expires_at = $1 WHERE lease_owner = $2 \
+             AND status IN ('starting', 'running')",
+        )
+        .bind(until)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Takes over a starting or running run whose lease has expired (or that belongs to
+    /// `stale_owner`, e.g. this replica's previous life on SQLite). True when taken.
+    pub async fn adopt(&self, id: &str, owner: &str, until: i64, any_owner: bool) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE runs SET lease_owner = $1, lease_expires_at = $2 WHERE id = $3 \
+             AND status IN ('starting', 'running') \
+             AND ($4 = 1 OR lease_expires_at IS NULL OR lease_expires_at < $5)",
+        )
+        .bind(owner)
+        .bind(until)
+        .bind(id)
+        .bind(any_owner as i64)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Starting or running runs supervised by nobody alive: leases expired, or (`all`) any.
+    pub async fn orphans(&self, backends: &[String], all: bool) -> Result<Vec<RunRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM runs WHERE status IN ('starting', 'running') \
+             AND ($1 = 1 OR lease_expires_at IS NULL OR lease_expires_at < $2) ORDER BY seq"
+        ))
+        .bind(all as i64)
+        .bind(now_ms())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(decode)
+            .filter(|r| r.as_ref().map_or(true, |r| backends.contains(&r.backend)))
+            .collect()
+    }
+
+    /// Whether a cancel was asked for.
+    pub async fn cancel_requested(&self, id: &str) -> Result<bool> {
+        let row = sqlx::query("SELECT cancel_requested FROM runs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => r.try_get::<i64, _>("cancel_requested")? != 0,
+            None => false,
+        })
+    }
+
+    /// A run's status, if the run exists.
+    pub async fn status_of(&self, id: &str) -> Result<Option<RunStatus>> {
+        let row = sqlx::query("SELECT status FROM runs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| status(r.try_get("status")?)).transpose()
+    }
+}

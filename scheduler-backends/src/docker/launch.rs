@@ -1,0 +1,305 @@
+//! Launching one attempt: the image, the secrets, the container, exactly once.
+//!
+//! The container's name is derived from the run and attempt, so Docker itself refuses a
+//! second one (409): a launch retried after an engine crash adopts the first container and
+//! starts it only if it was never started.
+
+use bollard::auth::DockerCredentials;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum as Status,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures::StreamExt;
+use secrecy::ExposeSecret;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::create::{container_body, container_name, validate};
+use super::errors::{from_docker, is_not_found, is_transport, status_of};
+use super::secrets::{self, Reader};
+use super::DockerConfig;
+use crate::{labels, BackendError, LaunchSpec, RegistryAuth, RunHandle, SecretDelivery};
+
+/// [`crate::Backend::launch`].
+pub(crate) async fn launch(
+    docker: &Docker,
+    config: &DockerConfig,
+    spec: &LaunchSpec,
+) -> Result<RunHandle, BackendError> {
+    validate(spec)?;
+    let image_user = ensure_image(docker, spec).await?;
+    let secrets_dir = write_secrets(config, spec, image_user.as_deref()).await?;
+    let name = container_name(&spec.run_id, spec.attempt);
+    let body = container_body(spec, config, secrets_dir.as_deref())?;
+    let id = match create_or_adopt(docker, spec, &name, body).await {
+        Ok(Created::New(id)) => id,
+        Ok(Created::Existing(handle)) => return Ok(handle),
+        Err(e) => {
+            discard_secrets(secrets_dir).await;
+            return Err(e);
+        }
+    };
+    tracing::info!(container = %id, "container created");
+    if let Err(e) = docker.start_container(&id, None).await {
+        return Err(abandon(docker, &id, secrets_dir, e).await);
+    }
+    tracing::info!(container = %id, "container started");
+    Ok(handle(spec, id))
+}
+
+/// What [`create_or_adopt`] found.
+enum Created {
+    /// We created the container: it is ours to start.
+    New(String),
+    /// An earlier launch of the attempt did; it has been adopted (and started if needed).
+    Existing(RunHandle),
+}
+
+/// How often a create that conflicts with a container we cannot see yet is tried again.
+const CREATE_TRIES: u32 = 50;
+
+/// Creates the container, or adopts the one an earlier launch of this attempt created.
+async fn create_or_adopt(
+    docker: &Docker,
+    spec: &LaunchSpec,
+    name: &str,
+    body: ContainerCreateBody,
+) -> Result<Created, BackendError> {
+    for _ in 0..CREATE_TRIES {
+        let options = CreateContainerOptionsBuilder::new().name(name).build();
+        match docker.create_container(Some(options), body.clone()).await {
+            Ok(created) => return Ok(Created::New(created.id)),
+            Err(e) if status_of(&e) == Some(409) => {}
+            Err(e) => return Err(from_docker(e)),
+        }
+        if let Some(handle) = adopt(docker, spec, name).await? {
+            return Ok(Created::Existing(handle));
+        }
+        // Docker reserves the name before the container can be inspected (a concurrent
+        // create), or it was removed meanwhile: look again shortly.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(BackendError::Api {
+        status: Some(409),
+        message: format!("container name {name} is taken but the container cannot be found"),
+        source: None,
+    })
+}
+
+fn handle(spec: &LaunchSpec, backend_ref: String) -> RunHandle {
+    RunHandle {
+        run_id: spec.run_id.clone(),
+        attempt: spec.attempt,
+        backend_ref,
+    }
+}
+
+/// Makes sure the image is local, pulling it only when missing, and returns the user the
+/// image runs as (for the ownership of secret files).
+async fn ensure_image(docker: &Docker, spec: &LaunchSpec) -> Result<Option<String>, BackendError> {
+    match docker.inspect_image(&spec.image).await {
+        Ok(image) => return Ok(image.config.and_then(|c| c.user)),
+        Err(e) if is_not_found(&e) => {}
+        Err(e) => return Err(from_docker(e)),
+    }
+    pull(docker, &spec.image, spec.registry_auth.as_ref()).await?;
+    match docker.inspect_image(&spec.image).await {
+        Ok(image) => Ok(image.config.and_then(|c| c.user)),
+        Err(e) => Err(pull_error(&spec.image, e)),
+    }
+}
+
+/// Pulls `image`; the daemon reports failures either as an error answer or inside the
+/// progress stream, and both become [`BackendError::ImagePull`] with its words.
+async fn pull(
+    docker: &Docker,
+    image: &str,
+    auth: Option<&RegistryAuth>,
+) -> Result<(), BackendError> {
+    let (repo, tag) = split_reference(image);
+    let mut options = CreateImageOptionsBuilder::new().from_image(repo);
+    if let Some(tag) = tag {
+        options = options.tag(tag);
+    }
+    let credentials = auth.map(|a| DockerCredentials {
+        username: Some(a.username.clone()),
+        password: Some(a.password.expose_secret().to_owned()),
+        serveraddress: a.server.clone(),
+        ..Default::default()
+    });
+    tracing::info!(image, "pulling image");
+    let mut progress = docker.create_image(Some(options.build()), None, credentials);
+    while let Some(item) = progress.next().await {
+        let info = item.map_err(|e| pull_error(image, e))?;
+        if let Some(message) = info.error_detail.and_then(|d| d.message) {
+            return Err(BackendError::ImagePull {
+                image: image.to_owned(),
+                message,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn pull_error(image: &str, err: bollard::errors::Error) -> BackendError {
+    if is_transport(&err) {
+        return from_docker(err);
+    }
+    let message = match err {
+        bollard::errors::Error::DockerResponseServerError { message, .. } => message,
+        other => other.to_string(),
+    };
+    BackendError::ImagePull {
+        image: image.to_owned(),
+        message,
+    }
+}
+
+/// Splits a reference into what the pull API wants: the repository and a tag. Without a tag
+/// or digest the daemon would pull every tag, so `latest` is made explicit as the CLI does.
+fn split_reference(image: &str) -> (&str, Option<&str>) {
+    if image.contains('@') {
+        return (image, None);
+    }
+    let last_slash = image.rfind('/').map_or(0, |i| i + 1);
+    match image[last_slash..].rfind(':') {
+        Some(colon) => {
+            let at = last_slash + colon;
+            (&image[..at], Some(&image[at + 1..]))
+        }
+        None => (image, Some("latest")),
+    }
+}
+
+/// Writes the secret files when the spec asks for them; returns the directory to mount.
+async fn write_secrets(
+    config: &DockerConfig,
+    spec: &LaunchSpec,
+    image_user: Option<&str>,
+) -> Result<Option<PathBuf>, BackendError> {
+    if spec.secret_delivery != SecretDelivery::Files || spec.secrets.is_empty() {
+        return Ok(None);
+    }
+    let dir = secrets::run_dir(&config.secrets_dir, &spec.run_id, spec.attempt)
+        .ok_or_else(|| BackendError::Invalid("run id is not a safe directory name".into()))?;
+    let user = spec
+        .user
+        .as_deref()
+        .or(config.default_user.as_deref())
+        .or(image_user);
+    let dir = secrets::write(dir, spec.secrets.clone(), Reader::of_user(user)).await?;
+    Ok(Some(dir))
+}
+
+/// Removes secret files of a launch that failed, logging rather than hiding its error.
+async fn discard_secrets(dir: Option<PathBuf>) {
+    if let Some(dir) = dir {
+        if let Err(e) = secrets::remove(dir).await {
+            tracing::warn!(error = %e, "could not remove the secret files of a failed launch");
+        }
+    }
+}
+
+/// A created container that would not start: remove it and its secrets, so that a retry
+/// starts clean. When the daemon did not answer we cannot know whether it started, so the
+/// container stays for the retry to adopt.
+async fn abandon(
+    docker: &Docker,
+    id: &str,
+    secrets_dir: Option<PathBuf>,
+    err: bollard::errors::Error,
+) -> BackendError {
+    if is_transport(&err) {
+        return from_docker(err);
+    }
+    let options = RemoveContainerOptionsBuilder::new()
+        .force(true)
+        .v(true)
+        .build();
+    if let Err(e) = docker.remove_container(id, Some(options)).await {
+        tracing::warn!(container = %id, error = %e, "could not remove a container that failed to start");
+    }
+    discard_secrets(secrets_dir).await;
+    from_docker(err)
+}
+
+/// The container of an earlier launch of this attempt: start it if it never was, and hand
+/// back its handle. `None` when no container of that name can be seen.
+async fn adopt(
+    docker: &Docker,
+    spec: &LaunchSpec,
+    name: &str,
+) -> Result<Option<RunHandle>, BackendError> {
+    let existing = match docker.inspect_container(name, None).await {
+        Ok(existing) => existing,
+        Err(e) if is_not_found(&e) => return Ok(None),
+        Err(e) => return Err(from_docker(e)),
+    };
+    check_ours(&existing, spec, name)?;
+    let id = existing.id.clone().unwrap_or_else(|| name.to_owned());
+    let state = existing.state.unwrap_or_default();
+    // Started containers are never started again: a start would re-run an exited one. Two
+    // launches racing on a fresh container may both start it, which Docker answers with
+    // 304; the engine serialises launches of one attempt, so the narrower race (one start
+    // lands after the container already exited) is left to it.
+    let never_started = matches!(state.status, Some(Status::CREATED))
+        && super::status::parse_time(state.started_at.as_deref()).is_none();
+    if never_started {
+        tracing::info!(container = %id, "starting a container an earlier launch created");
+        docker
+            .start_container(&id, None)
+            .await
+            .map_err(from_docker)?;
+    } else {
+        tracing::info!(container = %id, "attempt already launched; adopting its container");
+    }
+    Ok(Some(handle(spec, id)))
+}
+
+/// Refuses to adopt a container that merely has our name but another run's labels.
+fn check_ours(
+    existing: &ContainerInspectResponse,
+    spec: &LaunchSpec,
+    name: &str,
+) -> Result<(), BackendError> {
+    let found = existing
+        .config
+        .as_ref()
+        .and_then(|c| c.labels.as_ref())
+        .and_then(|l| l.get(labels::RUN_ID));
+    if found == Some(&spec.run_id) {
+        Ok(())
+    } else {
+        Err(BackendError::Api {
+            status: Some(409),
+            message: format!(
+                "container {name} exists but does not belong to run {}",
+                spec.run_id
+            ),
+            source: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_reference;
+
+    #[test]
+    fn splits_references_for_the_pull_api() {
+        assert_eq!(split_reference("busybox"), ("busybox", Some("latest")));
+        assert_eq!(split_reference("busybox:1.36"), ("busybox", Some("1.36")));
+        assert_eq!(
+            split_reference("localhost:5000/team/app"),
+            ("localhost:5000/team/app", Some("latest"))
+        );
+        assert_eq!(
+            split_reference("localhost:5000/team/app:v2"),
+            ("localhost:5000/team/app", Some("v2"))
+        );
+        assert_eq!(split_reference("app@sha256:abc"), ("app@sha256:abc", None));
+    }
+}

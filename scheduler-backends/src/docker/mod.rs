@@ -1,0 +1,145 @@
+//! The Docker engine backend: one container per attempt of a run, on the local (or
+//! `DOCKER_HOST`) daemon, driven through bollard.
+//!
+//! Each concern has its module: translating the spec (`create`), launching exactly once
+//! (`launch`), secret files (`secrets`), state and waiting (`status`), output (`logs`), and
+//! finding and removing containers (`inventory`).
+
+mod create;
+mod errors;
+mod inventory;
+mod launch;
+mod logs;
+mod secrets;
+mod status;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::Docker;
+use chrono::{DateTime, Utc};
+
+use crate::{
+    Backend, BackendError, BackendHealth, BackendKind, Exit, InFlight, LaunchSpec, LogStreamBox,
+    RunHandle, TaskState,
+};
+
+pub use logs::MAX_LINE_BYTES;
+
+/// How the Docker backend runs containers, beyond what each run's spec says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerConfig {
+    /// Memory limit in bytes for runs whose spec sets none.
+    pub default_memory_bytes: Option<u64>,
+    /// User (`uid[:gid]` or a name) for runs whose spec sets none; `None` = the image's.
+    pub default_user: Option<String>,
+    /// Network mode for runs whose spec sets none.
+    pub default_network: String,
+    /// Whether [`Backend::cleanup`] keeps a container that exited with a non-zero code, for
+    /// someone to inspect; its secret files are removed all the same.
+    pub keep_failed: bool,
+    /// Host directory, on a tmpfs, under which each run's secret files are written for
+    /// [`SecretDelivery::Files`](crate::SecretDelivery::Files). It must be on the daemon's
+    /// host: file secrets work only with a local daemon.
+    pub secrets_dir: PathBuf,
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        Self {
+            default_memory_bytes: None,
+            default_user: None,
+            default_network: "bridge".into(),
+            keep_failed: false,
+            secrets_dir: PathBuf::from("/dev/shm/jobdock"),
+        }
+    }
+}
+
+/// Runs each attempt of a run as one Docker container named `jobdock-<run id>-<attempt>`.
+///
+/// Secrets travel as environment variables, or as files under `/run/secrets` bind-mounted
+/// read-only from a host tmpfs ([`DockerConfig::secrets_dir`]). The file mode needs the
+/// daemon to be local to the engine: the files are written on the engine's host. Docker has
+/// no deadline of its own, so [`LaunchSpec::timeout`] is left to the engine.
+#[derive(Debug, Clone)]
+pub struct DockerBackend {
+    docker: Docker,
+    config: DockerConfig,
+}
+
+impl DockerBackend {
+    /// Connects to the daemon named by `DOCKER_HOST` (or the local socket) and agrees on an
+    /// API version with it: bollard's default is newer than many daemons speak, and without
+    /// the negotiation every call fails.
+    pub async fn connect(config: DockerConfig) -> Result<Self, BackendError> {
+        let docker = Docker::connect_with_defaults().map_err(errors::from_docker)?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(errors::from_docker)?;
+        Ok(Self { docker, config })
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &DockerConfig {
+        &self.config
+    }
+}
+
+#[async_trait]
+impl Backend for DockerBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Docker
+    }
+
+    async fn health(&self) -> BackendHealth {
+        match self.docker.version().await {
+            Ok(v) => BackendHealth {
+                ok: true,
+                detail: format!(
+                    "docker {} (API {})",
+                    v.version.as_deref().unwrap_or("unknown"),
+                    self.docker.client_version()
+                ),
+            },
+            Err(e) => BackendHealth {
+                ok: false,
+                detail: errors::from_docker(e).to_string(),
+            },
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(run_id = %spec.run_id, attempt = spec.attempt, job = %spec.job))]
+    async fn launch(&self, spec: &LaunchSpec) -> Result<RunHandle, BackendError> {
+        launch::launch(&self.docker, &self.config, spec).await
+    }
+
+    async fn state(&self, handle: &RunHandle) -> Result<TaskState, BackendError> {
+        status::state(&self.docker, handle).await
+    }
+
+    fn logs(&self, handle: &RunHandle, since: Option<DateTime<Utc>>) -> LogStreamBox {
+        logs::follow(&self.docker, handle, since)
+    }
+
+    #[tracing::instrument(skip_all, fields(run_id = %handle.run_id, attempt = handle.attempt))]
+    async fn wait(&self, handle: &RunHandle) -> Result<Exit, BackendError> {
+        status::wait(&self.docker, handle).await
+    }
+
+    #[tracing::instrument(skip_all, fields(run_id = %handle.run_id, attempt = handle.attempt))]
+    async fn stop(&self, handle: &RunHandle, grace: Duration) -> Result<(), BackendError> {
+        status::stop(&self.docker, handle, grace).await
+    }
+
+    #[tracing::instrument(skip_all, fields(run_id = %handle.run_id, attempt = handle.attempt))]
+    async fn cleanup(&self, handle: &RunHandle) -> Result<(), BackendError> {
+        inventory::cleanup(&self.docker, &self.config, handle).await
+    }
+
+    async fn list_in_flight(&self, installation_id: &str) -> Result<Vec<InFlight>, BackendError> {
+        inventory::list_in_flight(&self.docker, installation_id).await
+    }
+}

@@ -1,0 +1,102 @@
+//! Cases on a run's output: completeness and order, long lines, resuming with `since`.
+
+use anyhow::{ensure, Result};
+use jobdock_backends::{LogLine, LogStream};
+
+use super::{texts, Ctx};
+
+/// How many lines the chatty case writes to each stream.
+const CHATTY_LINES: usize = 5_000;
+
+/// Every line of a chatty run comes back once, in order per stream, with its stream's tag.
+pub async fn logs_are_complete_and_in_order(ctx: Ctx) -> Result<()> {
+    let script = format!(
+        "i=1; while [ $i -le {CHATTY_LINES} ]; do echo \"out $i\"; echo \"err $i\" >&2; i=$((i+1)); done"
+    );
+    let (_, exit, lines) = ctx.run_to_end(&ctx.spec(&script)).await?;
+    ensure!(exit.exit_code == Some(0), "exit {exit:?}");
+
+    for (stream, prefix) in [(LogStream::Stdout, "out"), (LogStream::Stderr, "err")] {
+        let got = texts(&lines, stream);
+        ensure!(got.len() == CHATTY_LINES, "{} {stream:?} lines", got.len());
+        for (i, line) in got.iter().enumerate() {
+            let want = format!("{prefix} {}", i + 1);
+            ensure!(
+                *line == want,
+                "{stream:?} line {i}: {line:?}, want {want:?}"
+            );
+        }
+        ensure_times_ascend(&lines, stream)?;
+    }
+    Ok(())
+}
+
+fn ensure_times_ascend(lines: &[LogLine], stream: LogStream) -> Result<()> {
+    let own: Vec<_> = lines.iter().filter(|l| l.stream == stream).collect();
+    for pair in own.windows(2) {
+        ensure!(
+            pair[0].ts <= pair[1].ts,
+            "{stream:?} goes back in time: {pair:?}"
+        );
+    }
+    Ok(())
+}
+
+/// A line longer than Docker's 16 KiB chunks comes back whole, and a last line without a
+/// newline is not lost.
+pub async fn long_line_comes_back_whole(ctx: Ctx) -> Result<()> {
+    const LEN: usize = 40_000;
+    let script =
+        format!("head -c {LEN} /dev/zero | tr '\\000' x; echo; echo short >&2; printf last");
+    let (_, _, lines) = ctx.run_to_end(&ctx.spec(&script)).await?;
+    let out = texts(&lines, LogStream::Stdout);
+    ensure!(
+        out.len() == 2,
+        "{} stdout lines: {:?}",
+        out.len(),
+        lengths(&out)
+    );
+    ensure!(
+        out[0].len() == LEN && out[0].bytes().all(|b| b == b'x'),
+        "long line mangled"
+    );
+    ensure!(out[1] == "last", "last line {:?}", out[1]);
+    ensure!(
+        texts(&lines, LogStream::Stderr) == ["short"],
+        "stderr {lines:?}"
+    );
+    Ok(())
+}
+
+fn lengths(lines: &[&str]) -> Vec<usize> {
+    lines.iter().map(|l| l.len()).collect()
+}
+
+/// Asking again from a line's timestamp returns exactly the lines after it, across second
+/// boundaries.
+pub async fn logs_resume_after_since(ctx: Ctx) -> Result<()> {
+    let script = "for i in 1 2 3 4 5 6 7 8 9 10; do echo \"line $i\"; sleep 0.3; done";
+    let (handle, _, all) = ctx.run_to_end(&ctx.spec(script)).await?;
+    ensure!(all.len() == 10, "{} lines", all.len());
+
+    let since = all[4].ts;
+    let resumed = ctx.logs(&handle, Some(since)).await?;
+    let expected: Vec<_> = all.iter().filter(|l| l.ts > since).cloned().collect();
+    ensure!(
+        resumed == expected,
+        "resumed {resumed:?}\nexpected {expected:?}"
+    );
+    ensure!(
+        resumed.first().map(|l| l.line.as_str()) == Some("line 6"),
+        "{resumed:?}"
+    );
+
+    let after_last = ctx.logs(&handle, all.last().map(|l| l.ts)).await?;
+    ensure!(after_last.is_empty(), "after the last line: {after_last:?}");
+    let before_first = all[0].ts - chrono::Duration::nanoseconds(1);
+    ensure!(
+        ctx.logs(&handle, Some(before_first)).await? == all,
+        "from before the first line"
+    );
+    Ok(())
+}

@@ -1,0 +1,177 @@
+//! Runs: one execution of a job, from trigger to final status, with its attempts and logs.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Where a run stands. Final statuses never change again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Waiting to start (for a slot, a lock, or the next attempt's backoff).
+    Queued,
+    /// Claimed by the engine; the container is being created (image pull included).
+    Starting,
+    /// The container runs.
+    Running,
+    /// Exited 0.
+    Succeeded,
+    /// Exited non-zero, was killed for memory, or could not start.
+    Failed,
+    /// Stopped because it ran longer than `timeout_seconds`.
+    TimedOut,
+    /// Stopped (or never started) because someone cancelled it.
+    Cancelled,
+    /// The backend no longer knows the run.
+    Lost,
+    /// Never started: its job's `on_conflict` is `skip` and a slot was taken.
+    Skipped,
+}
+
+impl RunStatus {
+    /// Every status.
+    pub const ALL: [RunStatus; 9] = [
+        Self::Queued,
+        Self::Starting,
+        Self::Running,
+        Self::Succeeded,
+        Self::Failed,
+        Self::TimedOut,
+        Self::Cancelled,
+        Self::Lost,
+        Self::Skipped,
+    ];
+
+    /// The status as written in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::TimedOut => "timed_out",
+            Self::Cancelled => "cancelled",
+            Self::Lost => "lost",
+            Self::Skipped => "skipped",
+        }
+    }
+
+    /// Whether the run has ended for good.
+    pub fn is_final(self) -> bool {
+        !matches!(self, Self::Queued | Self::Starting | Self::Running)
+    }
+}
+
+impl std::str::FromStr for RunStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown run status `{s}`"))
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Body of `POST /api/v1/jobs/{name}/runs`; every field optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct TriggerRequest {
+    /// Environment variables added to (or overriding) the job's `env`. May not name a secret
+    /// or a `JOBDOCK_*` variable.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// A command instead of the job's. Needs an operator token, or a job with
+    /// `allow_command_override`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// A retried call with the same key returns the first run (200) instead of starting
+    /// another. Also accepted as the `Idempotency-Key` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// One attempt of a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RunAttempt {
+    /// 1 for the first.
+    pub attempt: i64,
+    /// How this attempt ended, or `running`/`starting` while it goes on.
+    pub status: RunStatus,
+    /// Its exit code.
+    pub exit_code: Option<i64>,
+    /// Killed for exceeding its memory limit.
+    pub oom_killed: bool,
+    /// Why it ended, in words.
+    pub reason: Option<String>,
+    /// When its container started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A run of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Run {
+    /// The run's id.
+    pub id: String,
+    /// The job's name.
+    pub job: String,
+    /// Where it stands.
+    pub status: RunStatus,
+    /// The current (or last) attempt, from 1.
+    pub attempt: i64,
+    /// Attempts allowed in all.
+    pub max_attempts: i64,
+    /// The latest attempt's exit code.
+    pub exit_code: Option<i64>,
+    /// The latest attempt was killed for exceeding its memory limit.
+    pub oom_killed: bool,
+    /// Why the run stands where it does, in words (e.g. "exited with code 3").
+    pub reason: Option<String>,
+    /// What started it: `api`, `schedule`, `rerun`.
+    pub trigger: String,
+    /// The token (or schedule) that triggered it.
+    pub triggered_by: Option<String>,
+    /// The idempotency key it was triggered with.
+    pub idempotency_key: Option<String>,
+    /// When it was triggered.
+    pub created_at: DateTime<Utc>,
+    /// When the latest attempt's container started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it reached its final status.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// While queued for a retry: when the next attempt may start.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Trigger to the first attempt's start, in milliseconds.
+    pub queue_ms: Option<i64>,
+    /// The latest attempt's start to its end (or to now while running), in milliseconds.
+    pub duration_ms: Option<i64>,
+    /// Every attempt so far.
+    pub attempts: Vec<RunAttempt>,
+}
+
+/// One line of a run's log, as `?format=jsonl` returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LogEntry {
+    /// When the container wrote it.
+    pub ts: DateTime<Utc>,
+    /// `stdout` or `stderr` (or `jobdock` for the engine's own notices, such as the cap).
+    pub stream: String,
+    /// The line (secret values replaced by `***`).
+    pub line: String,
+    /// The attempt that wrote it.
+    pub attempt: i64,
+}
