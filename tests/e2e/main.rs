@@ -5,6 +5,9 @@
 mod auth;
 mod cli;
 mod jobs;
+mod recovery;
+mod runs;
+mod runs_limits;
 mod secrets;
 mod service;
 
@@ -47,5 +50,77 @@ pub fn spec(name: &str) -> jobdock_types::JobSpec {
         name: name.into(),
         image: "busybox:1".into(),
         ..Default::default()
+    }
+}
+
+/// A job running `script` with `sh -c` in the local busybox test image.
+pub fn sh_job(name: &str, script: &str) -> jobdock_types::JobSpec {
+    jobdock_types::JobSpec {
+        name: name.into(),
+        image: jobdock_testkit::images::busybox_image().expect("test image"),
+        command: Some(vec!["sh".into(), "-c".into(), script.into()]),
+        ..Default::default()
+    }
+}
+
+/// Triggers a run of `job` and waits (up to two minutes) until it has ended.
+pub async fn run_to_end(c: &jobdock_client::Client, job: &str) -> jobdock_types::Run {
+    let (run, created) = c
+        .trigger(job, &Default::default(), None)
+        .await
+        .expect("trigger");
+    assert!(created);
+    c.wait_until_final(&run.id, std::time::Duration::from_secs(120))
+        .await
+        .expect("wait")
+}
+
+/// Waits until `check` holds for the run, polling; panics after `secs` seconds.
+pub async fn wait_for(
+    c: &jobdock_client::Client,
+    id: &str,
+    secs: u64,
+    check: impl Fn(&jobdock_types::Run) -> bool,
+) -> jobdock_types::Run {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let run = c.get_run(id).await.expect("get run");
+        if check(&run) {
+            return run;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "condition not reached: {run:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Containers of this run that Docker still has.
+pub fn containers_of(run_id: &str) -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=dev.jobdock.run-id={run_id}"),
+        ])
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits until the run's stored log holds `needle`; panics after `secs` seconds.
+pub async fn wait_for_log(c: &jobdock_client::Client, id: &str, needle: &str, secs: u64) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !c.logs_text(id).await.expect("logs").contains(needle) {
+        assert!(
+            std::time::Instant::now() < until,
+            "`{needle}` never appeared in run {id}'s log"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }

@@ -60,3 +60,5 @@ CREATE TABLE run_logs (
     line    TEXT NOT NULL,
     PRIMARY KEY (run_id, line_no)
 );
+-- The whole log is read in time order (stdout and stderr interleaved as written).
+CREATE INDEX run_logs_time ON run_logs (run_id, ts, line_no);

@@ -44,7 +44,8 @@ pub struct LogsQuery {
     /// Keep the answer open and stream new lines until the run ends.
     #[serde(default)]
     follow: bool,
-    /// Only lines after this line number (for resuming a follow).
+    /// Only lines after this line number (the `id` of the last server-sent event), to resume
+    /// a follow. A whole read is ordered by time; a follow, by arrival.
     #[serde(default)]
     after: i64,
 }
@@ -157,8 +158,33 @@ struct Cursor {
     store: Store,
     run_id: String,
     after: i64,
+    /// Position in time order, for a whole read.
+    at: Option<(i64, i64)>,
     follow: bool,
     ended: bool,
+}
+
+impl Cursor {
+    /// A whole read is in time order; a follower gets lines in the order they were stored,
+    /// so that it can resume after a line number.
+    async fn page(&mut self) -> Result<Vec<LogRow>, crate::store::StoreError> {
+        if self.follow {
+            let rows = self.store.logs(&self.run_id, self.after, PAGE).await?;
+            if let Some(last) = rows.last() {
+                self.after = last.line_no;
+            }
+            Ok(rows)
+        } else {
+            let rows = self
+                .store
+                .logs_by_time(&self.run_id, self.at, self.after, PAGE)
+                .await?;
+            if let Some(last) = rows.last() {
+                self.at = Some((last.ts, last.line_no));
+            }
+            Ok(rows)
+        }
+    }
 }
 
 /// Pages of lines; when following, waits for more until the run is final and every line
@@ -174,6 +200,7 @@ fn line_stream(
         store,
         run_id,
         after,
+        at: None,
         follow,
         ended: false,
     };
@@ -183,15 +210,14 @@ fn line_stream(
         }
         loop {
             let status = c.store.status_of(&c.run_id).await.ok().flatten();
-            let rows = match c.store.logs(&c.run_id, c.after, PAGE).await {
+            let rows = match c.page().await {
                 Ok(rows) => rows,
                 Err(e) => {
                     tracing::warn!(error = %e, "reading log lines failed");
                     return None;
                 }
             };
-            if let Some(last) = rows.last() {
-                c.after = last.line_no;
+            if !rows.is_empty() {
                 return Some((Chunk::Lines(rows), c));
             }
             let done = status.is_none_or(|s| s.is_final());

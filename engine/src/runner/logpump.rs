@@ -57,9 +57,17 @@ pub struct Pump<'a> {
     pub cap: i64,
 }
 
-struct Batch {
-    lines: Vec<NewLine>,
-    totals: BatchTotals,
+/// A line read but not yet stored; `keep` is false for a line past the cap, which is
+/// counted (and moves the position) but not stored.
+struct Pending {
+    line: NewLine,
+    keep: bool,
+}
+
+struct Buffer {
+    pending: Vec<Pending>,
+    /// The stored position: highest timestamp and how many stored lines carry it.
+    last: (Option<i64>, i64),
 }
 
 impl Pump<'_> {
@@ -74,10 +82,9 @@ impl Pump<'_> {
         let mut to_skip = from.last_ts_n;
         let mut stream = self.backend.logs(self.handle, since);
         let mut bytes = from.bytes;
-        let mut last = (from.last_ts, from.last_ts_n);
-        let mut batch = Batch {
-            lines: Vec::new(),
-            totals: BatchTotals::default(),
+        let mut buf = Buffer {
+            pending: Vec::new(),
+            last: (from.last_ts, from.last_ts_n),
         };
         let mut deadline: Option<tokio::time::Instant> = None;
         loop {
@@ -85,7 +92,7 @@ impl Pump<'_> {
                 Some(d) => tokio::select! {
                     n = stream.next() => n,
                     _ = tokio::time::sleep_until(d) => {
-                        self.flush(&mut batch, last).await?;
+                        self.flush(&mut buf).await?;
                         deadline = None;
                         continue;
                     }
@@ -102,49 +109,60 @@ impl Pump<'_> {
             if from.last_ts.is_some_and(|t| ts < t) {
                 continue;
             }
-            last = if Some(ts) == last.0 {
-                (last.0, last.1 + 1)
-            } else {
-                (Some(ts), 1)
-            };
             let line = self.redactor.redact(&l.line);
             let len = line.len() as i64;
-            if bytes + len > self.cap {
-                // Past the cap the line is counted, not stored; the position still moves so
-                // that a restart does not store what was dropped before.
-                batch.totals.dropped += len;
-            } else {
+            // Past the cap a line is counted, not stored.
+            let keep = bytes + len <= self.cap;
+            if keep {
                 bytes += len;
-                batch.totals.bytes += len;
-                batch.lines.push(NewLine {
+            }
+            buf.pending.push(Pending {
+                line: NewLine {
                     attempt: self.attempt,
                     ts,
                     stream: l.stream.as_str(),
                     line,
-                });
-            }
-            if batch.lines.len() >= BATCH_LINES {
-                self.flush(&mut batch, last).await?;
+                },
+                keep,
+            });
+            if buf.pending.len() >= BATCH_LINES {
+                self.flush(&mut buf).await?;
                 deadline = None;
             } else if deadline.is_none() {
                 deadline = Some(tokio::time::Instant::now() + BATCH_DELAY);
             }
         }
-        self.flush(&mut batch, last).await?;
+        self.flush(&mut buf).await?;
         Ok(())
     }
 
-    async fn flush(&self, batch: &mut Batch, last: (Option<i64>, i64)) -> Result<(), StoreError> {
-        if batch.lines.is_empty() && batch.totals.dropped == 0 {
+    /// Stores the buffered lines, ordered by time within the batch (stably, so each
+    /// stream keeps its own order). Readers of the whole log get it ordered by time anyway;
+    /// this keeps a follower's view close to that.
+    async fn flush(&self, buf: &mut Buffer) -> Result<(), StoreError> {
+        if buf.pending.is_empty() {
             return Ok(());
         }
-        batch.totals.last_ts = last.0;
-        batch.totals.last_ts_n = last.1;
-        self.store
-            .append_logs(self.run_id, &batch.lines, batch.totals)
-            .await?;
-        batch.lines.clear();
-        batch.totals = BatchTotals::default();
-        Ok(())
+        buf.pending.sort_by_key(|p| p.line.ts);
+        let n = buf.pending.len();
+        let mut totals = BatchTotals::default();
+        let mut lines = Vec::with_capacity(n);
+        for p in buf.pending.drain(..n) {
+            let ts = p.line.ts;
+            buf.last = match buf.last.0 {
+                Some(t) if ts == t => (Some(t), buf.last.1 + 1),
+                Some(t) if ts < t => buf.last,
+                _ => (Some(ts), 1),
+            };
+            if p.keep {
+                totals.bytes += p.line.line.len() as i64;
+                lines.push(p.line);
+            } else {
+                totals.dropped += p.line.line.len() as i64;
+            }
+        }
+        totals.last_ts = buf.last.0;
+        totals.last_ts_n = buf.last.1;
+        self.store.append_logs(self.run_id, &lines, totals).await
     }
 }

@@ -372,7 +372,7 @@ pub async fn list(
 /// supervisor and ends `cancelled` once its container has really stopped.
 pub async fn cancel(ctx: &Ctx, actor: &Actor, id: &str) -> Result<Run> {
     let mut tx = ctx.store.begin_write().await?;
-    let run = ctx.store.run(id).await.map_err(|e| match e {
+    let run = runs::get(&mut tx, id).await.map_err(|e| match e {
         StoreError::NotFound => run_not_found(id),
         e => e.into(),
     })?;

@@ -110,6 +110,31 @@ impl Store {
         Ok(())
     }
 
+    /// Lines in time order (line number breaking ties), after the line at `after` (a
+    /// `(ts, line_no)` position) and with a line number above `min_line_no`.
+    pub async fn logs_by_time(
+        &self,
+        run_id: &str,
+        after: Option<(i64, i64)>,
+        min_line_no: i64,
+        limit: i64,
+    ) -> Result<Vec<LogRow>> {
+        let (ts, no) = after.unwrap_or((i64::MIN, i64::MIN));
+        let rows = sqlx::query(
+            "SELECT line_no, attempt, ts, stream, line FROM run_logs \
+             WHERE run_id = $1 AND (ts > $2 OR (ts = $2 AND line_no > $3)) AND line_no > $4 \
+             ORDER BY ts, line_no LIMIT $5",
+        )
+        .bind(run_id)
+        .bind(ts)
+        .bind(no)
+        .bind(min_line_no)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode_line).collect()
+    }
+
     /// Lines after `after_line_no`, at most `limit`.
     pub async fn logs(&self, run_id: &str, after_line_no: i64, limit: i64) -> Result<Vec<LogRow>> {
         let rows = sqlx::query(
@@ -121,16 +146,16 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(LogRow {
-                    line_no: r.try_get("line_no")?,
-                    attempt: r.try_get("attempt")?,
-                    ts: r.try_get("ts")?,
-                    stream: r.try_get("stream")?,
-                    line: r.try_get("line")?,
-                })
-            })
-            .collect()
+        rows.iter().map(decode_line).collect()
     }
+}
+
+fn decode_line(r: &sqlx::any::AnyRow) -> Result<LogRow> {
+    Ok(LogRow {
+        line_no: r.try_get("line_no")?,
+        attempt: r.try_get("attempt")?,
+        ts: r.try_get("ts")?,
+        stream: r.try_get("stream")?,
+        line: r.try_get("line")?,
+    })
 }

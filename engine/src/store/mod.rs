@@ -106,7 +106,7 @@ impl Store {
         if dialect == Dialect::Sqlite {
             // WAL lets readers work while one writer writes; the busy timeout makes a writer
             // wait for the lock instead of failing with "database is locked".
-            pool = pool.max_connections(8).after_connect(|conn, _| {
+            pool = pool.max_connections(16).after_connect(|conn, _| {
                 Box::pin(async move {
                     conn.execute(
                         "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 30000; \

@@ -218,6 +218,16 @@ pub async fn insert(conn: &mut AnyConnection, new: NewRun<'_>) -> Result<RunRow>
     decode(&row)
 }
 
+/// One run, read on the caller's connection.
+pub async fn get(conn: &mut AnyConnection, id: &str) -> Result<RunRow> {
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM runs WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+    decode(&row)
+}
+
 /// The run of a job with this idempotency key.
 pub async fn by_idempotency_key(
     conn: &mut AnyConnection,

@@ -72,6 +72,16 @@ pub async fn delete(conn: &mut AnyConnection, job_id: &str, key: &str) -> Result
     Ok(done.rows_affected() > 0)
 }
 
+/// The names of a job's secrets, sorted, read on the caller's connection (inside its
+/// transaction: asking the pool for a second connection there can starve it).
+pub async fn names(conn: &mut AnyConnection, job_id: &str) -> Result<Vec<String>> {
+    let rows = sqlx::query("SELECT key FROM job_secrets WHERE job_id = $1 ORDER BY key")
+        .bind(job_id)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter().map(|r| Ok(r.try_get("key")?)).collect()
+}
+
 /// Every sealed value that is not sealed under `key_id`, with its job's id and name,
 /// for re-sealing under a new master key.
 pub async fn not_sealed_with(

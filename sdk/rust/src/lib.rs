@@ -87,7 +87,10 @@ impl Client {
     }
 
     async fn send<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, Error> {
-        let resp = req.send().await?;
+        Self::decode(req.send().await?).await
+    }
+
+    async fn decode<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T, Error> {
         let status = resp.status();
         let bytes = resp.bytes().await?;
         if status.is_success() {
@@ -187,6 +190,138 @@ impl Client {
     pub async fn delete_secret(&self, job: &str, key: &str) -> Result<(), Error> {
         self.delete(&format!("/api/v1/jobs/{}/secrets/{}", seg(job), seg(key)))
             .await
+    }
+
+    // ---- runs
+
+    /// Triggers a run. Returns the run and whether it was created now (`false`: an earlier
+    /// call with the same idempotency key created it).
+    pub async fn trigger(
+        &self,
+        job: &str,
+        req: &TriggerRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<(Run, bool), Error> {
+        let mut r = self
+            .request(Method::POST, &format!("/api/v1/jobs/{}/runs", seg(job)))
+            .json(req);
+        if let Some(k) = idempotency_key {
+            r = r.header("Idempotency-Key", k);
+        }
+        let resp = r.send().await?;
+        let created = resp.status() == StatusCode::CREATED;
+        let run = Self::decode(resp).await?;
+        Ok((run, created))
+    }
+
+    /// One run.
+    pub async fn get_run(&self, id: &str) -> Result<Run, Error> {
+        self.get(&format!("/api/v1/runs/{}", seg(id))).await
+    }
+
+    /// The run once it has ended, or as it stands after `wait_seconds` (at most 60): a long
+    /// poll, not a sleep loop.
+    pub async fn wait_run(&self, id: &str, wait_seconds: u64) -> Result<Run, Error> {
+        self.get(&format!(
+            "/api/v1/runs/{}?wait_seconds={wait_seconds}",
+            seg(id)
+        ))
+        .await
+    }
+
+    /// Waits (with long polls) until the run has ended, for at most `timeout`.
+    pub async fn wait_until_final(
+        &self,
+        id: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Run, Error> {
+        let until = std::time::Instant::now() + timeout;
+        loop {
+            let left = until
+                .saturating_duration_since(std::time::Instant::now())
+                .as_secs();
+            let run = self.wait_run(id, left.clamp(1, 60)).await?;
+            if run.status.is_final() || std::time::Instant::now() >= until {
+                return Ok(run);
+            }
+        }
+    }
+
+    /// One page of runs, newest first.
+    pub async fn list_runs(
+        &self,
+        job: Option<&str>,
+        status: Option<RunStatus>,
+        cursor: Option<&str>,
+    ) -> Result<Page<Run>, Error> {
+        let mut q = Vec::new();
+        if let Some(j) = job {
+            q.push(format!("job={}", seg(j)));
+        }
+        if let Some(s) = status {
+            q.push(format!("status={}", s.as_str()));
+        }
+        if let Some(c) = cursor {
+            q.push(format!("cursor={}", seg(c)));
+        }
+        let query = if q.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", q.join("&"))
+        };
+        self.get(&format!("/api/v1/runs{query}")).await
+    }
+
+    /// Cancels a run.
+    pub async fn cancel_run(&self, id: &str) -> Result<Run, Error> {
+        let path = format!("/api/v1/runs/{}/cancel", seg(id));
+        self.send(self.request(Method::POST, &path)).await
+    }
+
+    /// The run's whole log as text: `<RFC 3339 time> <stream> <line>` per line.
+    pub async fn logs_text(&self, id: &str) -> Result<String, Error> {
+        let resp = self.logs_response(id, "text", false).await?;
+        Ok(resp.text().await?)
+    }
+
+    /// The run's whole log as entries.
+    pub async fn logs(&self, id: &str) -> Result<Vec<LogEntry>, Error> {
+        let text = self.logs_response(id, "jsonl", false).await?.text().await?;
+        text.lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                serde_json::from_str(l).map_err(|_| Error::Unexpected {
+                    status: 200,
+                    body: l.chars().take(200).collect(),
+                })
+            })
+            .collect()
+    }
+
+    /// The log as a streaming response (`format` `text` or `jsonl`); with `follow`, it stays
+    /// open until the run ends.
+    pub async fn logs_response(
+        &self,
+        id: &str,
+        format: &str,
+        follow: bool,
+    ) -> Result<reqwest::Response, Error> {
+        let path = format!(
+            "/api/v1/runs/{}/logs?format={format}&follow={follow}",
+            seg(id)
+        );
+        let resp = self.request(Method::GET, &path).send().await?;
+        if resp.status().is_success() {
+            Ok(resp)
+        } else {
+            Err(Self::decode::<serde_json::Value>(resp)
+                .await
+                .err()
+                .unwrap_or(Error::Unexpected {
+                    status: 0,
+                    body: String::new(),
+                }))
+        }
     }
 
     // ---- tokens and audit

@@ -1,0 +1,125 @@
+//! Crash safety: `kill -9` of the engine while runs are in flight, then a restart.
+
+use std::time::Duration;
+
+use jobdock_types::RunStatus;
+
+use crate::{app, containers_of, sh_job, wait_for, wait_for_log};
+
+#[tokio::test]
+async fn after_kill_9_every_run_reaches_its_true_end_with_its_complete_log() {
+    let mut app = app(false).await;
+    let c = app.admin();
+    // One run outlives the engine's absence; one ends while the engine is down.
+    let long = "i=1; while [ $i -le 60 ]; do echo line $i; i=$((i+1)); sleep 0.1; done; exit 7";
+    c.create_job(&sh_job("survivor", long)).await.unwrap();
+    c.create_job(&sh_job(
+        "quick",
+        "echo one; echo two; sleep 1; echo three; exit 0",
+    ))
+    .await
+    .unwrap();
+    let mut q = sh_job("waiting", "echo queued-run-ran");
+    q.max_parallel = Some(1);
+    c.create_job(&q).await.unwrap();
+    let (long_run, _) = c
+        .trigger("survivor", &Default::default(), None)
+        .await
+        .unwrap();
+    let (quick_run, _) = c.trigger("quick", &Default::default(), None).await.unwrap();
+    wait_for_log(&c, &long_run.id, "line 5", 60).await;
+    wait_for_log(&c, &quick_run.id, "one", 60).await;
+
+    app.kill9();
+    // A trigger cannot reach a dead engine; runs keep going in Docker meanwhile.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        containers_of(&long_run.id).len(),
+        1,
+        "the container kept running"
+    );
+    app.restart().unwrap();
+    let c = app.admin();
+    let (queued, _) = c
+        .trigger("waiting", &Default::default(), None)
+        .await
+        .unwrap();
+
+    let run = c
+        .wait_until_final(&long_run.id, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(
+        (run.status, run.exit_code),
+        (RunStatus::Failed, Some(7)),
+        "{run:?}"
+    );
+    let lines: Vec<String> = c
+        .logs(&long_run.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.line)
+        .collect();
+    let want: Vec<String> = (1..=60).map(|i| format!("line {i}")).collect();
+    assert_eq!(
+        lines, want,
+        "every line exactly once, in order, across the restart"
+    );
+
+    let run = c
+        .wait_until_final(&quick_run.id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+    let lines: Vec<String> = c
+        .logs(&quick_run.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.line)
+        .collect();
+    assert_eq!(lines, vec!["one", "two", "three"]);
+
+    assert_eq!(
+        c.wait_until_final(&queued.id, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .status,
+        RunStatus::Succeeded
+    );
+    for id in [&long_run.id, &quick_run.id, &queued.id] {
+        assert!(
+            containers_of(id).is_empty(),
+            "no container left behind for {id}"
+        );
+    }
+    assert!(
+        app.logs().contains("adopting run"),
+        "the restarted engine adopted the runs"
+    );
+}
+
+#[tokio::test]
+async fn a_run_cancelled_while_its_engine_was_down_is_stopped_after_restart() {
+    let mut app = app(false).await;
+    let c = app.admin();
+    let mut s = sh_job("orphan", "echo up; sleep 300");
+    s.stop_grace_seconds = Some(1);
+    c.create_job(&s).await.unwrap();
+    let (run, _) = c
+        .trigger("orphan", &Default::default(), None)
+        .await
+        .unwrap();
+    wait_for(&c, &run.id, 60, |r| r.status == RunStatus::Running).await;
+    app.kill9();
+    app.restart().unwrap();
+    let c = app.admin();
+    c.cancel_run(&run.id).await.unwrap();
+    let done = c
+        .wait_until_final(&run.id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(done.status, RunStatus::Cancelled);
+    assert!(containers_of(&run.id).is_empty());
+}
