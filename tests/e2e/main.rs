@@ -4,6 +4,7 @@
 
 mod auth;
 mod cli;
+mod daemon;
 mod jobs;
 mod recovery;
 mod runs;

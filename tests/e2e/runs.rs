@@ -567,3 +567,25 @@ async fn deleting_a_job_with_active_runs_needs_force() {
         "the run stays readable"
     );
 }
+
+#[tokio::test]
+async fn an_image_that_cannot_be_pulled_fails_the_run_with_a_reason_that_says_so() {
+    let app = app(false).await;
+    let c = app.admin();
+    // Nothing listens on port 1 of this machine: the pull fails at once, without leaving it.
+    let mut s = sh_job("no-image", "true");
+    s.image = "127.0.0.1:1/jobdock/missing:1".into();
+    c.create_job(&s)
+        .await
+        .expect("creating a job never contacts a registry");
+    let run = run_to_end(&c, "no-image").await;
+    assert_eq!(run.status, RunStatus::Failed, "{run:?}");
+    assert!(
+        run.reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("could not pull image 127.0.0.1:1/jobdock/missing:1"),
+        "{run:?}"
+    );
+    assert!(run.started_at.is_none() || run.exit_code.is_none());
+}

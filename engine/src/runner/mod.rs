@@ -150,6 +150,7 @@ impl Runner {
                 _ = tokio::time::sleep(self.inner.config.lease_ttl / 2) => {}
             }
             self.adopt_orphans(false).await;
+            self.sweep_leftovers().await;
         }
     }
 
@@ -182,7 +183,8 @@ impl Runner {
     }
 
     /// Removes containers of this installation whose runs have ended (the engine stopped
-    /// between storing a run's end and removing its container) or that no run knows.
+    /// between storing a run's end and removing its container, or the backend could not be
+    /// reached when the run was given up as lost) or that no run knows.
     async fn sweep_leftovers(&self) {
         for (name, backend) in self.inner.backends.iter() {
             let found = match backend.list_in_flight(&self.inner.installation_id).await {

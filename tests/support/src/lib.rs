@@ -2,6 +2,7 @@
 //! fresh PostgreSQL databases, and a running `jobdock` binary driven over HTTP.
 
 pub mod app;
+pub mod docker_proxy;
 pub mod images;
 pub mod postgres;
 
