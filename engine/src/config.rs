@@ -128,6 +128,16 @@ pub struct ServeArgs {
     #[arg(long, env = "JOBDOCK_LEASE_SECONDS", value_name = "SECONDS")]
     pub lease_seconds: Option<u64>,
 
+    /// Most runs holding a slot at once per backend, as `backend=N` pairs separated by
+    /// commas; runs beyond it wait in the queue. [file: max_running] [default: docker=50]
+    #[arg(long, env = "JOBDOCK_MAX_RUNNING", value_name = "BACKEND=N,...")]
+    pub max_running: Option<String>,
+
+    /// A schedule tick missed while the engine was down fires once at start-up if it is
+    /// younger than this many seconds. [file: schedule_catchup_seconds] [default: 3600]
+    #[arg(long, env = "JOBDOCK_SCHEDULE_CATCHUP_SECONDS", value_name = "SECONDS")]
+    pub schedule_catchup_seconds: Option<u64>,
+
     /// The first admin token, used verbatim when no token exists yet (stored as a hash).
     /// Without it, `serve` creates one and prints it once.
     #[arg(
@@ -164,6 +174,8 @@ struct FileSettings {
     keep_failed_containers: Option<bool>,
     backend_reattach_seconds: Option<u64>,
     lease_seconds: Option<u64>,
+    max_running: Option<String>,
+    schedule_catchup_seconds: Option<u64>,
 }
 
 /// A setting that is wrong, in words.
@@ -366,6 +378,15 @@ fn runner_config(
     {
         c.reattach_window = Duration::from_secs(s);
     }
+    if let Some(spec) = non_empty(&args.max_running).or_else(|| file.max_running.clone()) {
+        c.backend_caps = parse_caps(&spec)?;
+    }
+    if let Some(s) = args
+        .schedule_catchup_seconds
+        .or(file.schedule_catchup_seconds)
+    {
+        c.schedule_catchup = Duration::from_secs(s);
+    }
     if let Some(s) = args.lease_seconds.or(file.lease_seconds) {
         if s < 3 {
             return Err(ConfigError("lease_seconds must be at least 3".into()));
@@ -373,6 +394,26 @@ fn runner_config(
         c.lease_ttl = Duration::from_secs(s);
     }
     Ok(c)
+}
+
+fn parse_caps(spec: &str) -> Result<std::collections::HashMap<String, i64>, ConfigError> {
+    let bad = |p: &str| {
+        ConfigError(format!(
+            "max_running: `{p}` is not `backend=N` with N at least 1"
+        ))
+    };
+    spec.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (name, n) = p.split_once('=').ok_or_else(|| bad(p))?;
+            let n: i64 = n.trim().parse().map_err(|_| bad(p))?;
+            if n < 1 || !["docker", "swarm", "kubernetes", "nomad"].contains(&name.trim()) {
+                return Err(bad(p));
+            }
+            Ok((name.trim().to_string(), n))
+        })
+        .collect()
 }
 
 fn docker_config(args: &ServeArgs, file: &FileSettings) -> jobdock_backends::docker::DockerConfig {

@@ -6,6 +6,7 @@ mod auth;
 mod cli;
 mod daemon;
 mod jobs;
+mod parallelism;
 mod recovery;
 mod runs;
 mod runs_limits;
@@ -124,4 +125,37 @@ pub async fn wait_for_log(c: &jobdock_client::Client, id: &str, needle: &str, se
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+/// The (start, end) of each run, from the `start` and `end` lines its container wrote.
+pub async fn intervals(c: &jobdock_client::Client, ids: &[String]) -> Vec<(i64, i64)> {
+    let mut out = Vec::new();
+    for id in ids {
+        let logs = c.logs(id).await.expect("logs");
+        let at = |word: &str| {
+            logs.iter()
+                .find(|l| l.line == word)
+                .map(|l| l.ts.timestamp_nanos_opt().unwrap_or_default())
+        };
+        if let (Some(s), Some(e)) = (at("start"), at("end")) {
+            out.push((s, e));
+        }
+    }
+    out
+}
+
+/// The most intervals that overlap at any moment.
+pub fn max_overlap(intervals: &[(i64, i64)]) -> usize {
+    let mut edges: Vec<(i64, i32)> = intervals
+        .iter()
+        .flat_map(|(s, e)| [(*s, 1), (*e, -1)])
+        .collect();
+    // At equal times an end comes before a start: touching is not overlapping.
+    edges.sort();
+    let (mut now, mut max) = (0i32, 0i32);
+    for (_, d) in edges {
+        now += d;
+        max = max.max(now);
+    }
+    max as usize
 }

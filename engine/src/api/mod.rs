@@ -7,6 +7,7 @@ pub mod error;
 mod health;
 mod jobs;
 pub mod json;
+mod locks;
 mod logs;
 pub mod openapi;
 mod query;
@@ -66,6 +67,7 @@ pub fn router(state: AppState) -> Router {
         .merge(health::routes())
         .merge(jobs::routes())
         .merge(runs::routes())
+        .merge(locks::routes())
         .merge(logs::routes())
         .merge(tokens::routes())
         .merge(audit::routes())

@@ -25,6 +25,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/runs", get(list))
         .route("/api/v1/runs/{id}", get(read))
         .route("/api/v1/runs/{id}/cancel", post(cancel))
+        .route("/api/v1/runs/{id}/rerun", post(rerun))
 }
 
 /// Start a run of a job. A repeated `Idempotency-Key` (header or body) returns the first run
@@ -52,15 +53,7 @@ pub async fn trigger(
         kind: "api",
         header_key,
     };
-    match svc::trigger(&s.ctx, t, &name, req).await {
-        Ok(Triggered::Created(run)) => {
-            s.runner.wake();
-            Ok((StatusCode::CREATED, Json(*run)).into_response())
-        }
-        Ok(Triggered::Existing(run)) => Ok((StatusCode::OK, Json(*run)).into_response()),
-        Err(TriggerError::Service(e)) => Err(e.into()),
-        Err(TriggerError::Refused(r)) => Ok(refusal(r)),
-    }
+    triggered(&s, svc::trigger(&s.ctx, t, &name, req).await)
 }
 
 fn refusal(r: Refusal) -> Response {
@@ -177,4 +170,30 @@ pub async fn cancel(
     let run = svc::cancel(&s.ctx, &caller.actor, &id).await?;
     s.runner.wake();
     Ok(Json(run))
+}
+
+/// Start a new run of the same job with the definition this run had. It passes the same
+/// gate as any trigger (`on_conflict`, locks, queue cap).
+#[utoipa::path(post, path = "/api/v1/runs/{id}/rerun", tag = "runs", params(("id" = String, Path)),
+    responses((status = 201, body = Run), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn rerun(
+    caller: Caller<Trigger>,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let run = svc::row(&s.ctx, &id).await?;
+    caller.check_job(&run.job_name)?;
+    triggered(&s, svc::rerun(&s.ctx, &caller.actor, &id).await)
+}
+
+fn triggered(s: &AppState, result: Result<Triggered, TriggerError>) -> Result<Response, ApiError> {
+    match result {
+        Ok(Triggered::Created(run)) => {
+            s.runner.wake();
+            Ok((StatusCode::CREATED, Json(*run)).into_response())
+        }
+        Ok(Triggered::Existing(run)) => Ok((StatusCode::OK, Json(*run)).into_response()),
+        Err(TriggerError::Service(e)) => Err(e.into()),
+        Err(TriggerError::Refused(r)) => Ok(refusal(r)),
+    }
 }

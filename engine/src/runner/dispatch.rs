@@ -1,29 +1,42 @@
-//! The dispatch loop: claims queued runs this replica can start, in the order they were
-//! triggered, without ever exceeding a job's `max_parallel`, all in one transaction.
+//! The dispatch loop: claims queued runs this replica can start, oldest first, in one
+//! transaction per pass. A run starts only when every slot it needs is free at once — its
+//! job's `max_parallel`, each of its locks, its backend's cap — and takes them all together,
+//! so two jobs sharing two locks can never deadlock. Once a run of a job must wait, later
+//! runs of that job wait too (first in, first out per job).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::Runner;
+use crate::store::locks::lock_usage;
 use crate::store::runs::{self, RunRow};
 use crate::store::{Dialect, StoreError};
 
 /// Serialises claims across replicas on PostgreSQL; any constant shared by all replicas.
 const CLAIM_LOCK: i64 = 0x006a_6f62_646f_636b;
 
-/// Most runs claimed in one pass.
-const BATCH: i64 = 100;
+/// Queued runs read per page; a pass reads at most `PAGES` pages, so that runs stuck behind
+/// a full lock do not hide startable ones further back.
+const PAGE: i64 = 200;
+const PAGES: usize = 10;
+
+/// What one pass knows of the slots taken: counted once from the store, then kept.
+#[derive(Default)]
+struct Slots {
+    job: HashMap<String, i64>,
+    /// The job's `max_parallel` now: raising it lets queued runs start.
+    job_limit: HashMap<String, i64>,
+    lock: HashMap<String, (i64, i64)>,
+    backend: HashMap<String, i64>,
+    blocked_jobs: HashSet<String>,
+}
 
 impl Runner {
     pub(super) async fn dispatch_loop(&self) {
         loop {
             match self.claim().await {
                 Ok(claimed) => {
-                    let full = claimed.len() as i64 == BATCH;
                     for run in claimed {
                         self.spawn_supervisor(run);
-                    }
-                    if full {
-                        continue;
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "claiming runs failed; retrying"),
@@ -42,34 +55,106 @@ impl Runner {
         let mut tx = store.begin_write().await?;
         if store.dialect() == Dialect::Postgres {
             // One claimer at a time across replicas: counting slots and taking them must not
-            // interleave, or two replicas could both see a free slot.
+            // interleave, or two replicas could both see the same free slot.
             sqlx::query("SELECT pg_advisory_xact_lock($1)")
                 .bind(CLAIM_LOCK)
                 .execute(&mut *tx)
                 .await?;
         }
-        let due = runs::due(&mut tx, &self.inner.backends.name_strings(), BATCH).await?;
-        let mut active: HashMap<String, i64> = HashMap::new();
+        let backends = self.inner.backends.name_strings();
+        let mut slots = Slots::default();
         let mut claimed = Vec::new();
-        for run in due {
-            let held = match active.get(&run.job_id) {
-                Some(n) => *n,
-                None => runs::active_for_job(&mut tx, &run.job_id).await?,
-            };
-            let max = run.spec.max_parallel.unwrap_or(1);
-            if held >= max {
-                active.insert(run.job_id.clone(), held);
-                continue;
+        let mut after = 0;
+        for _ in 0..PAGES {
+            let due = runs::due(&mut tx, &backends, after, PAGE).await?;
+            let last_page = (due.len() as i64) < PAGE;
+            for run in due {
+                after = run.seq;
+                if !self.fits(&mut tx, &mut slots, &run).await? {
+                    slots.blocked_jobs.insert(run.job_id.clone());
+                    continue;
+                }
+                if runs::mark_starting(&mut tx, &run.id, &self.inner.owner, self.lease_until())
+                    .await?
+                {
+                    take(&mut slots, &run);
+                    let mut run = run;
+                    run.status = jobdock_types::RunStatus::Starting;
+                    run.backend_ref = None;
+                    claimed.push(run);
+                }
             }
-            if runs::mark_starting(&mut tx, &run.id, &self.inner.owner, self.lease_until()).await? {
-                active.insert(run.job_id.clone(), held + 1);
-                let mut run = run;
-                run.status = jobdock_types::RunStatus::Starting;
-                run.backend_ref = None;
-                claimed.push(run);
+            if last_page {
+                break;
             }
         }
         tx.commit().await?;
         Ok(claimed)
+    }
+
+    /// Whether every slot the run needs is free.
+    async fn fits(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        slots: &mut Slots,
+        run: &RunRow,
+    ) -> Result<bool, StoreError> {
+        if slots.blocked_jobs.contains(&run.job_id) {
+            return Ok(false);
+        }
+        let job_held = match slots.job.get(&run.job_id) {
+            Some(n) => *n,
+            None => {
+                let n = runs::active_for_job(tx, &run.job_id).await?;
+                *slots.job.entry(run.job_id.clone()).or_insert(n)
+            }
+        };
+        let limit = match slots.job_limit.get(&run.job_id) {
+            Some(n) => *n,
+            None => {
+                let n = crate::store::jobs::max_parallel(tx, &run.job_id).await?;
+                *slots.job_limit.entry(run.job_id.clone()).or_insert(n)
+            }
+        };
+        if job_held >= limit {
+            return Ok(false);
+        }
+        if let Some(cap) = self.inner.config.backend_caps.get(&run.backend) {
+            let held = match slots.backend.get(&run.backend) {
+                Some(n) => *n,
+                None => {
+                    let n = runs::active_on_backend(tx, &run.backend).await?;
+                    *slots.backend.entry(run.backend.clone()).or_insert(n)
+                }
+            };
+            if held >= *cap {
+                return Ok(false);
+            }
+        }
+        for key in &run.spec.lock_keys {
+            let (held, capacity) = match slots.lock.get(key) {
+                Some(u) => *u,
+                None => {
+                    let u = lock_usage(tx, key).await?;
+                    *slots.lock.entry(key.clone()).or_insert(u)
+                }
+            };
+            if held >= capacity {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+fn take(slots: &mut Slots, run: &RunRow) {
+    *slots.job.entry(run.job_id.clone()).or_default() += 1;
+    if let Some(n) = slots.backend.get_mut(&run.backend) {
+        *n += 1;
+    }
+    for key in &run.spec.lock_keys {
+        if let Some(u) = slots.lock.get_mut(key) {
+            u.0 += 1;
+        }
     }
 }

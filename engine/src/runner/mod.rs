@@ -7,6 +7,7 @@ mod dispatch;
 mod launch;
 mod logpump;
 mod redact;
+mod schedules;
 mod supervise;
 
 use std::sync::Arc;
@@ -31,6 +32,10 @@ pub struct RunnerConfig {
     pub reattach_window: Duration,
     /// How often the dispatch loop looks for work when nothing wakes it.
     pub poll_interval: Duration,
+    /// Most runs holding a slot at once per backend (e.g. 50 containers on one Docker host).
+    pub backend_caps: std::collections::HashMap<String, i64>,
+    /// A schedule tick missed while the engine was down fires at start-up if younger.
+    pub schedule_catchup: Duration,
 }
 
 impl Default for RunnerConfig {
@@ -40,6 +45,8 @@ impl Default for RunnerConfig {
             lease_ttl: Duration::from_secs(30),
             reattach_window: Duration::from_secs(300),
             poll_interval: Duration::from_millis(500),
+            backend_caps: [("docker".to_string(), 50)].into(),
+            schedule_catchup: Duration::from_secs(3600),
         }
     }
 }
@@ -107,6 +114,7 @@ impl Runner {
         // restart, and can be adopted at once instead of after its lease expires.
         let single = self.inner.ctx.store.dialect() == Dialect::Sqlite;
         self.adopt_orphans(single).await;
+        self.release_fenced().await;
         self.sweep_leftovers().await;
         let r = self.clone();
         tokio::spawn(
@@ -118,6 +126,10 @@ impl Runner {
         );
         let r = self.clone();
         tokio::spawn(async move { r.adopt_loop().await }.instrument(tracing::info_span!("adopt")));
+        let r = self.clone();
+        tokio::spawn(
+            async move { r.schedule_loop().await }.instrument(tracing::info_span!("schedules")),
+        );
     }
 
     fn lease_until(&self) -> i64 {
@@ -150,6 +162,7 @@ impl Runner {
                 _ = tokio::time::sleep(self.inner.config.lease_ttl / 2) => {}
             }
             self.adopt_orphans(false).await;
+            self.release_fenced().await;
             self.sweep_leftovers().await;
         }
     }
@@ -178,6 +191,41 @@ impl Runner {
                 }
                 Ok(false) => {}
                 Err(e) => tracing::warn!(run_id = %run.id, error = %e, "could not adopt run"),
+            }
+        }
+    }
+
+    /// Frees the slots of runs given up as lost once their container is confirmed gone:
+    /// stopped and removed now that the backend answers again.
+    async fn release_fenced(&self) {
+        let fenced = match self.inner.ctx.store.fenced().await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list runs awaiting their container's end");
+                return;
+            }
+        };
+        for run in fenced {
+            let Some(backend) = self.inner.backends.get(&run.backend) else {
+                continue;
+            };
+            let handle = run
+                .backend_ref
+                .as_deref()
+                .and_then(|h| serde_json::from_str::<jobdock_backends::RunHandle>(h).ok());
+            let gone = match &handle {
+                None => true,
+                Some(h) => {
+                    backend.stop(h, Duration::from_secs(1)).await.is_ok()
+                        && backend.cleanup(h).await.is_ok()
+                }
+            };
+            if gone {
+                tracing::info!(run_id = %run.id, "the lost run's container is gone; releasing its slots");
+                if let Err(e) = self.inner.ctx.store.release_slot(&run.id).await {
+                    tracing::warn!(run_id = %run.id, error = %e, "could not release the run's slots");
+                }
+                self.wake();
             }
         }
     }

@@ -27,8 +27,9 @@ enum Ended {
     TimedOut(Exit),
     /// Stopped because a cancel was asked for.
     Cancelled(Exit),
-    /// The backend no longer knows it, or could not be reached for too long.
-    Lost(String),
+    /// The backend no longer knows it (`gone`), or could not be reached for too long (its
+    /// container may still run: its slots stay taken until the backend confirms).
+    Lost { reason: String, gone: bool },
     /// It never started.
     LaunchFailed(String),
 }
@@ -165,13 +166,7 @@ async fn wait_until_started(
                 return Ok(Some(millis(e.started_at).unwrap_or_else(now_ms)))
             }
             Ok(TaskState::NotFound) => {
-                record(
-                    r,
-                    run,
-                    Ended::Lost("the backend no longer knows the run's container".into()),
-                    None,
-                )
-                .await?;
+                record(r, run, lost_gone(), None).await?;
                 return Ok(None);
             }
             Ok(TaskState::Pending { .. }) | Err(_) => {}
@@ -187,6 +182,13 @@ async fn wait_until_started(
             _ = r.inner.shutdown.cancelled() => return Ok(None),
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
+    }
+}
+
+fn lost_gone() -> Ended {
+    Ended::Lost {
+        reason: "the backend no longer knows the run's container".into(),
+        gone: true,
     }
 }
 
@@ -261,11 +263,7 @@ async fn watch(
                     None => Ended::Exited(exit),
                 })
             }
-            Err(BackendError::NotFound(_)) => {
-                return Ok(Ended::Lost(
-                    "the backend no longer knows the run's container".into(),
-                ))
-            }
+            Err(BackendError::NotFound(_)) => return Ok(lost_gone()),
             Err(e) => {
                 tracing::warn!(error = %e, "lost contact with the backend; waiting for it to come back");
                 if let Some(ended) = reattach(r, backend, handle).await? {
@@ -307,17 +305,16 @@ async fn reattach(
         }
         match backend.state(handle).await {
             Ok(TaskState::Exited(exit)) => return Ok(Some(Ended::Exited(exit))),
-            Ok(TaskState::NotFound) => {
-                return Ok(Some(Ended::Lost(
-                    "the backend no longer knows the run's container".into(),
-                )))
-            }
+            Ok(TaskState::NotFound) => return Ok(Some(lost_gone())),
             Ok(_) => return Ok(None),
             Err(_) if tokio::time::Instant::now() >= give_up => {
-                return Ok(Some(Ended::Lost(format!(
-                    "the backend could not be reached for {} s",
-                    window.as_secs()
-                ))))
+                return Ok(Some(Ended::Lost {
+                    reason: format!(
+                        "the backend could not be reached for {} s",
+                        window.as_secs()
+                    ),
+                    gone: false,
+                }))
             }
             Err(_) => {}
         }
@@ -388,12 +385,15 @@ async fn record(
     container: Option<(&Arc<dyn Backend>, &RunHandle)>,
 ) -> anyhow::Result<()> {
     let store = &r.inner.ctx.store;
+    let gone = !matches!(ended, Ended::Lost { gone: false, .. });
     let (status, outcome) = classify(run, ended);
     append_cap_notice(r, run).await?;
     let retry_on = &run.spec.retry_on;
     let retry = match status {
         RunStatus::Failed if outcome.oom_killed => retry_on.contains(&RetryOn::OomKilled),
-        RunStatus::Failed | RunStatus::Lost => true,
+        // A run whose container may still run is not started again beside it.
+        RunStatus::Lost => gone,
+        RunStatus::Failed => true,
         RunStatus::TimedOut => retry_on.contains(&RetryOn::TimedOut),
         _ => false,
     } && run.attempt < run.max_attempts;
@@ -417,7 +417,7 @@ async fn record(
         )
         .await?
     } else {
-        runs::finish(&mut tx, &run.id, run.attempt, status, &outcome).await?
+        runs::finish(&mut tx, &run.id, run.attempt, status, &outcome, gone).await?
     };
     tx.commit().await.map_err(StoreError::from)?;
     if recorded {
@@ -474,7 +474,7 @@ fn classify(run: &RunRow, ended: Ended) -> (RunStatus, Outcome) {
             RunStatus::Cancelled,
             from_exit(&e, "cancelled; the container was stopped".into()),
         ),
-        Ended::Lost(reason) => (
+        Ended::Lost { reason, .. } => (
             RunStatus::Lost,
             Outcome {
                 reason: Some(reason),

@@ -39,9 +39,11 @@ pub fn to_api(row: &JobRow, secret_names: Vec<String>) -> Job {
         resources: s.resources.unwrap_or_default(),
         timeout_seconds: s.timeout_seconds,
         max_parallel: s.max_parallel.unwrap_or(1),
+        max_queued: s.max_queued.unwrap_or(crate::service::runs::QUEUE_CAP),
         lock_keys: s.lock_keys.clone(),
         on_conflict: s.on_conflict.unwrap_or_default(),
         schedule: s.schedule.clone(),
+        next_fire_times: next_fire_times(s.schedule.as_ref()),
         retries: s.retries,
         expected_duration_seconds: s.expected_duration_seconds,
         allow_command_override: s.allow_command_override,
@@ -54,6 +56,22 @@ pub fn to_api(row: &JobRow, secret_names: Vec<String>) -> Job {
         description: s.description.clone(),
         created_at: row.created(),
         updated_at: row.updated(),
+    }
+}
+
+/// The next three times a schedule fires.
+fn next_fire_times(
+    schedule: Option<&jobdock_types::Schedule>,
+) -> Vec<chrono::DateTime<chrono::Utc>> {
+    let Some(s) = schedule.filter(|s| !s.paused) else {
+        return Vec::new();
+    };
+    match (
+        crate::schedule::parse_cron(&s.cron),
+        crate::schedule::parse_timezone(&s.timezone),
+    ) {
+        (Ok(cron), Ok(tz)) => crate::schedule::next_fire_times(&cron, tz, chrono::Utc::now(), 3),
+        _ => Vec::new(),
     }
 }
 

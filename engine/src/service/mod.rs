@@ -4,6 +4,7 @@
 
 pub mod jobs;
 pub mod keys;
+pub mod locks;
 pub mod runs;
 pub mod tokens;
 pub mod validate;

@@ -10,7 +10,8 @@ use super::{validate, Actor, Ctx, Result, ServiceError};
 use crate::store::runs::{self, AttemptRow, NewRun, RunRow};
 use crate::store::{self, from_ms, now_ms, StoreError};
 
-/// Most runs of one job that may wait in the queue; past it a trigger gets 429.
+/// Most runs of one job that may wait in the queue unless the job sets `max_queued`; past
+/// it a trigger gets 429.
 pub const QUEUE_CAP: i64 = 1000;
 
 /// Who triggers, and with what rights.
@@ -38,18 +39,16 @@ pub enum Triggered {
 /// Why a trigger was refused because of the job's limits.
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {
-    /// `on_conflict: reject` and the slot is taken.
-    #[error("job `{job}` already has {max_parallel} run(s) queued, starting or running (on_conflict: reject)")]
+    /// `on_conflict: reject` and a slot is taken.
+    #[error("{what} (on_conflict: reject)")]
     SlotTaken {
-        /// The job.
-        job: String,
-        /// Its limit.
-        max_parallel: i64,
+        /// Which slot, in words.
+        what: String,
         /// A run that holds the slot.
         holder: String,
     },
     /// The job's queue is full.
-    #[error("job `{job}` already has {QUEUE_CAP} runs waiting; try again later")]
+    #[error("job `{job}`'s queue is full; try again later")]
     QueueFull {
         /// The job.
         job: String,
@@ -145,9 +144,7 @@ pub async fn trigger(
             return existing_for_key(ctx, existing, &hash).await;
         }
     }
-    let secret_names = ctx
-        .store
-        .secret_names(&job.id)
+    let secret_names = store::secrets::names(&mut tx, &job.id)
         .await
         .map_err(ServiceError::from)?;
     check_overrides(&job.spec, &secret_names, &req, t.scope)?;
@@ -157,33 +154,109 @@ pub async fn trigger(
     if let Some(cmd) = &req.command {
         snapshot.command = Some(cmd.clone());
     }
+    let detail = json!({ "env_overrides": req.env.keys().collect::<Vec<_>>(),
+                         "command_override": req.command.is_some(), "idempotency_key": key });
+    let e = Enqueue {
+        kind: t.kind,
+        actor: t.actor,
+        key: key.as_deref(),
+        hash: Some(&hash),
+        detail,
+    };
+    enqueue(ctx, tx, &job, &snapshot, e).await
+}
+
+/// Triggers the run of a schedule's tick. The idempotency key names the tick, so replicas
+/// firing the same tick create one run between them.
+pub async fn trigger_scheduled(
+    ctx: &Ctx,
+    name: &str,
+    tick: chrono::DateTime<chrono::Utc>,
+) -> Result<Triggered, TriggerError> {
+    let actor = Actor {
+        token_name: Some("schedule".into()),
+        ..Default::default()
+    };
+    let t = Trigger {
+        actor: &actor,
+        scope: Scope::Admin,
+        kind: "schedule",
+        header_key: Some(format!("schedule:{}", tick.to_rfc3339())),
+    };
+    trigger(ctx, t, name, TriggerRequest::default()).await
+}
+
+/// Starts a new run of a finished run's job with the definition that run had.
+pub async fn rerun(ctx: &Ctx, actor: &Actor, id: &str) -> Result<Triggered, TriggerError> {
+    let mut tx = ctx.store.begin_write().await.map_err(ServiceError::from)?;
+    let original = runs::get(&mut tx, id).await.map_err(|e| match e {
+        StoreError::NotFound => run_not_found(id),
+        e => e.into(),
+    })?;
+    let job = store::jobs::get_for_update(&mut tx, &ctx.store, &original.job_name)
+        .await
+        .ok()
+        .filter(|j| j.id == original.job_id)
+        .ok_or_else(|| {
+            ServiceError::NotFound(format!(
+                "run {id}'s job `{}` has been deleted",
+                original.job_name
+            ))
+        })?;
+    let detail = json!({ "rerun_of": id });
+    let e = Enqueue {
+        kind: "rerun",
+        actor,
+        key: None,
+        hash: None,
+        detail,
+    };
+    enqueue(ctx, tx, &job, &original.spec, e).await
+}
+
+/// How a run comes to be queued.
+struct Enqueue<'a> {
+    kind: &'a str,
+    actor: &'a Actor,
+    key: Option<&'a str>,
+    hash: Option<&'a str>,
+    detail: serde_json::Value,
+}
+
+/// The one gate every new run passes (trigger, schedule, re-run): the job's `on_conflict`
+/// when a slot is taken, its queue cap, then the insert and its audit entry, in the caller's
+/// transaction.
+async fn enqueue(
+    ctx: &Ctx,
+    mut tx: sqlx::Transaction<'static, sqlx::Any>,
+    job: &store::JobRow,
+    snapshot: &JobSpec,
+    e: Enqueue<'_>,
+) -> Result<Triggered, TriggerError> {
+    let name = job.name.as_str();
     let unfinished = runs::unfinished_for_job(&mut tx, &job.id)
         .await
         .map_err(ServiceError::from)?;
-    let max_parallel = job.spec.max_parallel.unwrap_or(1);
     let queued = unfinished
         .iter()
         .filter(|r| r.status == RunStatus::Queued)
         .count() as i64;
-    let full = unfinished.len() as i64 >= max_parallel;
+    let blocker = blocker(&mut tx, &job.spec, name, &unfinished)
+        .await
+        .map_err(ServiceError::from)?;
     let mut status = RunStatus::Queued;
     let mut reason = None;
-    match job.spec.on_conflict.unwrap_or_default() {
-        OnConflict::Reject if full => {
-            return Err(TriggerError::Refused(Refusal::SlotTaken {
-                job: name.into(),
-                max_parallel,
-                holder: unfinished[0].id.clone(),
-            }))
+    match (job.spec.on_conflict.unwrap_or_default(), blocker) {
+        (OnConflict::Reject, Some((what, holder))) => {
+            return Err(TriggerError::Refused(Refusal::SlotTaken { what, holder }))
         }
-        OnConflict::Skip if full => {
+        (OnConflict::Skip, Some((what, holder))) => {
             status = RunStatus::Skipped;
             reason = Some(format!(
-                "skipped: run {} already holds the job's slot (on_conflict: skip)",
-                unfinished[0].id
+                "skipped: {what}; run {holder} holds the slot (on_conflict: skip)"
             ));
         }
-        _ if queued >= QUEUE_CAP => {
+        _ if queued >= job.spec.max_queued.unwrap_or(QUEUE_CAP) => {
             return Err(TriggerError::Refused(Refusal::QueueFull {
                 job: name.into(),
             }))
@@ -194,15 +267,15 @@ pub async fn trigger(
         &mut tx,
         NewRun {
             job_id: &job.id,
-            job_name: &job.name,
+            job_name: name,
             status,
-            spec: &snapshot,
+            spec: snapshot,
             max_attempts: job.spec.retries.map(|r| r.max_attempts).unwrap_or(1),
             backend: job.spec.backend.map(|b| b.as_str()).unwrap_or("docker"),
-            trigger_kind: t.kind,
-            triggered_by: t.actor.token_name.as_deref(),
-            idempotency_key: key.as_deref(),
-            request_hash: Some(&hash),
+            trigger_kind: e.kind,
+            triggered_by: e.actor.token_name.as_deref(),
+            idempotency_key: e.key,
+            request_hash: e.hash,
             reason: reason.as_deref(),
         },
     )
@@ -210,36 +283,62 @@ pub async fn trigger(
     let row = match inserted {
         Ok(row) => row,
         // Another request with the same key committed first: answer with its run.
-        Err(StoreError::Conflict(_)) if key.is_some() => {
+        Err(StoreError::Conflict(_)) if e.key.is_some() => {
             drop(tx);
             let mut conn = ctx.store.begin_write().await.map_err(ServiceError::from)?;
-            let existing =
-                runs::by_idempotency_key(&mut conn, &job.id, key.as_deref().unwrap_or_default())
-                    .await
-                    .map_err(ServiceError::from)?
-                    .ok_or_else(|| {
-                        ServiceError::Conflict("idempotency key race; retry the call".into())
-                    })?;
+            let existing = runs::by_idempotency_key(&mut conn, &job.id, e.key.unwrap_or_default())
+                .await
+                .map_err(ServiceError::from)?
+                .ok_or_else(|| {
+                    ServiceError::Conflict("idempotency key race; retry the call".into())
+                })?;
             drop(conn);
-            return existing_for_key(ctx, existing, &hash).await;
+            return existing_for_key(ctx, existing, e.hash.unwrap_or_default()).await;
         }
-        Err(e) => return Err(ServiceError::from(e).into()),
+        Err(err) => return Err(ServiceError::from(err).into()),
     };
-    store::audit::record(
-        &mut tx,
-        t.actor.audit(
-            "run.trigger",
-            name,
-            json!({ "run_id": row.id, "status": row.status.as_str(), "env_overrides": req.env.keys().collect::<Vec<_>>(),
-                    "command_override": req.command.is_some(), "idempotency_key": key }),
-        ),
-    )
-    .await
-    .map_err(ServiceError::from)?;
+    let mut detail = e.detail;
+    detail["run_id"] = json!(row.id);
+    detail["status"] = json!(row.status.as_str());
+    detail["trigger"] = json!(e.kind);
+    store::audit::record(&mut tx, e.actor.audit("run.trigger", name, detail))
+        .await
+        .map_err(ServiceError::from)?;
     tx.commit()
         .await
-        .map_err(|e| ServiceError::from(StoreError::from(e)))?;
+        .map_err(|err| ServiceError::from(StoreError::from(err)))?;
     Ok(Triggered::Created(Box::new(to_api(&row, Vec::new()))))
+}
+
+/// Why a run of this job could not start now, with a run holding that slot: the job's
+/// `max_parallel` is taken by unfinished runs, or one of its locks is full.
+async fn blocker(
+    tx: &mut sqlx::AnyConnection,
+    spec: &JobSpec,
+    name: &str,
+    unfinished: &[RunRow],
+) -> Result<Option<(String, String)>, StoreError> {
+    let max_parallel = spec.max_parallel.unwrap_or(1);
+    if unfinished.len() as i64 >= max_parallel {
+        let what =
+            format!("job `{name}` already has {max_parallel} run(s) queued, starting or running");
+        return Ok(Some((what, unfinished[0].id.clone())));
+    }
+    for key in &spec.lock_keys {
+        let (held, capacity) = store::locks::lock_usage(tx, key).await?;
+        if held >= capacity {
+            let holder = store::locks::holding_lock(tx, key)
+                .await?
+                .into_iter()
+                .next()
+                .unwrap_or_default();
+            return Ok(Some((
+                format!("lock `{key}` is full ({held} of {capacity} taken)"),
+                holder,
+            )));
+        }
+    }
+    Ok(None)
 }
 
 async fn existing_for_key(

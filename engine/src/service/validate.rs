@@ -45,7 +45,7 @@ pub fn var_name(key: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn lock_key(key: &str) -> Result<(), String> {
+pub fn lock_key(key: &str) -> Result<(), String> {
     if key.is_empty() || key.len() > MAX_NAME {
         return Err(format!("must be 1 to {MAX_NAME} characters"));
     }
@@ -150,6 +150,7 @@ pub fn job_spec(spec: &JobSpec, backends: &[BackendName]) -> Result<(), Vec<Fiel
     }
     e.range("timeout_seconds", spec.timeout_seconds, 1, 366 * 86_400);
     e.range("max_parallel", spec.max_parallel, 1, 10_000);
+    e.range("max_queued", spec.max_queued, 0, 100_000);
     let mut seen = BTreeSet::new();
     for (i, k) in spec.lock_keys.iter().enumerate() {
         e.check(format!("lock_keys[{i}]"), lock_key(k));

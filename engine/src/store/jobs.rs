@@ -128,6 +128,19 @@ pub async fn get_for_update(conn: &mut AnyConnection, store: &Store, name: &str)
     decode(&row)
 }
 
+/// A job's current `max_parallel` (1 when unset, or when the job is gone).
+pub async fn max_parallel(conn: &mut AnyConnection, id: &str) -> Result<i64> {
+    let row = sqlx::query("SELECT spec FROM jobs WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(row) = row else { return Ok(1) };
+    let spec: String = row.try_get("spec")?;
+    let spec: JobSpec = serde_json::from_str(&spec)
+        .map_err(|e| StoreError::Corrupt(format!("job definition: {e}")))?;
+    Ok(spec.max_parallel.unwrap_or(1))
+}
+
 impl Store {
     /// The live job of this name.
     pub async fn job(&self, name: &str) -> Result<JobRow> {

@@ -9,8 +9,10 @@
 
 pub mod audit;
 pub mod jobs;
+pub mod locks;
 pub mod logs;
 pub mod runs;
+mod schedules;
 pub mod secrets;
 mod settings;
 pub mod tokens;

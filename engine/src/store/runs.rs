@@ -215,7 +215,17 @@ pub async fn insert(conn: &mut AnyConnection, new: NewRun<'_>) -> Result<RunRow>
     .fetch_one(&mut *conn)
     .await
     .map_err(|e| StoreError::on_unique(e, "a run with this idempotency key"))?;
-    decode(&row)
+    let run = decode(&row)?;
+    if !run.status.is_final() {
+        for key in &new.spec.lock_keys {
+            sqlx::query("INSERT INTO run_locks (run_id, key) VALUES ($1, $2)")
+                .bind(&run.id)
+                .bind(key)
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(run)
 }
 
 /// One run, read on the caller's connection.
@@ -244,12 +254,18 @@ pub async fn by_idempotency_key(
     row.as_ref().map(decode).transpose()
 }
 
-/// Queued runs whose time has come, oldest first.
-pub async fn due(conn: &mut AnyConnection, backends: &[String], limit: i64) -> Result<Vec<RunRow>> {
+/// Queued runs whose time has come, oldest first, after position `after_seq`.
+pub async fn due(
+    conn: &mut AnyConnection,
+    backends: &[String],
+    after_seq: i64,
+    limit: i64,
+) -> Result<Vec<RunRow>> {
     let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM runs WHERE status = 'queued' \
-         AND (next_attempt_at IS NULL OR next_attempt_at <= $1) ORDER BY seq LIMIT $2"
+        "SELECT {COLUMNS} FROM runs WHERE status = 'queued' AND seq > $1 \
+         AND (next_attempt_at IS NULL OR next_attempt_at <= $2) ORDER BY seq LIMIT $3"
     ))
+    .bind(after_seq)
     .bind(now_ms())
     .bind(limit)
     .fetch_all(&mut *conn)
@@ -260,15 +276,31 @@ pub async fn due(conn: &mut AnyConnection, backends: &[String], limit: i64) -> R
         .collect()
 }
 
-/// How many runs of a job hold a slot (starting or running).
+/// How many runs of a job hold a slot.
 pub async fn active_for_job(conn: &mut AnyConnection, job_id: &str) -> Result<i64> {
-    let row = sqlx::query(
-        "SELECT COUNT(*) AS n FROM runs WHERE job_id = $1 AND status IN ('starting', 'running')",
-    )
-    .bind(job_id)
-    .fetch_one(&mut *conn)
-    .await?;
+    let row = sqlx::query("SELECT COUNT(*) AS n FROM runs WHERE job_id = $1 AND holds_slot = 1")
+        .bind(job_id)
+        .fetch_one(&mut *conn)
+        .await?;
     Ok(row.try_get("n")?)
+}
+
+/// How many runs on a backend hold a slot.
+pub async fn active_on_backend(conn: &mut AnyConnection, backend: &str) -> Result<i64> {
+    let row = sqlx::query("SELECT COUNT(*) AS n FROM runs WHERE backend = $1 AND holds_slot = 1")
+        .bind(backend)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(row.try_get("n")?)
+}
+
+/// The runs holding a slot of a job, oldest first (to name one in a refusal).
+pub async fn holding_for_job(conn: &mut AnyConnection, job_id: &str) -> Result<Vec<String>> {
+    let rows = sqlx::query("SELECT id FROM runs WHERE job_id = $1 AND holds_slot = 1 ORDER BY seq")
+        .bind(job_id)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
 }
 
 /// The runs of a job that are not final, oldest first.
@@ -291,8 +323,9 @@ pub async fn mark_starting(
     lease_until: i64,
 ) -> Result<bool> {
     let done = sqlx::query(
-        "UPDATE runs SET status = 'starting', lease_owner = $1, lease_expires_at = $2, \
-         next_attempt_at = NULL, backend_ref = NULL WHERE id = $3 AND status = 'queued'",
+        "UPDATE runs SET status = 'starting', holds_slot = 1, lease_owner = $1, \
+         lease_expires_at = $2, next_attempt_at = NULL, backend_ref = NULL \
+         WHERE id = $3 AND status = 'queued'",
     )
     .bind(owner)
     .bind(lease_until)
@@ -395,20 +428,23 @@ async fn update_attempt(
     Ok(())
 }
 
-/// starting | running → a final status, for the given attempt.
+/// starting | running → a final status, for the given attempt. The run's slots are
+/// released unless `container_gone` is false (a run given up as lost while its backend could
+/// not be reached): those wait until the backend confirms the container is gone.
 pub async fn finish(
     conn: &mut AnyConnection,
     id: &str,
     attempt: i64,
     to: RunStatus,
     o: &Outcome,
+    container_gone: bool,
 ) -> Result<bool> {
     debug_assert!(to.is_final());
     let finished = o.finished_at.unwrap_or_else(now_ms);
     let done = sqlx::query(
         "UPDATE runs SET status = $1, exit_code = $2, oom_killed = $3, reason = $4, finished_at = $5, \
          started_at = COALESCE(started_at, $6), first_started_at = COALESCE(first_started_at, $6), \
-         lease_owner = NULL, lease_expires_at = NULL \
+         lease_owner = NULL, lease_expires_at = NULL, holds_slot = $9 \
          WHERE id = $7 AND attempt = $8 AND status IN ('starting', 'running')",
     )
     .bind(to.as_str())
@@ -419,6 +455,7 @@ pub async fn finish(
     .bind(o.started_at)
     .bind(id)
     .bind(attempt)
+    .bind(if container_gone { 0i64 } else { 1 })
     .execute(&mut *conn)
     .await?;
     if done.rows_affected() == 0 {
@@ -450,7 +487,7 @@ pub async fn requeue(
     let done = sqlx::query(
         "UPDATE runs SET status = 'queued', attempt = attempt + 1, exit_code = $1, oom_killed = $2, \
          reason = $3, next_attempt_at = $4, lease_owner = NULL, lease_expires_at = NULL, \
-         backend_ref = NULL, cancel_requested = 0 \
+         backend_ref = NULL, cancel_requested = 0, holds_slot = 0 \
          WHERE id = $5 AND attempt = $6 AND status IN ('starting', 'running')",
     )
     .bind(o.exit_code)
@@ -469,6 +506,29 @@ pub async fn requeue(
 }
 
 impl Store {
+    /// Ended runs that still hold their slots because their container was not confirmed gone.
+    pub async fn fenced(&self) -> Result<Vec<RunRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM runs WHERE holds_slot = 1 \
+             AND status NOT IN ('queued', 'starting', 'running') ORDER BY seq"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+
+    /// Releases the slots of an ended run whose container is now known to be gone.
+    pub async fn release_slot(&self, id: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE runs SET holds_slot = 0 WHERE id = $1 \
+             AND status NOT IN ('queued', 'starting', 'running')",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// One run.
     pub async fn run(&self, id: &str) -> Result<RunRow> {
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM runs WHERE id = $1"))

@@ -164,6 +164,9 @@ pub struct JobSpec {
     /// At most this many runs of the job at once (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_parallel: Option<i64>,
+    /// Most runs that may wait in the job's queue; past it a trigger gets 429 (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queued: Option<i64>,
     /// Named locks shared with other jobs; a run needs all of them to start.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lock_keys: Vec<String>,
@@ -228,12 +231,16 @@ pub struct Job {
     pub timeout_seconds: Option<i64>,
     /// At most this many runs at once.
     pub max_parallel: i64,
+    /// Most runs waiting in the job's queue.
+    pub max_queued: i64,
     /// Named locks shared with other jobs.
     pub lock_keys: Vec<String>,
     /// What a trigger does when the run cannot start now.
     pub on_conflict: OnConflict,
     /// When the job runs by itself.
     pub schedule: Option<Schedule>,
+    /// The schedule's next fire times (empty without a schedule or while it is paused).
+    pub next_fire_times: Vec<DateTime<Utc>>,
     /// Retries of failed attempts.
     pub retries: Option<Retries>,
     /// How long a run usually takes, if set.

@@ -175,3 +175,38 @@ pub struct LogEntry {
     /// The attempt that wrote it.
     pub attempt: i64,
 }
+
+/// A run holding or waiting for a lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LockRun {
+    /// The run's id.
+    pub run_id: String,
+    /// Its job.
+    pub job: String,
+    /// When it was triggered.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A named lock shared by jobs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Lock {
+    /// The lock's name.
+    pub key: String,
+    /// How many runs may hold it at once (1 unless set).
+    pub capacity: i64,
+    /// The runs holding it, oldest first.
+    pub holders: Vec<LockRun>,
+    /// The queued runs that need it, first in line first.
+    pub waiters: Vec<LockRun>,
+}
+
+/// Body of `PUT /api/v1/locks/{key}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct LockCapacity {
+    /// How many runs may hold the lock at once.
+    pub capacity: i64,
+}

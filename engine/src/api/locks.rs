@@ -1,0 +1,64 @@
+//! `/api/v1/locks`: named locks shared by jobs, their holders and waiters, and capacities.
+
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use jobdock_types::{Lock, LockCapacity, Page, Problem};
+
+use super::auth::{Caller, Operator, Read};
+use super::error::ApiError;
+use super::json::ApiJson;
+use super::AppState;
+use crate::service::locks;
+
+/// The routes of this module.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/locks", get(list))
+        .route("/api/v1/locks/{key}", get(read).put(set))
+}
+
+/// A page of locks (for the OpenAPI document).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct LockPage {
+    items: Vec<Lock>,
+    next_cursor: Option<String>,
+}
+
+/// Every lock: those with a capacity set, those named by jobs, those held or awaited.
+#[utoipa::path(get, path = "/api/v1/locks", tag = "locks", responses((status = 200, body = LockPage)))]
+pub async fn list(
+    _caller: Caller<Read>,
+    State(s): State<AppState>,
+) -> Result<Json<Page<Lock>>, ApiError> {
+    Ok(Json(Page {
+        items: locks::list(&s.ctx).await?,
+        next_cursor: None,
+    }))
+}
+
+/// One lock with its holders and waiters.
+#[utoipa::path(get, path = "/api/v1/locks/{key}", tag = "locks", params(("key" = String, Path)),
+    responses((status = 200, body = Lock), (status = 422, body = Problem)))]
+pub async fn read(
+    _caller: Caller<Read>,
+    State(s): State<AppState>,
+    Path(key): Path<String>,
+) -> Result<Json<Lock>, ApiError> {
+    Ok(Json(locks::get(&s.ctx, &key).await?))
+}
+
+/// Set how many runs may hold a lock at once.
+#[utoipa::path(put, path = "/api/v1/locks/{key}", tag = "locks", params(("key" = String, Path)),
+    request_body = LockCapacity, responses((status = 200, body = Lock), (status = 422, body = Problem)))]
+pub async fn set(
+    caller: Caller<Operator>,
+    State(s): State<AppState>,
+    Path(key): Path<String>,
+    ApiJson(body): ApiJson<LockCapacity>,
+) -> Result<Json<Lock>, ApiError> {
+    let lock = locks::set_capacity(&s.ctx, &caller.actor, &key, body.capacity).await?;
+    s.runner.wake();
+    Ok(Json(lock))
+}
