@@ -10,6 +10,7 @@ mod parallelism;
 mod recovery;
 mod runs;
 mod runs_limits;
+mod schedules;
 mod secrets;
 mod service;
 

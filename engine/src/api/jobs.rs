@@ -39,6 +39,7 @@ pub async fn create(
 ) -> Result<impl IntoResponse, ApiError> {
     caller.check_job(&spec.name)?;
     let job = jobs::create(&s.ctx, &caller.actor, spec).await?;
+    s.runner.jobs_changed();
     Ok((StatusCode::CREATED, Json(job)))
 }
 
@@ -86,9 +87,9 @@ pub async fn replace(
     Path(name): Path<String>,
     ApiJson(spec): ApiJson<JobSpec>,
 ) -> Result<Json<Job>, ApiError> {
-    Ok(Json(
-        jobs::replace(&s.ctx, &caller.actor, &name, spec).await?,
-    ))
+    let job = jobs::replace(&s.ctx, &caller.actor, &name, spec).await?;
+    s.runner.jobs_changed();
+    Ok(Json(job))
 }
 
 /// Change some fields of a job with a JSON merge patch (RFC 7396).
@@ -101,9 +102,9 @@ pub async fn patch(
     Path(name): Path<String>,
     ApiJson(patch): ApiJson<serde_json::Value>,
 ) -> Result<Json<Job>, ApiError> {
-    Ok(Json(
-        jobs::patch(&s.ctx, &caller.actor, &name, patch).await?,
-    ))
+    let job = jobs::patch(&s.ctx, &caller.actor, &name, patch).await?;
+    s.runner.jobs_changed();
+    Ok(Json(job))
 }
 
 /// Query of `DELETE /api/v1/jobs/{name}`.
@@ -126,6 +127,7 @@ pub async fn remove(
     ApiQuery(q): ApiQuery<DeleteQuery>,
 ) -> Result<StatusCode, ApiError> {
     jobs::delete(&s.ctx, &caller.actor, &name, q.force).await?;
+    s.runner.jobs_changed();
     Ok(StatusCode::NO_CONTENT)
 }
 

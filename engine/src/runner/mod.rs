@@ -65,6 +65,8 @@ struct Inner {
     owner: String,
     installation_id: String,
     wake: Notify,
+    /// Set when a job changed, so that schedules are re-read at once.
+    jobs_changed: std::sync::atomic::AtomicBool,
     shutdown: CancellationToken,
 }
 
@@ -92,6 +94,7 @@ impl Runner {
                 owner: uuid::Uuid::new_v4().to_string(),
                 installation_id,
                 wake: Notify::new(),
+                jobs_changed: std::sync::atomic::AtomicBool::new(false),
                 shutdown: CancellationToken::new(),
             }),
         }
@@ -100,6 +103,14 @@ impl Runner {
     /// Wakes the dispatch loop (a run was queued or a slot freed).
     pub fn wake(&self) {
         self.inner.wake.notify_one();
+    }
+
+    /// Tells the runner that a job changed (its schedule may have).
+    pub fn jobs_changed(&self) {
+        self.inner
+            .jobs_changed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.wake();
     }
 
     /// Stops the loops. Supervisors stop watching; containers keep running and are adopted

@@ -19,9 +19,15 @@ use crate::store::from_ms;
 /// How often schedules are re-read from the store (jobs change, other replicas fire).
 const REFRESH: Duration = Duration::from_secs(5);
 
+/// After the first pass, a tick this late is the loop's own lateness (a busy machine), not
+/// a tick missed while the engine was down: it still fires.
+const LATENESS: Duration = Duration::from_secs(5);
+
 struct Entry {
     job_id: String,
     name: String,
+    /// When the job was last changed: ticks before it never fire.
+    since: i64,
     cron: Cron,
     tz: Tz,
     paused: bool,
@@ -32,8 +38,13 @@ impl Runner {
         let mut entries: Vec<Entry> = Vec::new();
         let mut ticks: HashMap<String, i64> = HashMap::new();
         let mut refreshed: Option<tokio::time::Instant> = None;
+        let mut window = self.inner.config.schedule_catchup;
         loop {
-            if refreshed.is_none_or(|t| t.elapsed() >= REFRESH) {
+            let changed = self
+                .inner
+                .jobs_changed
+                .swap(false, std::sync::atomic::Ordering::AcqRel);
+            if changed || refreshed.is_none_or(|t| t.elapsed() >= REFRESH) {
                 match self.read_schedules().await {
                     Ok((e, t)) => {
                         entries = e;
@@ -45,8 +56,9 @@ impl Runner {
             }
             let now = Utc::now();
             for e in &entries {
-                self.visit(e, &mut ticks, now).await;
+                self.visit(e, &mut ticks, now, window).await;
             }
+            window = self.inner.config.schedule_catchup.max(LATENESS);
             // Wake at the next second, when a 6-field schedule may tick.
             let to_next_second = 1000 - (now.timestamp_subsec_millis() as u64).min(999);
             tokio::select! {
@@ -70,6 +82,7 @@ impl Runner {
                     (Ok(cron), Ok(tz)) => entries.push(Entry {
                         job_id: j.id.clone(),
                         name: j.name.clone(),
+                        since: j.updated_at,
                         cron,
                         tz,
                         paused: s.paused,
@@ -86,21 +99,31 @@ impl Runner {
     }
 
     /// Fires the latest tick due for a job, if any.
-    async fn visit(&self, e: &Entry, ticks: &mut HashMap<String, i64>, now: DateTime<Utc>) {
+    async fn visit(
+        &self,
+        e: &Entry,
+        ticks: &mut HashMap<String, i64>,
+        now: DateTime<Utc>,
+        window: Duration,
+    ) {
         let store = &self.inner.ctx.store;
         let now_ms = now.timestamp_millis();
-        let Some(last) = ticks.get(&e.job_id).copied().filter(|_| !e.paused) else {
-            // A new or paused schedule starts counting from now: ticks from before it
-            // existed, or while it was paused, never fire.
-            if ticks.get(&e.job_id).is_none_or(|t| now_ms - t >= 1000) {
-                if store.advance_schedule(&e.job_id, now_ms).await.is_ok() {
-                    ticks.insert(e.job_id.clone(), now_ms);
-                }
+        if e.paused {
+            // Ticks passed over while paused never fire: keep the mark at now.
+            if ticks.get(&e.job_id).is_none_or(|t| now_ms - t >= 1000)
+                && store.advance_schedule(&e.job_id, now_ms).await.is_ok()
+            {
+                ticks.insert(e.job_id.clone(), now_ms);
             }
             return;
+        }
+        // A schedule counts from when it was set: earlier ticks never fire.
+        let last = match ticks.get(&e.job_id) {
+            Some(t) => (*t).max(e.since),
+            None => e.since,
         };
         // Ticks older than the catch-up window are passed over, never fired.
-        let horizon = now_ms - self.inner.config.schedule_catchup.as_millis() as i64;
+        let horizon = now_ms - window.as_millis() as i64;
         let Some(tick) = latest_due(&e.cron, e.tz, from_ms(last.max(horizon)), now) else {
             if last < horizon {
                 let _ = store.advance_schedule(&e.job_id, horizon).await;

@@ -33,6 +33,18 @@ impl TestAppBuilder {
         self
     }
 
+    /// Share the PostgreSQL database of another test app (a second replica).
+    pub fn replica_of(mut self, other: &TestApp) -> Self {
+        let db = other
+            .db
+            .as_ref()
+            .expect("replicas share a PostgreSQL database");
+        self.env.push(("DATABASE_URL".into(), db.url.clone()));
+        self.env
+            .push(("JOBDOCK_MASTER_KEY".into(), TEST_MASTER_KEY.into()));
+        self
+    }
+
     /// An extra environment variable.
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.push((k.into(), v.into()));
