@@ -4,10 +4,12 @@
 
 mod auth;
 mod cli;
+mod cli_runs;
 mod daemon;
 mod jobs;
 mod parallelism;
 mod recovery;
+mod replicas;
 mod runs;
 mod runs_limits;
 mod schedules;

@@ -11,7 +11,7 @@ async fn after_kill_9_every_run_reaches_its_true_end_with_its_complete_log() {
     let mut app = app(false).await;
     let c = app.admin();
     // One run outlives the engine's absence; one ends while the engine is down.
-    let long = "i=1; while [ $i -le 60 ]; do echo line $i; i=$((i+1)); sleep 0.1; done; exit 7";
+    let long = "i=1; while [ $i -le 60 ]; do echo line $i; echo err $i >&2; i=$((i+1)); sleep 0.1; done; exit 7";
     c.create_job(&sh_job("survivor", long)).await.unwrap();
     c.create_job(&sh_job(
         "quick",
@@ -54,18 +54,19 @@ async fn after_kill_9_every_run_reaches_its_true_end_with_its_complete_log() {
         (RunStatus::Failed, Some(7)),
         "{run:?}"
     );
-    let lines: Vec<String> = c
-        .logs(&long_run.id)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|l| l.line)
-        .collect();
-    let want: Vec<String> = (1..=60).map(|i| format!("line {i}")).collect();
-    assert_eq!(
-        lines, want,
-        "every line exactly once, in order, across the restart"
-    );
+    let logs = c.logs(&long_run.id).await.unwrap();
+    for (stream, word) in [("stdout", "line"), ("stderr", "err")] {
+        let lines: Vec<&str> = logs
+            .iter()
+            .filter(|l| l.stream == stream)
+            .map(|l| l.line.as_str())
+            .collect();
+        let want: Vec<String> = (1..=60).map(|i| format!("{word} {i}")).collect();
+        assert_eq!(
+            lines, want,
+            "every {stream} line exactly once, in order, across the restart"
+        );
+    }
 
     let run = c
         .wait_until_final(&quick_run.id, Duration::from_secs(60))

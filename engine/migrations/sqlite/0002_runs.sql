@@ -30,8 +30,13 @@ CREATE TABLE runs (
     log_lines        BIGINT NOT NULL DEFAULT 0,
     log_bytes        BIGINT NOT NULL DEFAULT 0,
     log_dropped      BIGINT NOT NULL DEFAULT 0,
-    last_log_ts      BIGINT,
-    last_log_ts_n    BIGINT NOT NULL DEFAULT 0
+    -- Where the stored log stands, per stream: the last timestamp (ns) stored and how many
+    -- stored lines carry it. Docker can deliver one stream well ahead of the other, so one
+    -- position for both would lose the lagging stream's lines on a resume.
+    last_out_ts      BIGINT,
+    last_out_n       BIGINT NOT NULL DEFAULT 0,
+    last_err_ts      BIGINT,
+    last_err_n       BIGINT NOT NULL DEFAULT 0
 );
 -- Two triggers with one key create one run: the database decides, not a check-then-insert.
 CREATE UNIQUE INDEX runs_idempotency_key ON runs (job_id, idempotency_key) WHERE idempotency_key IS NOT NULL;

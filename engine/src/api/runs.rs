@@ -92,10 +92,23 @@ pub async fn read(
             return Err(ApiError::invalid("wait_seconds", "must be at most 60"));
         }
         let until = tokio::time::Instant::now() + Duration::from_secs(wait);
-        while tokio::time::Instant::now() < until {
-            match s.ctx.store.status_of(&id).await? {
-                Some(st) if !st.is_final() => tokio::time::sleep(Duration::from_millis(200)).await,
-                _ => break,
+        loop {
+            // Woken at once when this replica ends a run; polling covers the others.
+            let ended = s.runner.run_ended();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            let done = s
+                .ctx
+                .store
+                .status_of(&id)
+                .await?
+                .is_none_or(|st| st.is_final());
+            if done || tokio::time::Instant::now() >= until {
+                break;
+            }
+            tokio::select! {
+                _ = ended => {}
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
             }
         }
     }

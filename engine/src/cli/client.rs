@@ -11,9 +11,9 @@ use jobdock_client::Client;
 
 use super::output::{print, Format};
 
-/// Where the engine is and how to talk to it; shared by every client command.
+/// Where the engine is and how to talk to it; the same flags as every client command.
 #[derive(Debug, Args)]
-pub struct ClientArgs<C: Subcommand> {
+pub struct Connection {
     /// The engine's base URL.
     #[arg(
         long,
@@ -25,6 +25,23 @@ pub struct ClientArgs<C: Subcommand> {
     /// API token (the raw value).
     #[arg(long, global = true, env = "JOBDOCK_TOKEN", hide_env_values = true)]
     token: Option<String>,
+}
+
+impl Connection {
+    pub fn client(&self) -> anyhow::Result<Client> {
+        let token = self
+            .token
+            .as_deref()
+            .context("no API token: set JOBDOCK_TOKEN (or pass --token)")?;
+        Ok(Client::new(&self.url, token)?)
+    }
+}
+
+/// The connection, output format and subcommand of a client command.
+#[derive(Debug, Args)]
+pub struct ClientArgs<C: Subcommand> {
+    #[command(flatten)]
+    conn: Connection,
     /// Output format.
     #[arg(long, short, global = true, value_enum, default_value_t)]
     output: Format,
@@ -34,11 +51,7 @@ pub struct ClientArgs<C: Subcommand> {
 
 impl<C: Subcommand> ClientArgs<C> {
     fn client(&self) -> anyhow::Result<Client> {
-        let token = self
-            .token
-            .as_deref()
-            .context("no API token: set JOBDOCK_TOKEN (or pass --token)")?;
-        Ok(Client::new(&self.url, token)?)
+        self.conn.client()
     }
 }
 

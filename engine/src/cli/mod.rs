@@ -3,6 +3,7 @@
 
 mod client;
 mod output;
+mod runs;
 
 use std::process::ExitCode;
 
@@ -33,6 +34,12 @@ enum Command {
     Tokens(client::ClientArgs<client::TokensCommand>),
     /// Show the audit log.
     Audit(client::ClientArgs<client::AuditCommand>),
+    /// Trigger a run of a job; with `--wait` or `--follow`, exit with its exit code.
+    Run(runs::RunArgs),
+    /// List, show and cancel runs.
+    Runs(runs::RunsArgs),
+    /// Print a run's log; with `-f`, follow it until the run ends.
+    Logs(runs::LogsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -96,5 +103,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Secrets(a) => client::secrets(a).await,
         Command::Tokens(a) => client::tokens(a).await,
         Command::Audit(a) => client::audit(a).await,
+        Command::Run(a) => runs::run(a).await,
+        Command::Runs(a) => runs::runs(a).await,
+        Command::Logs(a) => runs::logs(a).await,
     }
 }

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use jobdock_backends::{Backend, BackendError, RunHandle};
+use jobdock_backends::{Backend, BackendError, LogStream, RunHandle};
 
 use super::redact::Redactor;
-use crate::store::logs::{BatchTotals, NewLine};
+use crate::store::logs::{BatchTotals, LogMark, NewLine, StreamMark};
 use crate::store::{Store, StoreError};
 
 /// Lines buffered before a write.
@@ -33,10 +33,8 @@ pub enum PumpError {
 pub struct Position {
     /// Bytes stored so far.
     pub bytes: i64,
-    /// Timestamp (ns) of the last stored line.
-    pub last_ts: Option<i64>,
-    /// How many stored lines carry exactly `last_ts`.
-    pub last_ts_n: i64,
+    /// How far each stream is stored.
+    pub mark: LogMark,
 }
 
 /// What one pump needs.
@@ -61,30 +59,39 @@ pub struct Pump<'a> {
 /// counted (and moves the position) but not stored.
 struct Pending {
     line: NewLine,
+    source: LogStream,
     keep: bool,
 }
 
 struct Buffer {
     pending: Vec<Pending>,
-    /// The stored position: highest timestamp and how many stored lines carry it.
-    last: (Option<i64>, i64),
+    /// The stored position after the lines written so far.
+    mark: LogMark,
+}
+
+fn stream_mark(mark: &mut LogMark, stream: LogStream) -> &mut StreamMark {
+    match stream {
+        LogStream::Stdout => &mut mark.stdout,
+        LogStream::Stderr => &mut mark.stderr,
+    }
 }
 
 impl Pump<'_> {
     /// Copies the backend's log stream into the store until it ends.
     pub async fn run(&self, from: Position) -> Result<(), PumpError> {
-        // Ask from just before the last stored timestamp and skip the lines already stored
-        // with exactly that timestamp: two lines may share one, so a timestamp alone is not
-        // a position.
-        let since = from
-            .last_ts
-            .map(|ns| DateTime::<Utc>::from_timestamp_nanos(ns - 1));
-        let mut to_skip = from.last_ts_n;
+        // Resume from just before the older of the two streams' marks (or from the start
+        // when a stream has nothing stored yet), and drop what each stream already stored:
+        // Docker can deliver one stream well ahead of the other, so each keeps its own mark.
+        let since = match (from.mark.stdout.ts, from.mark.stderr.ts) {
+            (Some(a), Some(b)) => Some(DateTime::<Utc>::from_timestamp_nanos(a.min(b) - 1)),
+            _ => None,
+        };
+        let mut seen_at_mark = (0i64, 0i64);
         let mut stream = self.backend.logs(self.handle, since);
         let mut bytes = from.bytes;
         let mut buf = Buffer {
             pending: Vec::new(),
-            last: (from.last_ts, from.last_ts_n),
+            mark: from.mark,
         };
         let mut deadline: Option<tokio::time::Instant> = None;
         loop {
@@ -102,11 +109,11 @@ impl Pump<'_> {
             let Some(item) = next else { break };
             let l = item?;
             let ts = l.ts.timestamp_nanos_opt().unwrap_or(0);
-            if Some(ts) == from.last_ts && to_skip > 0 {
-                to_skip -= 1;
-                continue;
-            }
-            if from.last_ts.is_some_and(|t| ts < t) {
+            let (mark, seen) = match l.stream {
+                LogStream::Stdout => (from.mark.stdout, &mut seen_at_mark.0),
+                LogStream::Stderr => (from.mark.stderr, &mut seen_at_mark.1),
+            };
+            if mark.covers(ts, seen) {
                 continue;
             }
             let line = self.redactor.redact(&l.line);
@@ -123,6 +130,7 @@ impl Pump<'_> {
                     stream: l.stream.as_str(),
                     line,
                 },
+                source: l.stream,
                 keep,
             });
             if buf.pending.len() >= BATCH_LINES {
@@ -144,16 +152,10 @@ impl Pump<'_> {
             return Ok(());
         }
         buf.pending.sort_by_key(|p| p.line.ts);
-        let n = buf.pending.len();
         let mut totals = BatchTotals::default();
-        let mut lines = Vec::with_capacity(n);
-        for p in buf.pending.drain(..n) {
-            let ts = p.line.ts;
-            buf.last = match buf.last.0 {
-                Some(t) if ts == t => (Some(t), buf.last.1 + 1),
-                Some(t) if ts < t => buf.last,
-                _ => (Some(ts), 1),
-            };
+        let mut lines = Vec::with_capacity(buf.pending.len());
+        for p in buf.pending.drain(..) {
+            stream_mark(&mut buf.mark, p.source).advance(p.line.ts);
             if p.keep {
                 totals.bytes += p.line.line.len() as i64;
                 lines.push(p.line);
@@ -161,8 +163,7 @@ impl Pump<'_> {
                 totals.dropped += p.line.line.len() as i64;
             }
         }
-        totals.last_ts = buf.last.0;
-        totals.last_ts_n = buf.last.1;
+        totals.mark = Some(buf.mark);
         self.store.append_logs(self.run_id, &lines, totals).await
     }
 }

@@ -93,13 +93,47 @@ async fn attempt(r: &Runner, run: RunRow) -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    // The stream ends with the container; give a slow one time to deliver its last lines.
-    let drained = tokio::time::timeout(Duration::from_secs(30), pump).await;
-    logs_done.cancel();
-    if drained.is_err() {
-        tracing::warn!("the log stream did not end within 30 s of the container's exit");
+    if matches!(ended, Ended::Lost { gone: false, .. }) {
+        // The backend cannot be reached: its log stream cannot move either.
+        pump.abort();
+    } else {
+        drain(r, &run.id, pump).await;
     }
+    logs_done.cancel();
     record(r, &run, ended, Some((&backend, &handle))).await
+}
+
+/// Waits for the log to be stored completely: the stream ends with the container. A busy
+/// machine may take long to store a chatty run's last lines, so the wait goes on as long
+/// as lines keep arriving; only a stream that stops moving for a while is given up on.
+async fn drain(r: &Runner, run_id: &str, pump: tokio::task::JoinHandle<()>) {
+    const STILL: Duration = Duration::from_secs(30);
+    tokio::pin!(pump);
+    let progress = || async {
+        r.inner
+            .ctx
+            .store
+            .run(run_id)
+            .await
+            .map(|r| r.log_lines + r.log_dropped)
+            .ok()
+    };
+    let mut stored = progress().await;
+    loop {
+        tokio::select! {
+            _ = &mut pump => return,
+            _ = tokio::time::sleep(STILL) => {}
+        }
+        let now = progress().await;
+        if now == stored {
+            tracing::warn!(
+                "the log stream has not moved for 30 s after the container ended; giving up on it"
+            );
+            pump.abort();
+            return;
+        }
+        stored = now;
+    }
 }
 
 /// Launches the attempt, or finds the container it already has. The outer error is for
@@ -336,15 +370,13 @@ async fn pump_logs(
         let pos = match store.run(&run.id).await {
             Ok(now) => Position {
                 bytes: now.log_bytes,
-                last_ts: now.last_log_ts,
-                last_ts_n: now.last_log_ts_n,
+                mark: now.log_mark,
             },
             Err(e) => {
                 tracing::warn!(error = %e, "could not read the log position");
                 Position {
                     bytes: run.log_bytes,
-                    last_ts: run.last_log_ts,
-                    last_ts_n: run.last_log_ts_n,
+                    mark: run.log_mark,
                 }
             }
         };
@@ -421,6 +453,7 @@ async fn record(
     };
     tx.commit().await.map_err(StoreError::from)?;
     if recorded {
+        r.inner.run_ended.notify_waiters();
         tracing::info!(status = %status, retry, exit_code = ?outcome.exit_code, "attempt ended");
     }
     if let Some((backend, handle)) = container {

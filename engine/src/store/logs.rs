@@ -34,17 +34,58 @@ pub struct LogRow {
     pub line: String,
 }
 
-/// What a batch adds to the run's counters.
+/// How far one stream's output is stored: its highest timestamp (ns) and how many stored
+/// lines carry exactly that timestamp (two lines may share one).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamMark {
+    /// Highest timestamp stored.
+    pub ts: Option<i64>,
+    /// Stored lines with exactly `ts`.
+    pub n: i64,
+}
+
+impl StreamMark {
+    /// Moves the mark over a line with timestamp `ts` (a stream's own lines come in order).
+    pub fn advance(&mut self, ts: i64) {
+        match self.ts {
+            Some(t) if ts == t => self.n += 1,
+            Some(t) if ts < t => {}
+            _ => *self = StreamMark { ts: Some(ts), n: 1 },
+        }
+    }
+
+    /// Whether a line with timestamp `ts` is already stored, consuming one of the `n` lines
+    /// at the mark's own timestamp.
+    pub fn covers(&self, ts: i64, seen_at_mark: &mut i64) -> bool {
+        match self.ts {
+            Some(t) if ts < t => true,
+            Some(t) if ts == t && *seen_at_mark < self.n => {
+                *seen_at_mark += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// How far a run's log is stored, per stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogMark {
+    /// Standard output.
+    pub stdout: StreamMark,
+    /// Standard error.
+    pub stderr: StreamMark,
+}
+
+/// What a batch adds to the run's counters, and the mark after it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BatchTotals {
     /// Bytes of the stored lines.
     pub bytes: i64,
     /// Bytes dropped past the cap.
     pub dropped: i64,
-    /// Timestamp (ns) of the batch's last line with a container timestamp.
-    pub last_ts: Option<i64>,
-    /// How many lines up to now (stored before and in this batch) carry exactly `last_ts`.
-    pub last_ts_n: i64,
+    /// The mark after this batch; `None` leaves it (for the engine's own notices).
+    pub mark: Option<LogMark>,
 }
 
 impl Store {
@@ -95,17 +136,27 @@ impl Store {
         }
         sqlx::query(
             "UPDATE runs SET log_lines = log_lines + $1, log_bytes = log_bytes + $2, \
-             log_dropped = log_dropped + $3, last_log_ts = COALESCE($4, last_log_ts), \
-             last_log_ts_n = CASE WHEN $4 IS NULL THEN last_log_ts_n ELSE $5 END WHERE id = $6",
+             log_dropped = log_dropped + $3 WHERE id = $4",
         )
         .bind(lines.len() as i64)
         .bind(totals.bytes)
         .bind(totals.dropped)
-        .bind(totals.last_ts)
-        .bind(totals.last_ts_n)
         .bind(run_id)
         .execute(&mut *tx)
         .await?;
+        if let Some(m) = totals.mark {
+            sqlx::query(
+                "UPDATE runs SET last_out_ts = $1, last_out_n = $2, last_err_ts = $3, \
+                 last_err_n = $4 WHERE id = $5",
+            )
+            .bind(m.stdout.ts)
+            .bind(m.stdout.n)
+            .bind(m.stderr.ts)
+            .bind(m.stderr.n)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(())
     }

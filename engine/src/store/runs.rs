@@ -75,10 +75,8 @@ pub struct RunRow {
     pub log_bytes: i64,
     /// Log bytes dropped past the cap.
     pub log_dropped: i64,
-    /// Timestamp (ns) of the last stored line, to resume after a restart.
-    pub last_log_ts: Option<i64>,
-    /// How many stored lines carry exactly `last_log_ts`.
-    pub last_log_ts_n: i64,
+    /// How far the log is stored, per stream, to resume after a restart.
+    pub log_mark: super::logs::LogMark,
 }
 
 /// A stored attempt.
@@ -146,7 +144,7 @@ const COLUMNS: &str = "seq, id, job_id, job_name, status, attempt, max_attempts,
     trigger_kind, triggered_by, idempotency_key, request_hash, backend_ref, exit_code, oom_killed, \
     reason, created_at, first_started_at, started_at, finished_at, next_attempt_at, \
     cancel_requested, lease_owner, lease_expires_at, log_lines, log_bytes, log_dropped, \
-    last_log_ts, last_log_ts_n";
+    last_out_ts, last_out_n, last_err_ts, last_err_n";
 
 fn status(s: String) -> Result<RunStatus> {
     s.parse().map_err(StoreError::Corrupt)
@@ -184,8 +182,16 @@ pub(crate) fn decode(r: &sqlx::any::AnyRow) -> Result<RunRow> {
         log_lines: r.try_get("log_lines")?,
         log_bytes: r.try_get("log_bytes")?,
         log_dropped: r.try_get("log_dropped")?,
-        last_log_ts: r.try_get("last_log_ts")?,
-        last_log_ts_n: r.try_get("last_log_ts_n")?,
+        log_mark: super::logs::LogMark {
+            stdout: super::logs::StreamMark {
+                ts: r.try_get("last_out_ts")?,
+                n: r.try_get("last_out_n")?,
+            },
+            stderr: super::logs::StreamMark {
+                ts: r.try_get("last_err_ts")?,
+                n: r.try_get("last_err_n")?,
+            },
+        },
     })
 }
 

@@ -75,6 +75,7 @@ impl TestAppBuilder {
             url: String::new(),
             logs: Arc::new(Mutex::new(String::new())),
             stdout: Arc::new(Mutex::new(String::new())),
+            installation: Arc::new(Mutex::new(None)),
         };
         app.launch().expect("jobdock serve starts");
         app
@@ -92,6 +93,8 @@ pub struct TestApp {
     url: String,
     logs: Arc<Mutex<String>>,
     stdout: Arc<Mutex<String>>,
+    /// The engine's installation id, from its log: it labels every container it starts.
+    installation: Arc<Mutex<Option<String>>>,
 }
 
 impl TestApp {
@@ -203,10 +206,14 @@ impl TestApp {
         let (tx, rx) = std::sync::mpsc::channel();
         let stderr = child.stderr.take().expect("stderr piped");
         let logs = self.logs.clone();
+        let installation = self.installation.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(addr) = listening_addr(&line) {
                     let _ = tx.send(addr);
+                }
+                if let Some(id) = json_field(&line, "store ready", "installation") {
+                    *installation.lock().expect("installation") = Some(id);
                 }
                 let mut l = logs.lock().expect("log buffer");
                 l.push_str(&line);
@@ -289,14 +296,47 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.kill9();
+        // The engine is gone; so must be the containers it started, or a test that ends
+        // with a sleeper running would leave it behind on the daemon.
+        let id = self.installation.lock().map(|i| i.clone()).unwrap_or(None);
+        if let Some(id) = id {
+            let out = Command::new("docker")
+                .args([
+                    "ps",
+                    "-aq",
+                    "--filter",
+                    &format!("label=dev.jobdock.installation={id}"),
+                ])
+                .output();
+            if let Ok(out) = out {
+                let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .map(str::to_string)
+                    .collect();
+                if !ids.is_empty() {
+                    let _ = Command::new("docker")
+                        .args(["rm", "-f"])
+                        .args(&ids)
+                        .output();
+                }
+            }
+        }
     }
 }
 
 /// Finds `"addr":"127.0.0.1:PORT"` in the JSON log line announcing that the engine listens.
 fn listening_addr(line: &str) -> Option<String> {
-    if !line.contains("\"listening") {
+    json_field(line, "listening", "addr")
+}
+
+/// A string field of the JSON log line whose message starts with `message`.
+fn json_field(line: &str, message: &str, field: &str) -> Option<String> {
+    if !line.contains(message) {
         return None;
     }
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    v.get("addr")?.as_str().map(str::to_string)
+    if !v.get("message")?.as_str()?.starts_with(message) {
+        return None;
+    }
+    v.get(field)?.as_str().map(str::to_string)
 }

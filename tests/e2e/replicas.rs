@@ -1,0 +1,158 @@
+//! Several engine replicas on one PostgreSQL behave as one: under a burst of concurrent
+//! triggers spread across them, limits and shared locks hold (measured from the containers'
+//! own output), every run ends, none starts twice — also when a replica is killed midway.
+//!
+//! `JOBDOCK_STRESS_TRIGGERS` sets the number of triggers (default 500).
+
+use std::time::Duration;
+
+use jobdock_testkit::TestApp;
+use jobdock_types::RunStatus;
+
+use crate::{builder, intervals, max_overlap, sh_job};
+
+fn triggers() -> usize {
+    std::env::var("JOBDOCK_STRESS_TRIGGERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500)
+}
+
+async fn three_replicas() -> Vec<TestApp> {
+    let first = builder()
+        .postgres(true)
+        .arg("--lease-seconds")
+        .arg("5")
+        .start()
+        .await;
+    let second = builder()
+        .replica_of(&first)
+        .arg("--lease-seconds")
+        .arg("5")
+        .start()
+        .await;
+    let third = builder()
+        .replica_of(&first)
+        .arg("--lease-seconds")
+        .arg("5")
+        .start()
+        .await;
+    vec![first, second, third]
+}
+
+async fn setup(apps: &[TestApp]) {
+    let c = apps[0].admin();
+    for (name, max_parallel) in [("limited", 2), ("neighbour", 5)] {
+        let mut s = sh_job(name, "echo start; sleep 0.2; echo end");
+        s.max_parallel = Some(max_parallel);
+        s.max_queued = Some(10_000);
+        s.lock_keys = vec!["source-api".into()];
+        c.create_job(&s).await.unwrap();
+    }
+    let resp = c
+        .request(reqwest::Method::PUT, "/api/v1/locks/source-api")
+        .json(&jobdock_types::LockCapacity { capacity: 2 })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+/// Fires `n` triggers at once, alternating jobs, spread across the replicas.
+async fn burst(apps: &[TestApp], n: usize) -> Vec<(String, String)> {
+    let calls: Vec<_> = (0..n)
+        .map(|i| {
+            let c = apps[i % apps.len()].admin();
+            let job = if i % 2 == 0 { "limited" } else { "neighbour" };
+            tokio::spawn(async move { (job, c.trigger(job, &Default::default(), None).await) })
+        })
+        .collect();
+    let mut runs = Vec::new();
+    for call in calls {
+        let (job, result) = call.await.unwrap();
+        runs.push((
+            job.to_string(),
+            result.expect("every trigger is accepted").0.id,
+        ));
+    }
+    runs
+}
+
+async fn check(c: &jobdock_client::Client, runs: &[(String, String)]) {
+    let mut all = Vec::new();
+    for (_, id) in runs {
+        let run = c
+            .wait_until_final(id, Duration::from_secs(1200))
+            .await
+            .unwrap();
+        assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+        assert_eq!(run.attempts.len(), 1, "{run:?}");
+        let starts = c
+            .logs(id)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|l| l.line == "start")
+            .count();
+        assert_eq!(starts, 1, "run {id} started {starts} times");
+        all.push(id.clone());
+    }
+    let limited: Vec<String> = runs
+        .iter()
+        .filter(|(j, _)| j == "limited")
+        .map(|(_, id)| id.clone())
+        .collect();
+    let every = intervals(c, &all).await;
+    assert_eq!(every.len(), runs.len());
+    assert!(
+        max_overlap(&intervals(c, &limited).await) <= 2,
+        "max_parallel 2 exceeded"
+    );
+    assert!(
+        max_overlap(&every) <= 2,
+        "the shared lock of capacity 2 was exceeded"
+    );
+    let lock: jobdock_types::Lock = c
+        .request(reqwest::Method::GET, "/api/v1/locks/source-api")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        lock.holders.is_empty() && lock.waiters.is_empty(),
+        "no lock leaks: {lock:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_hold_limits_under_a_burst_of_triggers() {
+    let apps = three_replicas().await;
+    setup(&apps).await;
+    let runs = burst(&apps, triggers()).await;
+    check(&apps[1].admin(), &runs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_others_take_over_when_a_replica_is_killed_midway() {
+    let mut apps = three_replicas().await;
+    setup(&apps).await;
+    let runs = burst(&apps, triggers() / 2).await;
+    // Midway: once some runs have ended, one replica dies with SIGKILL.
+    let c = apps[0].admin();
+    let until = std::time::Instant::now() + Duration::from_secs(600);
+    while c
+        .list_runs(None, Some(RunStatus::Succeeded), None)
+        .await
+        .unwrap()
+        .items
+        .len()
+        < 10
+    {
+        assert!(std::time::Instant::now() < until, "runs never got going");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    apps[2].kill9();
+    check(&c, &runs).await;
+}
