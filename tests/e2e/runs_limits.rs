@@ -4,11 +4,12 @@ use std::time::Duration;
 
 use jobdock_types::{OnConflict, RunStatus};
 
-use crate::{app, builder, run_to_end, sh_job};
+use crate::{app, both, builder, run_to_end, sh_job};
 
-#[tokio::test]
-async fn on_conflict_reject_names_the_holder_and_skip_records_a_skipped_run() {
-    let app = app(false).await;
+both!(on_conflict_reject_names_the_holder_and_skip_records_a_skipped_run);
+
+async fn on_conflict_reject_names_the_holder_and_skip_records_a_skipped_run(pg: bool) {
+    let app = app(pg).await;
     let c = app.admin();
     let mut s = sh_job("exclusive", "sleep 300");
     s.on_conflict = Some(OnConflict::Reject);

@@ -124,12 +124,18 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiE
     let principal = Principal::from_row(&row).ok_or_else(|| {
         ApiError::Internal(anyhow::anyhow!("token {} has a corrupt scope", row.id))
     })?;
-    let store = state.ctx.store.clone();
-    let id = row.id.clone();
-    tokio::spawn(async move {
-        if let Err(e) = store.token_used(&id).await {
-            tracing::debug!(error = %e, "could not record token use");
-        }
-    });
+    // Record the use at most once a minute, so that reads stay reads.
+    let stale = row
+        .last_used_at
+        .is_none_or(|t| crate::store::now_ms() - t > 60_000);
+    if stale {
+        let store = state.ctx.store.clone();
+        let id = row.id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.token_used(&id).await {
+                tracing::debug!(error = %e, "could not record token use");
+            }
+        });
+    }
     Ok(principal)
 }

@@ -158,7 +158,7 @@ pub struct Run {
     pub queue_ms: Option<i64>,
     /// The latest attempt's start to its end (or to now while running), in milliseconds.
     pub duration_ms: Option<i64>,
-    /// Every attempt so far.
+    /// Every attempt so far (in `GET /api/v1/runs/{id}`; lists leave it empty).
     pub attempts: Vec<RunAttempt>,
 }
 
