@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use jobdock_types::{LockCapacity, OnConflict, RunStatus};
+use jobdock_types::{OnConflict, RunStatus};
 use serde_json::json;
 
 use crate::{both, builder, intervals, max_overlap, sh_job};
@@ -84,14 +84,7 @@ async fn shared_locks_hold_and_are_taken_all_at_once(pg: bool) {
     let mut ids = trigger_n(&c, "loader-a", 3).await;
     ids.extend(trigger_n(&c, "loader-b", 3).await);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let lock: jobdock_types::Lock = c
-        .request(reqwest::Method::GET, "/api/v1/locks/erp-api")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let lock = c.get_lock("erp-api").await.unwrap();
     assert_eq!(lock.capacity, 1);
     assert!(
         lock.holders.len() <= 1 && lock.holders.len() + lock.waiters.len() >= 4,
@@ -106,13 +99,7 @@ async fn shared_locks_hold_and_are_taken_all_at_once(pg: bool) {
 
     // A larger capacity lets two in at once; a skip/reject job sees a full lock as a conflict.
     for key in ["erp-api", "dwh"] {
-        let resp = c
-            .request(reqwest::Method::PUT, &format!("/api/v1/locks/{key}"))
-            .json(&LockCapacity { capacity: 2 })
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
+        assert_eq!(c.set_lock_capacity(key, 2).await.unwrap().capacity, 2);
     }
     let mut ids = trigger_n(&c, "loader-a", 3).await;
     ids.extend(trigger_n(&c, "loader-b", 3).await);
@@ -129,28 +116,12 @@ async fn shared_locks_hold_and_are_taken_all_at_once(pg: bool) {
     assert!(skipped.reason.unwrap().contains("lock `erp-api` is full"));
     all_succeed(&c, &ids).await;
     assert_eq!(max_overlap(&intervals(&c, &ids).await), 2);
-    let locks: serde_json::Value = c
-        .request(reqwest::Method::GET, "/api/v1/locks")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let keys: Vec<&str> = locks["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["key"].as_str().unwrap())
-        .collect();
+    let locks = c.list_locks().await.unwrap();
+    let keys: Vec<&str> = locks.iter().map(|l| l.key.as_str()).collect();
     assert_eq!(keys, vec!["dwh", "erp-api"]);
     assert!(
-        locks["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|l| l["holders"].as_array().unwrap().is_empty()),
-        "no lock leaks: {locks}"
+        locks.iter().all(|l| l.holders.is_empty()),
+        "no lock leaks: {locks:?}"
     );
 }
 
@@ -191,15 +162,7 @@ async fn the_backend_cap_and_the_queue_cap_hold(pg: bool) {
         .unwrap_err();
     assert_eq!(err.status(), Some(429));
     // A re-run passes the same gate.
-    let err = c
-        .request(
-            reqwest::Method::POST,
-            &format!("/api/v1/runs/{}/rerun", held[0]),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(err.status(), 429);
+    assert_eq!(c.rerun(&held[0]).await.unwrap_err().status(), Some(429));
     for id in held.drain(..) {
         c.cancel_run(&id).await.unwrap();
     }
@@ -207,17 +170,9 @@ async fn the_backend_cap_and_the_queue_cap_hold(pg: bool) {
         .wait_until_final(&ids[0], Duration::from_secs(5))
         .await
         .unwrap();
-    let resp = c
-        .request(
-            reqwest::Method::POST,
-            &format!("/api/v1/runs/{}/rerun", first.id),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    let rerun: jobdock_types::Run = resp.json().await.unwrap();
+    let rerun = c.rerun(&first.id).await.unwrap();
     assert_eq!(rerun.trigger, "rerun");
+    assert_eq!(rerun.status, RunStatus::Queued);
     let done = c
         .wait_until_final(&rerun.id, Duration::from_secs(120))
         .await

@@ -49,13 +49,10 @@ async fn setup(apps: &[TestApp]) {
         s.lock_keys = vec!["source-api".into()];
         c.create_job(&s).await.unwrap();
     }
-    let resp = c
-        .request(reqwest::Method::PUT, "/api/v1/locks/source-api")
-        .json(&jobdock_types::LockCapacity { capacity: 2 })
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        c.set_lock_capacity("source-api", 2).await.unwrap().capacity,
+        2
+    );
 }
 
 /// Fires `n` triggers at once, alternating jobs, spread across the replicas.
@@ -112,14 +109,7 @@ async fn check(c: &jobdock_client::Client, runs: &[(String, String)]) {
         max_overlap(&every) <= 2,
         "the shared lock of capacity 2 was exceeded"
     );
-    let lock: jobdock_types::Lock = c
-        .request(reqwest::Method::GET, "/api/v1/locks/source-api")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let lock = c.get_lock("source-api").await.unwrap();
     assert!(
         lock.holders.is_empty() && lock.waiters.is_empty(),
         "no lock leaks: {lock:?}"

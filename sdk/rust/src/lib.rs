@@ -278,6 +278,32 @@ impl Client {
         self.send(self.request(Method::POST, &path)).await
     }
 
+    /// Starts a new run with the definition this run had.
+    pub async fn rerun(&self, id: &str) -> Result<Run, Error> {
+        let path = format!("/api/v1/runs/{}/rerun", seg(id));
+        self.send(self.request(Method::POST, &path)).await
+    }
+
+    // ---- locks
+
+    /// Every lock with its holders and waiters.
+    pub async fn list_locks(&self) -> Result<Vec<Lock>, Error> {
+        let page: Page<Lock> = self.get("/api/v1/locks").await?;
+        Ok(page.items)
+    }
+
+    /// One lock with its holders and waiters.
+    pub async fn get_lock(&self, key: &str) -> Result<Lock, Error> {
+        self.get(&format!("/api/v1/locks/{}", seg(key))).await
+    }
+
+    /// Sets how many runs may hold a lock at once.
+    pub async fn set_lock_capacity(&self, key: &str, capacity: i64) -> Result<Lock, Error> {
+        let path = format!("/api/v1/locks/{}", seg(key));
+        self.with_body(Method::PUT, &path, &LockCapacity { capacity })
+            .await
+    }
+
     /// The run's whole log as text: `<RFC 3339 time> <stream> <line>` per line.
     pub async fn logs_text(&self, id: &str) -> Result<String, Error> {
         let resp = self.logs_response(id, "text", false).await?;
