@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod jobs;
+mod leases;
 pub mod locks;
 pub mod logs;
 pub mod runs;

@@ -1,0 +1,78 @@
+//! Which replica supervises which run: leases that a heartbeat extends, adoption of runs
+//! whose supervisor is gone, and the slots of lost runs released once their container is
+//! confirmed gone.
+
+use super::runs::{decode, RunRow, COLUMNS};
+use super::{now_ms, Result, Store};
+
+impl Store {
+    /// Extends the lease of every run this replica supervises.
+    pub async fn heartbeat(&self, owner: &str, until: i64) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE runs SET lease_expires_at = $1 WHERE lease_owner = $2 \
+             AND status IN ('starting', 'running')",
+        )
+        .bind(until)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Takes over a starting or running run whose lease has expired (or that belongs to
+    /// `stale_owner`, e.g. this replica's previous life on SQLite). True when taken.
+    pub async fn adopt(&self, id: &str, owner: &str, until: i64, any_owner: bool) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE runs SET lease_owner = $1, lease_expires_at = $2 WHERE id = $3 \
+             AND status IN ('starting', 'running') \
+             AND ($4 = 1 OR lease_expires_at IS NULL OR lease_expires_at < $5)",
+        )
+        .bind(owner)
+        .bind(until)
+        .bind(id)
+        .bind(any_owner as i64)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Starting or running runs supervised by nobody alive: leases expired, or (`all`) any.
+    pub async fn orphans(&self, backends: &[String], all: bool) -> Result<Vec<RunRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM runs WHERE status IN ('starting', 'running') \
+             AND ($1 = 1 OR lease_expires_at IS NULL OR lease_expires_at < $2) ORDER BY seq"
+        ))
+        .bind(all as i64)
+        .bind(now_ms())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(decode)
+            .filter(|r| r.as_ref().map_or(true, |r| backends.contains(&r.backend)))
+            .collect()
+    }
+
+    /// Ended runs that still hold their slots because their container was not confirmed gone.
+    pub async fn fenced(&self) -> Result<Vec<RunRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM runs WHERE holds_slot = 1 \
+             AND status NOT IN ('queued', 'starting', 'running') ORDER BY seq"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+
+    /// Releases the slots of an ended run whose container is now known to be gone.
+    pub async fn release_slot(&self, id: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE runs SET holds_slot = 0 WHERE id = $1 \
+             AND status NOT IN ('queued', 'starting', 'running')",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
