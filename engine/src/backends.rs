@@ -4,9 +4,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobdock_backends::docker::{DockerBackend, DockerConfig};
+use jobdock_backends::docker::DockerBackend;
+use jobdock_backends::nomad::{NomadBackend, NomadConfig};
 use jobdock_backends::{Backend, BackendHealth};
 use jobdock_types::BackendName;
+
+use crate::config::Settings;
 
 /// The engine's backends by name. Cheap to clone.
 #[derive(Clone, Default)]
@@ -28,19 +31,39 @@ impl Backends {
         }
     }
 
-    /// Detects the local Docker daemon (`DOCKER_HOST` or the default socket). Docker counts
-    /// as configured when its address is there, even if the daemon does not answer right now:
-    /// runs then wait and `/readyz` says why, instead of jobs being refused.
-    pub async fn detect(docker: DockerConfig) -> Self {
+    /// The backends the settings configure, or that are detected at start: `docker` when
+    /// the local daemon (`DOCKER_HOST` or the default socket) answers, and `nomad` when an
+    /// address is configured (whether or not it answers right now: runs then wait, and
+    /// `/readyz` says why, instead of jobs being refused).
+    pub async fn detect(settings: &Settings) -> Self {
         let mut map: BTreeMap<BackendName, Arc<dyn Backend>> = BTreeMap::new();
-        let configured = std::env::var_os("DOCKER_HOST").is_some()
+        let docker_there = std::env::var_os("DOCKER_HOST").is_some()
             || std::path::Path::new("/var/run/docker.sock").exists();
-        if configured {
-            match DockerBackend::connect(docker).await {
+        if docker_there {
+            match DockerBackend::connect(settings.docker.clone()).await {
                 Ok(b) => {
                     map.insert(BackendName::Docker, Arc::new(b));
                 }
                 Err(e) => tracing::warn!(error = %e, "the Docker backend is not available"),
+            }
+        }
+        if let Some(n) = &settings.nomad {
+            let config = NomadConfig {
+                address: n.address.clone(),
+                token: n.token.clone(),
+                namespace: n.namespace.clone(),
+                region: n.region.clone(),
+                datacenters: n.datacenters.clone(),
+                default_memory_mb: settings
+                    .docker
+                    .default_memory_bytes
+                    .map(|b| b / (1024 * 1024)),
+            };
+            match NomadBackend::new(config) {
+                Ok(b) => {
+                    map.insert(BackendName::Nomad, Arc::new(b));
+                }
+                Err(e) => tracing::warn!(error = %e, "the Nomad backend is not available"),
             }
         }
         Self { map }

@@ -138,6 +138,33 @@ pub struct ServeArgs {
     #[arg(long, env = "JOBDOCK_SCHEDULE_CATCHUP_SECONDS", value_name = "SECONDS")]
     pub schedule_catchup_seconds: Option<u64>,
 
+    /// Nomad's HTTP address, e.g. `http://127.0.0.1:4646`; configures the `nomad` backend.
+    /// [file: nomad_addr]
+    #[arg(long, env = "NOMAD_ADDR", value_name = "URL")]
+    pub nomad_addr: Option<String>,
+
+    /// Nomad ACL token, sent as `X-Nomad-Token`.
+    #[arg(
+        long,
+        env = "NOMAD_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub nomad_token: Option<String>,
+
+    /// Nomad namespace of the runs' jobs. [file: nomad_namespace]
+    #[arg(long, env = "NOMAD_NAMESPACE", value_name = "NAME")]
+    pub nomad_namespace: Option<String>,
+
+    /// Nomad region. [file: nomad_region]
+    #[arg(long, env = "NOMAD_REGION", value_name = "NAME")]
+    pub nomad_region: Option<String>,
+
+    /// Nomad datacenters the runs may be placed in, comma-separated.
+    /// [file: nomad_datacenters] [default: dc1]
+    #[arg(long, env = "JOBDOCK_NOMAD_DATACENTERS", value_name = "DC,...")]
+    pub nomad_datacenters: Option<String>,
+
     /// The first admin token, used verbatim when no token exists yet (stored as a hash).
     /// Without it, `serve` creates one and prints it once.
     #[arg(
@@ -176,6 +203,10 @@ struct FileSettings {
     lease_seconds: Option<u64>,
     max_running: Option<String>,
     schedule_catchup_seconds: Option<u64>,
+    nomad_addr: Option<String>,
+    nomad_namespace: Option<String>,
+    nomad_region: Option<String>,
+    nomad_datacenters: Option<String>,
 }
 
 /// A setting that is wrong, in words.
@@ -235,6 +266,23 @@ pub struct Settings {
     pub runner: crate::runner::RunnerConfig,
     /// How the Docker backend makes containers.
     pub docker: jobdock_backends::docker::DockerConfig,
+    /// The Nomad cluster, when one is configured.
+    pub nomad: Option<NomadSettings>,
+}
+
+/// Where the `nomad` backend finds its cluster.
+#[derive(Debug, Clone)]
+pub struct NomadSettings {
+    /// HTTP address.
+    pub address: String,
+    /// ACL token.
+    pub token: Option<SecretString>,
+    /// Namespace.
+    pub namespace: Option<String>,
+    /// Region.
+    pub region: Option<String>,
+    /// Datacenters.
+    pub datacenters: Vec<String>,
 }
 
 fn read_file(args: &StoreArgs) -> Result<FileSettings, ConfigError> {
@@ -357,6 +405,7 @@ impl Settings {
             admin_token: non_empty(&args.admin_token).map(SecretString::from),
             runner: runner_config(args, &file)?,
             docker: docker_config(args, &file),
+            nomad: nomad_settings(args, &file)?,
         })
     }
 }
@@ -414,6 +463,34 @@ fn parse_caps(spec: &str) -> Result<std::collections::HashMap<String, i64>, Conf
             Ok((name.trim().to_string(), n))
         })
         .collect()
+}
+
+fn nomad_settings(
+    args: &ServeArgs,
+    file: &FileSettings,
+) -> Result<Option<NomadSettings>, ConfigError> {
+    let Some(address) = non_empty(&args.nomad_addr).or_else(|| file.nomad_addr.clone()) else {
+        return Ok(None);
+    };
+    if !(address.starts_with("http://") || address.starts_with("https://")) {
+        return Err(ConfigError(format!(
+            "nomad_addr `{address}` must start with http:// or https://"
+        )));
+    }
+    let datacenters = non_empty(&args.nomad_datacenters)
+        .or_else(|| file.nomad_datacenters.clone())
+        .unwrap_or_else(|| "dc1".into());
+    Ok(Some(NomadSettings {
+        address,
+        token: non_empty(&args.nomad_token).map(SecretString::from),
+        namespace: non_empty(&args.nomad_namespace).or_else(|| file.nomad_namespace.clone()),
+        region: non_empty(&args.nomad_region).or_else(|| file.nomad_region.clone()),
+        datacenters: datacenters
+            .split(',')
+            .map(|d| d.trim().to_string())
+            .filter(|d| !d.is_empty())
+            .collect(),
+    }))
 }
 
 fn docker_config(args: &ServeArgs, file: &FileSettings) -> jobdock_backends::docker::DockerConfig {

@@ -74,7 +74,7 @@ pub async fn build(settings: &Settings, backends: &Backends) -> anyhow::Result<(
 
 /// Runs `serve` until a shutdown signal.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let backends = Backends::detect(settings.docker.clone()).await;
+    let backends = Backends::detect(&settings).await;
     tracing::info!(backends = ?backends, "backends");
     let (ctx, installation) = build(&settings, &backends).await?;
     let runner = Runner::new(

@@ -17,6 +17,7 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 pub mod docker;
+pub mod nomad;
 
 /// Label keys every backend puts on what it creates, so that a restarted engine finds its runs.
 pub mod labels {

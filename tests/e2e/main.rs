@@ -3,6 +3,7 @@
 //! through `jobdock-client`, or through the CLI.
 
 mod auth;
+mod backends;
 mod cli;
 mod cli_runs;
 mod daemon;

@@ -1,0 +1,184 @@
+//! Nomad's framed log stream and the lines inside it.
+//!
+//! `GET /v1/client/fs/logs/:alloc` answers a sequence of JSON objects `{File, Offset,
+//! Data}` (base64 data; `{}` is a heartbeat). [`FrameReader`] cuts complete objects out of
+//! the bytes as they arrive; [`Lines`] reassembles lines across frames for one stream.
+
+use base64::Engine;
+use chrono::{DateTime, Utc};
+
+use super::api::StreamFrame;
+use super::stamps::Ledger;
+use crate::docker::MAX_LINE_BYTES;
+use crate::{LogLine, LogStream};
+
+/// Buffers the body's bytes and hands out the data of each complete frame.
+#[derive(Debug, Default)]
+pub(crate) struct FrameReader {
+    buf: Vec<u8>,
+}
+
+impl FrameReader {
+    /// Adds `bytes` and returns the data of the frames now complete (heartbeats skipped).
+    pub(crate) fn push(&mut self, bytes: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+        self.buf.extend_from_slice(bytes);
+        let mut frames = Vec::new();
+        let mut de = serde_json::Deserializer::from_slice(&self.buf).into_iter::<StreamFrame>();
+        let mut consumed = 0;
+        loop {
+            match de.next() {
+                Some(Ok(frame)) => {
+                    consumed = de.byte_offset();
+                    if frame.data.is_empty() {
+                        continue;
+                    }
+                    let data = base64::engine::general_purpose::STANDARD
+                        .decode(frame.data.as_bytes())
+                        .map_err(|e| format!("log frame of {} is not base64: {e}", frame.file))?;
+                    frames.push(data);
+                }
+                Some(Err(e)) if e.is_eof() => break,
+                Some(Err(e)) => return Err(format!("log stream is not framed JSON: {e}")),
+                None => break,
+            }
+        }
+        self.buf.drain(..consumed);
+        Ok(frames)
+    }
+
+    /// Drops a frame cut short by a broken connection; the next one starts afresh.
+    pub(crate) fn reset(&mut self) {
+        self.buf.clear();
+    }
+}
+
+/// Reassembles one stream's lines; bytes are numbered from the start of the log, so a line
+/// is stamped with the time its first byte arrived (from the [`Ledger`]).
+#[derive(Debug)]
+pub(crate) struct Lines {
+    stream: LogStream,
+    /// Lines stamped at or before this are dropped (the resume point, exclusive).
+    since: Option<DateTime<Utc>>,
+    /// The bytes of the line begun but not ended.
+    open: Vec<u8>,
+    /// The offset of the open line's first byte.
+    line_start: u64,
+}
+
+impl Lines {
+    /// An assembler for `stream` dropping lines stamped at or before `since`.
+    pub(crate) fn new(stream: LogStream, since: Option<DateTime<Utc>>) -> Self {
+        Self {
+            stream,
+            since,
+            open: Vec::new(),
+            line_start: 0,
+        }
+    }
+
+    /// Takes the bytes of one frame, which start at `offset`, and returns the lines they end.
+    pub(crate) fn push(&mut self, data: &[u8], offset: u64, ledger: &Ledger) -> Vec<LogLine> {
+        let mut lines = Vec::new();
+        let mut rest = data;
+        let mut at = offset;
+        while let Some(nl) = rest.iter().position(|b| *b == b'\n') {
+            self.open.extend_from_slice(&rest[..nl]);
+            self.emit(&mut lines, ledger);
+            at += nl as u64 + 1;
+            self.line_start = at;
+            rest = &rest[nl + 1..];
+        }
+        self.open.extend_from_slice(rest);
+        if self.open.len() >= MAX_LINE_BYTES {
+            // A process writing without newlines must not make us buffer without bound.
+            self.emit(&mut lines, ledger);
+            self.line_start = at + rest.len() as u64;
+        }
+        lines
+    }
+
+    /// The last line, when the output ended without a newline.
+    pub(crate) fn finish(&mut self, ledger: &Ledger) -> Vec<LogLine> {
+        let mut lines = Vec::new();
+        if !self.open.is_empty() {
+            self.emit(&mut lines, ledger);
+        }
+        lines
+    }
+
+    fn emit(&mut self, lines: &mut Vec<LogLine>, ledger: &Ledger) {
+        let bytes = std::mem::take(&mut self.open);
+        let ts = ledger.time_at(self.line_start).unwrap_or_else(Utc::now);
+        if self.since.is_some_and(|since| ts <= since) {
+            return;
+        }
+        let line = String::from_utf8(bytes)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        lines.push(LogLine {
+            ts,
+            stream: self.stream,
+            line,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::engine::general_purpose::STANDARD;
+
+    fn frame(data: &str) -> String {
+        format!(
+            "{{\"File\":\"alloc/logs/run.stdout.0\",\"Offset\":0,\"Data\":\"{}\"}}",
+            STANDARD.encode(data)
+        )
+    }
+
+    #[test]
+    fn cuts_frames_across_chunks_and_skips_heartbeats() {
+        let mut r = FrameReader::default();
+        let body = format!("{{}}{}\n{}", frame("ab"), frame("c\n"));
+        let (head, tail) = body.split_at(body.len() / 2 + 3);
+        let mut got = r.push(head.as_bytes()).unwrap();
+        got.extend(r.push(tail.as_bytes()).unwrap());
+        assert_eq!(got, [b"ab".to_vec(), b"c\n".to_vec()]);
+        assert!(r.push(b"{\"Data\": 5}").is_err());
+    }
+
+    #[test]
+    fn joins_a_line_split_across_frames_and_dates_it_when_it_began() {
+        let t0 = Utc::now();
+        let mut ledger = Ledger::default();
+        ledger.record(0, 4, t0);
+        let mut l2 = Lines::new(LogStream::Stdout, None);
+        assert!(l2.push(b"a\nhe", 0, &ledger).len() == 1);
+        ledger.record(4, 4, t0 + chrono::Duration::seconds(1));
+        let got = l2.push(b"llo\n", 4, &ledger);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].line, "hello");
+        assert_eq!(
+            got[0].ts,
+            t0 + chrono::Duration::nanoseconds(2),
+            "stamped when its first byte came"
+        );
+        ledger.record(8, 4, t0 + chrono::Duration::seconds(2));
+        assert!(l2.push(b"last", 8, &ledger).is_empty());
+        let end = l2.finish(&ledger);
+        assert_eq!(end[0].line, "last");
+        assert_eq!(end[0].ts, t0 + chrono::Duration::seconds(2));
+        assert!(l2.finish(&ledger).is_empty());
+    }
+
+    #[test]
+    fn since_drops_lines_stamped_at_or_before_it() {
+        let t0 = Utc::now();
+        let mut ledger = Ledger::default();
+        ledger.record(0, 2, t0);
+        ledger.record(2, 2, t0 + chrono::Duration::seconds(1));
+        let mut lines = Lines::new(LogStream::Stderr, Some(t0));
+        let got = lines.push(b"a\nb\n", 0, &ledger);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].line, "b");
+        assert_eq!(got[0].stream, LogStream::Stderr);
+    }
+}

@@ -1,0 +1,245 @@
+//! A run's output: stdout and stderr followed as two of Nomad's framed log streams,
+//! merged as they arrive.
+//!
+//! Nomad's log lines carry no timestamps: each line is stamped with the time its first
+//! byte reached this backend (see `stamps`), so a stamp is "received at", which trails
+//! "written at" by the stream's latency. `since` drops lines stamped at or before it. A
+//! connection that breaks is resumed from the byte offset reached (`origin=start&offset=`),
+//! so nothing is lost or repeated. Within one engine process a second read (a `since`
+//! resume) gives every line its first stamp; after an engine restart the stamps are gone,
+//! the log is re-read from the start of the file and every line gets a new stamp, later
+//! than any `since`, so already-stored lines come again and the engine's timestamp-based
+//! dedup cannot drop them (see the report: the trait would need a byte cursor).
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::stream::{self, BoxStream};
+use futures::StreamExt;
+use reqwest::Method;
+
+use super::client::{escape, Client};
+use super::errors::{from_nomad, NomadError};
+use super::frames::{FrameReader, Lines};
+use super::jobspec::TASK;
+use super::stamps::Ledgers;
+use super::status::current;
+use crate::{BackendError, LogLine, LogStream, LogStreamBox, RunHandle};
+
+/// How many times in a row a broken log connection is opened again before giving up.
+const MAX_RECONNECTS: u32 = 10;
+
+/// How long to wait for the allocation to appear or the task to start between two looks.
+const START_POLL: Duration = Duration::from_millis(200);
+
+/// One stream's follower.
+struct Follower {
+    client: Client,
+    handle: RunHandle,
+    stream: LogStream,
+    ledgers: Ledgers,
+    alloc_id: Option<String>,
+    body: Option<BoxStream<'static, reqwest::Result<Bytes>>>,
+    reader: FrameReader,
+    lines: Lines,
+    /// Bytes of the log consumed so far: where a new connection resumes.
+    offset: u64,
+    ready: VecDeque<LogLine>,
+    failures: u32,
+    done: bool,
+}
+
+/// [`crate::Backend::logs`].
+pub(crate) fn follow(
+    client: &Client,
+    ledgers: &Ledgers,
+    handle: &RunHandle,
+    since: Option<DateTime<Utc>>,
+) -> LogStreamBox {
+    let one = |stream| {
+        let f = Follower {
+            client: client.clone(),
+            handle: handle.clone(),
+            stream,
+            ledgers: ledgers.clone(),
+            alloc_id: None,
+            body: None,
+            reader: FrameReader::default(),
+            lines: Lines::new(stream, since),
+            offset: 0,
+            ready: VecDeque::new(),
+            failures: 0,
+            done: false,
+        };
+        stream::unfold(f, next_line).boxed()
+    };
+    stream::select(one(LogStream::Stdout), one(LogStream::Stderr)).boxed()
+}
+
+/// What one step of a follower came to.
+enum Step {
+    /// Keep going.
+    More,
+    /// The stream failed for good.
+    Fail(BackendError),
+}
+
+async fn next_line(mut f: Follower) -> Option<(Result<LogLine, BackendError>, Follower)> {
+    loop {
+        if let Some(line) = f.ready.pop_front() {
+            return Some((Ok(line), f));
+        }
+        if f.done {
+            return None;
+        }
+        let step = if f.alloc_id.is_none() {
+            f.find_alloc().await
+        } else if f.body.is_none() {
+            f.connect().await
+        } else {
+            f.read().await
+        };
+        if let Step::Fail(e) = step {
+            f.done = true;
+            return Some((Err(e), f));
+        }
+    }
+}
+
+impl Follower {
+    /// Waits until the task has an allocation it started in; ends the stream if it ended
+    /// without ever starting (nothing was written).
+    async fn find_alloc(&mut self) -> Step {
+        match current(&self.client, &self.handle).await {
+            Ok(Some(alloc)) => {
+                let started = alloc
+                    .task_states
+                    .as_ref()
+                    .and_then(|t| t.get(TASK))
+                    .and_then(|t| super::api::parse_time(t.started_at.as_deref()))
+                    .is_some();
+                if started {
+                    self.alloc_id = Some(alloc.id);
+                } else if alloc.is_terminal() {
+                    self.done = true;
+                } else {
+                    tokio::time::sleep(START_POLL).await;
+                }
+                Step::More
+            }
+            Ok(None) => {
+                tokio::time::sleep(START_POLL).await;
+                Step::More
+            }
+            Err(e) => Step::Fail(e),
+        }
+    }
+
+    /// Opens the log from where we are.
+    async fn connect(&mut self) -> Step {
+        let alloc = self.alloc_id.clone().unwrap_or_default();
+        let offset = self.offset.to_string();
+        let req = self
+            .client
+            .request(
+                Method::GET,
+                &format!("/v1/client/fs/logs/{}", escape(&alloc)),
+            )
+            .query(&[
+                ("task", TASK),
+                ("type", self.stream.as_str()),
+                ("follow", "true"),
+                ("origin", "start"),
+                ("offset", offset.as_str()),
+            ]);
+        match Client::send(req).await {
+            Ok(resp) => {
+                self.body = Some(resp.bytes_stream().boxed());
+                Step::More
+            }
+            Err(e @ NomadError::Transport(_)) => self.retry(from_nomad(e)).await,
+            Err(e) => Step::Fail(from_nomad(e)),
+        }
+    }
+
+    /// Reads the next chunk of the body and turns its frames into lines.
+    async fn read(&mut self) -> Step {
+        let chunk = match self.body.as_mut().map(|b| b.next()) {
+            Some(next) => next.await,
+            None => None,
+        };
+        match chunk {
+            Some(Ok(bytes)) => self.take(&bytes),
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, offset = self.offset, "log connection broke; resuming");
+                self.body = None;
+                self.reader.reset();
+                self.retry(from_nomad(NomadError::Transport(e))).await
+            }
+            None => self.ended().await,
+        }
+    }
+
+    fn take(&mut self, bytes: &[u8]) -> Step {
+        let frames = match self.reader.push(bytes) {
+            Ok(frames) => frames,
+            Err(message) => {
+                return Step::Fail(BackendError::Api {
+                    status: None,
+                    message,
+                    source: None,
+                })
+            }
+        };
+        self.failures = 0;
+        let now = Utc::now();
+        for data in frames {
+            let (offset, len) = (self.offset, data.len() as u64);
+            let lines = self
+                .ledgers
+                .with(&self.handle.backend_ref, self.stream, |ledger| {
+                    ledger.record(offset, len, now);
+                    self.lines.push(&data, offset, ledger)
+                });
+            self.ready.extend(lines);
+            self.offset += len;
+        }
+        Step::More
+    }
+
+    /// Nomad closes a follow stream once the task is dead; if it closed early, reconnect.
+    async fn ended(&mut self) -> Step {
+        self.body = None;
+        self.reader.reset();
+        match current(&self.client, &self.handle).await {
+            Ok(Some(alloc)) if !alloc.is_terminal() => {
+                tokio::time::sleep(START_POLL).await;
+                Step::More
+            }
+            Ok(_) | Err(BackendError::NotFound(_)) => {
+                self.done = true;
+                let last = self
+                    .ledgers
+                    .with(&self.handle.backend_ref, self.stream, |l| {
+                        self.lines.finish(l)
+                    });
+                self.ready.extend(last);
+                Step::More
+            }
+            Err(e) => self.retry(e).await,
+        }
+    }
+
+    /// Waits a little before the next connection, unless it has failed too often.
+    async fn retry(&mut self, err: BackendError) -> Step {
+        self.failures += 1;
+        if self.failures > MAX_RECONNECTS {
+            return Step::Fail(err);
+        }
+        let backoff = Duration::from_millis(100 * u64::from(self.failures.min(20)));
+        tokio::time::sleep(backoff).await;
+        Step::More
+    }
+}

@@ -1,0 +1,61 @@
+//! Which backends an engine has: detected (Docker, Swarm) or configured (Nomad); a job may
+//! name only those, and `/readyz` reports each.
+
+use jobdock_types::BackendName;
+
+use crate::{app, builder, spec};
+
+async fn readiness(url: &str) -> serde_json::Value {
+    reqwest::get(format!("{url}/readyz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_job_may_name_only_a_backend_the_engine_has() {
+    let app = app(false).await;
+    let body = readiness(app.url()).await;
+    assert_eq!(body["backends"]["docker"]["status"], "ok", "{body}");
+    assert!(body["backends"].get("nomad").is_none(), "{body}");
+    let mut s = spec("on-nomad");
+    s.backend = Some(BackendName::Nomad);
+    let err = app.admin().create_job(&s).await.unwrap_err();
+    assert_eq!(err.status(), Some(422));
+    assert!(
+        err.to_string()
+            .contains("backend: backend `nomad` is not configured"),
+        "{err}"
+    );
+    assert_eq!(
+        app.admin()
+            .create_job(&spec("default-docker"))
+            .await
+            .unwrap()
+            .backend,
+        BackendName::Docker
+    );
+}
+
+#[tokio::test]
+async fn a_configured_nomad_counts_even_while_it_does_not_answer() {
+    // Nothing listens on port 1: the backend is configured but down.
+    let app = builder()
+        .env("NOMAD_ADDR", "http://127.0.0.1:1")
+        .start()
+        .await;
+    let body = readiness(app.url()).await;
+    assert_eq!(
+        body["status"], "ready",
+        "a backend being down does not make the replica unready"
+    );
+    assert_eq!(body["backends"]["nomad"]["status"], "down", "{body}");
+    let mut s = spec("on-nomad");
+    s.backend = Some(BackendName::Nomad);
+    assert_eq!(
+        app.admin().create_job(&s).await.unwrap().backend,
+        BackendName::Nomad
+    );
+}
