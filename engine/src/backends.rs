@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use jobdock_backends::docker::DockerBackend;
 use jobdock_backends::nomad::{NomadBackend, NomadConfig};
+use jobdock_backends::swarm::{SwarmBackend, SwarmConfig};
 use jobdock_backends::{Backend, BackendHealth};
 use jobdock_types::BackendName;
 
@@ -32,7 +33,8 @@ impl Backends {
     }
 
     /// The backends the settings configure, or that are detected at start: `docker` when
-    /// the local daemon (`DOCKER_HOST` or the default socket) answers, and `nomad` when an
+    /// the local daemon (`DOCKER_HOST` or the default socket) answers, `swarm` too when that
+    /// daemon is a swarm manager, and `nomad` when an
     /// address is configured (whether or not it answers right now: runs then wait, and
     /// `/readyz` says why, instead of jobs being refused).
     pub async fn detect(settings: &Settings) -> Self {
@@ -45,6 +47,18 @@ impl Backends {
                     map.insert(BackendName::Docker, Arc::new(b));
                 }
                 Err(e) => tracing::warn!(error = %e, "the Docker backend is not available"),
+            }
+            let swarm = SwarmConfig {
+                default_memory_bytes: settings.docker.default_memory_bytes,
+                default_user: settings.docker.default_user.clone(),
+                keep_failed: settings.docker.keep_failed,
+            };
+            match SwarmBackend::detect(swarm).await {
+                Ok(Some(b)) => {
+                    map.insert(BackendName::Swarm, Arc::new(b));
+                }
+                Ok(None) => tracing::debug!("the Docker daemon is not a swarm manager"),
+                Err(e) => tracing::warn!(error = %e, "the Swarm backend is not available"),
             }
         }
         if let Some(n) = &settings.nomad {

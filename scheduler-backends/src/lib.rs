@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod docker;
 pub mod nomad;
+pub mod swarm;
 
 /// Label keys every backend puts on what it creates, so that a restarted engine finds its runs.
 pub mod labels {

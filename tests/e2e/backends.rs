@@ -59,3 +59,51 @@ async fn a_configured_nomad_counts_even_while_it_does_not_answer() {
         BackendName::Nomad
     );
 }
+
+#[tokio::test]
+async fn a_job_on_swarm_runs_through_the_same_engine() {
+    jobdock_testkit::swarm::ensure_swarm().expect("a one-node swarm");
+    let app = app(false).await;
+    let c = app.admin();
+    let body = readiness(app.url()).await;
+    assert_eq!(body["backends"]["swarm"]["status"], "ok", "{body}");
+    // Only the backend differs from a Docker job.
+    let mut s = crate::sh_job(
+        "on-swarm",
+        "echo from swarm; echo len=$(cat /run/secrets/TOKEN | wc -c); exit 4",
+    );
+    s.backend = Some(BackendName::Swarm);
+    s.secrets = Some([("TOKEN".to_string(), "swarm-s3cret".to_string())].into());
+    c.create_job(&s).await.unwrap();
+    let run = crate::run_to_end(&c, "on-swarm").await;
+    assert_eq!(run.status, jobdock_types::RunStatus::Failed, "{run:?}");
+    assert_eq!(run.exit_code, Some(4));
+    let text = c.logs_text(&run.id).await.unwrap();
+    assert!(text.contains("stdout from swarm"), "{text}");
+    assert!(
+        text.contains("len=12"),
+        "the secret arrived as a file: {text}"
+    );
+    let services = std::process::Command::new("docker")
+        .args([
+            "service",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label=dev.jobdock.run-id={}", run.id),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        services.stdout.is_empty(),
+        "the service is removed once the run is stored"
+    );
+    let secrets = std::process::Command::new("docker")
+        .args(["secret", "ls", "--format", "{{.Name}}"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&secrets.stdout).contains(&run.id),
+        "the run's secrets are removed"
+    );
+}

@@ -62,7 +62,12 @@ pub(crate) fn validate(spec: &LaunchSpec) -> Result<(), BackendError> {
 
 /// The memory limit in bytes as Docker wants it (`i64`), the spec's or the configured default.
 fn memory_limit(spec: &LaunchSpec, config: &DockerConfig) -> Result<Option<i64>, BackendError> {
-    let Some(bytes) = spec.resources.memory_bytes.or(config.default_memory_bytes) else {
+    checked_memory(spec.resources.memory_bytes.or(config.default_memory_bytes))
+}
+
+/// A memory limit in bytes as Docker (and Swarm) want it: an `i64` of at least 6 MiB.
+pub(crate) fn checked_memory(bytes: Option<u64>) -> Result<Option<i64>, BackendError> {
+    let Some(bytes) = bytes else {
         return Ok(None);
     };
     // Docker refuses less than 6 MiB with a cryptic message; say it plainly.
@@ -77,7 +82,7 @@ fn memory_limit(spec: &LaunchSpec, config: &DockerConfig) -> Result<Option<i64>,
 }
 
 /// The CPU limit in billionths of a CPU.
-fn nano_cpus(spec: &LaunchSpec) -> Result<Option<i64>, BackendError> {
+pub(crate) fn nano_cpus(spec: &LaunchSpec) -> Result<Option<i64>, BackendError> {
     match spec.resources.cpus {
         None => Ok(None),
         Some(c) if c.is_finite() && c > 0.0 && c < 1e6 => Ok(Some((c * 1e9).round() as i64)),

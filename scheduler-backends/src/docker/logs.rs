@@ -132,7 +132,7 @@ fn split_timestamp(frame: &[u8]) -> Option<(DateTime<Utc>, &[u8])> {
 }
 
 /// Which of our streams a frame belongs to; stdin echoes are not output.
-fn stream_of(frame: &LogOutput) -> Option<LogStream> {
+pub(crate) fn stream_of(frame: &LogOutput) -> Option<LogStream> {
     match frame {
         LogOutput::StdOut { .. } | LogOutput::Console { .. } => Some(LogStream::Stdout),
         LogOutput::StdErr { .. } => Some(LogStream::Stderr),

@@ -5,13 +5,14 @@
 //! (`launch`), secret files (`secrets`), state and waiting (`status`), output (`logs`), and
 //! finding and removing containers (`inventory`).
 
-mod create;
-mod errors;
+// `create`, `errors`, `logs` and `status` hold helpers the Swarm backend shares.
+pub(crate) mod create;
+pub(crate) mod errors;
 mod inventory;
 mod launch;
-mod logs;
+pub(crate) mod logs;
 mod secrets;
-mod status;
+pub(crate) mod status;
 
 use std::path::PathBuf;
 use std::time::Duration;

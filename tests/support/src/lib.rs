@@ -5,5 +5,6 @@ pub mod app;
 pub mod docker_proxy;
 pub mod images;
 pub mod postgres;
+pub mod swarm;
 
 pub use app::{TestApp, TestAppBuilder};
