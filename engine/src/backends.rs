@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jobdock_backends::docker::DockerBackend;
+use jobdock_backends::kubernetes::KubernetesBackend;
 use jobdock_backends::nomad::{NomadBackend, NomadConfig};
 use jobdock_backends::swarm::{SwarmBackend, SwarmConfig};
 use jobdock_backends::{Backend, BackendHealth};
@@ -24,6 +25,14 @@ impl std::fmt::Debug for Backends {
     }
 }
 
+/// A kubeconfig or an in-cluster service account is there, as kube's client looks for them.
+fn kube_configured() -> bool {
+    std::env::var_os("KUBECONFIG").is_some()
+        || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+        || std::env::var_os("HOME")
+            .is_some_and(|h| std::path::Path::new(&h).join(".kube/config").exists())
+}
+
 impl Backends {
     /// A set holding the given backends (tests may bring their own).
     pub fn from_list(list: Vec<(BackendName, Arc<dyn Backend>)>) -> Self {
@@ -34,7 +43,8 @@ impl Backends {
 
     /// The backends the settings configure, or that are detected at start: `docker` when
     /// the local daemon (`DOCKER_HOST` or the default socket) answers, `swarm` too when that
-    /// daemon is a swarm manager, and `nomad` when an
+    /// daemon is a swarm manager, `kubernetes` when a kubeconfig or a service account is
+    /// there, and `nomad` when an
     /// address is configured (whether or not it answers right now: runs then wait, and
     /// `/readyz` says why, instead of jobs being refused).
     pub async fn detect(settings: &Settings) -> Self {
@@ -59,6 +69,16 @@ impl Backends {
                 }
                 Ok(None) => tracing::debug!("the Docker daemon is not a swarm manager"),
                 Err(e) => tracing::warn!(error = %e, "the Swarm backend is not available"),
+            }
+        }
+        if kube_configured() {
+            let mut config = settings.kube.clone();
+            config.default_memory_bytes = settings.docker.default_memory_bytes;
+            match KubernetesBackend::connect(config).await {
+                Ok(b) => {
+                    map.insert(BackendName::Kubernetes, Arc::new(b));
+                }
+                Err(e) => tracing::warn!(error = %e, "the Kubernetes backend is not available"),
             }
         }
         if let Some(n) = &settings.nomad {

@@ -165,6 +165,25 @@ pub struct ServeArgs {
     #[arg(long, env = "JOBDOCK_NOMAD_DATACENTERS", value_name = "DC,...")]
     pub nomad_datacenters: Option<String>,
 
+    /// Namespace of the runs' Kubernetes Jobs. The `kubernetes` backend is configured when a
+    /// kubeconfig (`KUBECONFIG` or `~/.kube/config`) or an in-cluster service account is
+    /// there. [file: kube_namespace] [default: default]
+    #[arg(long, env = "JOBDOCK_KUBE_NAMESPACE", value_name = "NAME")]
+    pub kube_namespace: Option<String>,
+
+    /// Image pull secrets every run's pod may use, comma-separated. [file: kube_image_pull_secrets]
+    #[arg(long, env = "JOBDOCK_KUBE_IMAGE_PULL_SECRETS", value_name = "NAME,...")]
+    pub kube_image_pull_secrets: Option<String>,
+
+    /// How long a pod may be stuck pulling its image or unschedulable before its run ends.
+    /// [file: kube_pending_timeout_seconds] [default: 300]
+    #[arg(
+        long,
+        env = "JOBDOCK_KUBE_PENDING_TIMEOUT_SECONDS",
+        value_name = "SECONDS"
+    )]
+    pub kube_pending_timeout_seconds: Option<u64>,
+
     /// The first admin token, used verbatim when no token exists yet (stored as a hash).
     /// Without it, `serve` creates one and prints it once.
     #[arg(
@@ -207,6 +226,9 @@ struct FileSettings {
     nomad_namespace: Option<String>,
     nomad_region: Option<String>,
     nomad_datacenters: Option<String>,
+    kube_namespace: Option<String>,
+    kube_image_pull_secrets: Option<String>,
+    kube_pending_timeout_seconds: Option<u64>,
 }
 
 /// A setting that is wrong, in words.
@@ -268,6 +290,8 @@ pub struct Settings {
     pub docker: jobdock_backends::docker::DockerConfig,
     /// The Nomad cluster, when one is configured.
     pub nomad: Option<NomadSettings>,
+    /// How runs are made on Kubernetes, when a cluster is configured.
+    pub kube: jobdock_backends::kubernetes::KubernetesConfig,
 }
 
 /// Where the `nomad` backend finds its cluster.
@@ -406,6 +430,7 @@ impl Settings {
             runner: runner_config(args, &file)?,
             docker: docker_config(args, &file),
             nomad: nomad_settings(args, &file)?,
+            kube: kube_config(args, &file),
         })
     }
 }
@@ -491,6 +516,32 @@ fn nomad_settings(
             .filter(|d| !d.is_empty())
             .collect(),
     }))
+}
+
+fn kube_config(
+    args: &ServeArgs,
+    file: &FileSettings,
+) -> jobdock_backends::kubernetes::KubernetesConfig {
+    let mut c = jobdock_backends::kubernetes::KubernetesConfig::default();
+    if let Some(ns) = non_empty(&args.kube_namespace).or_else(|| file.kube_namespace.clone()) {
+        c.namespace = ns;
+    }
+    if let Some(list) =
+        non_empty(&args.kube_image_pull_secrets).or_else(|| file.kube_image_pull_secrets.clone())
+    {
+        c.image_pull_secrets = list
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+    }
+    if let Some(s) = args
+        .kube_pending_timeout_seconds
+        .or(file.kube_pending_timeout_seconds)
+    {
+        c.pending_timeout = Duration::from_secs(s);
+    }
+    c
 }
 
 fn docker_config(args: &ServeArgs, file: &FileSettings) -> jobdock_backends::docker::DockerConfig {

@@ -17,6 +17,7 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 pub mod docker;
+pub mod kubernetes;
 pub mod nomad;
 pub mod swarm;
 

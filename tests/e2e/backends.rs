@@ -107,3 +107,30 @@ async fn a_job_on_swarm_runs_through_the_same_engine() {
         "the run's secrets are removed"
     );
 }
+
+#[tokio::test]
+async fn a_kubeconfig_configures_the_kubernetes_backend() {
+    // A cluster that is not there: the backend is configured, and reported down.
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("config");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\ncurrent-context: test\n\
+         clusters: [{name: test, cluster: {server: 'http://127.0.0.1:1'}}]\n\
+         users: [{name: test, user: {token: not-a-real-token}}]\n\
+         contexts: [{name: test, context: {cluster: test, user: test, namespace: runs}}]\n",
+    )
+    .unwrap();
+    let app = builder()
+        .env("KUBECONFIG", kubeconfig.to_str().unwrap())
+        .start()
+        .await;
+    let body = readiness(app.url()).await;
+    assert_eq!(body["backends"]["kubernetes"]["status"], "down", "{body}");
+    let mut s = spec("on-kube");
+    s.backend = Some(BackendName::Kubernetes);
+    assert_eq!(
+        app.admin().create_job(&s).await.unwrap().backend,
+        BackendName::Kubernetes
+    );
+}

@@ -83,7 +83,7 @@ async fn attempt(r: &Runner, run: RunRow) -> anyhow::Result<()> {
         backend.clone(),
         handle.clone(),
         run.clone(),
-        redactor,
+        redactor.clone(),
         logs_done.clone(),
     ));
     let ended = match watch(r, &backend, &handle, &run, started_at).await {
@@ -98,6 +98,18 @@ async fn attempt(r: &Runner, run: RunRow) -> anyhow::Result<()> {
         pump.abort();
     } else {
         drain(r, &run.id, pump).await;
+        // A followed stream can end a moment before the container's last lines reach it (seen
+        // with Docker on a busy machine). One more read of the ended container's log, from
+        // the stored marks, stores whatever the follow missed; the marks skip the rest.
+        let again = tokio::spawn(pump_logs(
+            r.clone(),
+            backend.clone(),
+            handle.clone(),
+            run.clone(),
+            redactor,
+            logs_done.clone(),
+        ));
+        drain(r, &run.id, again).await;
     }
     logs_done.cancel();
     record(r, &run, ended, Some((&backend, &handle))).await
