@@ -335,3 +335,28 @@ pub trait Backend: Send + Sync + 'static {
     /// The runs this installation has on the backend, found by their labels.
     async fn list_in_flight(&self, installation_id: &str) -> Result<Vec<InFlight>, BackendError>;
 }
+
+/// A launch request for the backends' unit tests.
+#[cfg(test)]
+pub(crate) fn sample_launch_spec() -> LaunchSpec {
+    LaunchSpec {
+        run_id: "0190f1a2-run".into(),
+        attempt: 2,
+        job: "sync".into(),
+        installation_id: "inst".into(),
+        image: "busybox:1".into(),
+        command: Some(vec!["true".into()]),
+        env: vec![("A".into(), "1".into())],
+        secrets: vec![Secret {
+            name: "TOKEN".into(),
+            value: SecretString::from("s3cr3t"),
+        }],
+        secret_delivery: SecretDelivery::Env,
+        resources: Resources::default(),
+        network: None,
+        user: None,
+        labels: BTreeMap::new(),
+        registry_auth: None,
+        timeout: None,
+    }
+}

@@ -244,9 +244,7 @@ mod tests {
     fn spec() -> LaunchSpec {
         LaunchSpec {
             run_id: "r1".into(),
-            attempt: 2,
             job: "j".into(),
-            installation_id: "inst".into(),
             image: "busybox:1.36".into(),
             command: Some(vec!["sh".into(), "-c".into(), "echo hi".into()]),
             env: vec![("A".into(), "b".into())],
@@ -254,16 +252,12 @@ mod tests {
                 name: "TOKEN".into(),
                 value: SecretString::from("s3cret"),
             }],
-            secret_delivery: SecretDelivery::Env,
             resources: Resources {
                 cpus: Some(0.5),
                 memory_bytes: Some(3 << 20),
             },
-            network: None,
             user: Some("65534".into()),
-            labels: BTreeMap::new(),
-            registry_auth: None,
-            timeout: None,
+            ..crate::sample_launch_spec()
         }
     }
 

@@ -180,31 +180,9 @@ pub(crate) fn service_spec(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Resources, Secret, SecretDelivery};
-    use secrecy::SecretString;
-    use std::collections::BTreeMap;
 
     fn spec() -> LaunchSpec {
-        LaunchSpec {
-            run_id: "0190f1a2-run".into(),
-            attempt: 2,
-            job: "sync".into(),
-            installation_id: "inst".into(),
-            image: "busybox:1".into(),
-            command: Some(vec!["true".into()]),
-            env: vec![("A".into(), "1".into())],
-            secrets: vec![Secret {
-                name: "TOKEN".into(),
-                value: SecretString::from("s3cr3t"),
-            }],
-            secret_delivery: SecretDelivery::Env,
-            resources: Resources::default(),
-            network: None,
-            user: None,
-            labels: BTreeMap::new(),
-            registry_auth: None,
-            timeout: None,
-        }
+        crate::sample_launch_spec()
     }
 
     fn mounts() -> Vec<SecretMount> {
