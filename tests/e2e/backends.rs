@@ -84,28 +84,28 @@ async fn a_job_on_swarm_runs_through_the_same_engine() {
         text.contains("len=12"),
         "the secret arrived as a file: {text}"
     );
-    let services = std::process::Command::new("docker")
-        .args([
-            "service",
-            "ls",
-            "-q",
-            "--filter",
-            &format!("label=dev.jobdock.run-id={}", run.id),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        services.stdout.is_empty(),
-        "the service is removed once the run is stored"
-    );
-    let secrets = std::process::Command::new("docker")
-        .args(["secret", "ls", "--format", "{{.Name}}"])
-        .output()
-        .unwrap();
-    assert!(
-        !String::from_utf8_lossy(&secrets.stdout).contains(&run.id),
-        "the run's secrets are removed"
-    );
+    // The service and its secrets go right after the run's end is stored.
+    let docker = |args: &[&str]| {
+        let out = std::process::Command::new("docker")
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let label = format!("label=dev.jobdock.run-id={}", run.id);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let services = docker(&["service", "ls", "-q", "--filter", &label]);
+        let secrets = docker(&["secret", "ls", "-q", "--filter", &label]);
+        if services.trim().is_empty() && secrets.trim().is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the run's service or secrets were never removed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test]
