@@ -136,8 +136,30 @@ pub(crate) async fn wait(docker: &Docker, handle: &RunHandle) -> Result<Exit, Ba
         }
         let mut exit = exit_of(&state);
         exit.exit_code = exit.exit_code.or(Some(code));
+        if exit.exit_code == Some(137) && !exit.oom_killed {
+            exit = settle_oom(docker, handle, exit).await;
+        }
         return Ok(exit);
     }
+}
+
+/// The daemon learns of an OOM kill from a cgroup event that can arrive just after it has
+/// recorded the exit (seen on a busy machine: exit 137 with `OOMKilled` still false). A
+/// SIGKILL-ed container is looked at again a few times before its exit is taken as final.
+async fn settle_oom(docker: &Docker, handle: &RunHandle, exit: Exit) -> Exit {
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        match inspect_state(docker, handle).await {
+            Ok(Some(state)) if state.oom_killed == Some(true) => {
+                let mut again = exit_of(&state);
+                again.exit_code = again.exit_code.or(exit.exit_code);
+                return again;
+            }
+            Ok(Some(_)) => {}
+            _ => break,
+        }
+    }
+    exit
 }
 
 /// [`crate::Backend::stop`]: SIGTERM, SIGKILL after `grace`, and return once it has stopped.
