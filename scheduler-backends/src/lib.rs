@@ -254,6 +254,24 @@ pub struct InFlight {
     pub job: String,
 }
 
+impl InFlight {
+    /// The run a backend object belongs to, read back from the labels
+    /// [`LaunchSpec::identity_labels`] put on it; `None` when one is missing.
+    pub fn from_labels<'a>(
+        backend_ref: String,
+        label: impl Fn(&str) -> Option<&'a String>,
+    ) -> Option<Self> {
+        Some(InFlight {
+            handle: RunHandle {
+                run_id: label(labels::RUN_ID)?.clone(),
+                attempt: label(labels::ATTEMPT)?.parse().ok()?,
+                backend_ref,
+            },
+            job: label(labels::JOB)?.clone(),
+        })
+    }
+}
+
 /// Whether a backend can be reached, for `/readyz`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BackendHealth {

@@ -40,23 +40,11 @@ pub(crate) async fn list_in_flight(
 fn in_flight_of(container: &ContainerSummary) -> Option<InFlight> {
     let id = container.id.clone()?;
     let labels = container.labels.as_ref()?;
-    let run_id = labels.get(labels::RUN_ID);
-    let attempt = labels.get(labels::ATTEMPT).and_then(|a| a.parse().ok());
-    let job = labels.get(labels::JOB);
-    match (run_id, attempt, job) {
-        (Some(run_id), Some(attempt), Some(job)) => Some(InFlight {
-            handle: RunHandle {
-                run_id: run_id.clone(),
-                attempt,
-                backend_ref: id,
-            },
-            job: job.clone(),
-        }),
-        _ => {
-            tracing::warn!(container = %id, "container has the installation label but not the run's labels; ignored");
-            None
-        }
+    let found = InFlight::from_labels(id.clone(), |k| labels.get(k));
+    if found.is_none() {
+        tracing::warn!(container = %id, "container has the installation label but not the run's labels; ignored");
     }
+    found
 }
 
 /// [`crate::Backend::cleanup`]: the container (unless kept for inspection) and the secret

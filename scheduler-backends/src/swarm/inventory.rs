@@ -52,22 +52,11 @@ pub(crate) async fn list_in_flight(
 fn in_flight_of(service: &Service) -> Option<InFlight> {
     let id = service.id.clone()?;
     let labels = service.spec.as_ref()?.labels.as_ref()?;
-    let run_id = labels.get(labels::RUN_ID);
-    let attempt = labels.get(labels::ATTEMPT).and_then(|a| a.parse().ok());
-    match (run_id, attempt, labels.get(labels::JOB)) {
-        (Some(run_id), Some(attempt), Some(job)) => Some(InFlight {
-            handle: RunHandle {
-                run_id: run_id.clone(),
-                attempt,
-                backend_ref: id,
-            },
-            job: job.clone(),
-        }),
-        _ => {
-            tracing::warn!(service = %id, "service has the installation label but not the run's labels; ignored");
-            None
-        }
+    let found = InFlight::from_labels(id.clone(), |k| labels.get(k));
+    if found.is_none() {
+        tracing::warn!(service = %id, "service has the installation label but not the run's labels; ignored");
     }
+    found
 }
 
 /// [`crate::Backend::cleanup`]: the service (unless kept for inspection), the task's
