@@ -243,6 +243,49 @@ pub struct LogLine {
     pub stream: LogStream,
     /// The line, without its newline.
     pub line: String,
+    /// Where this line's stream continues after it, for backends whose lines carry no
+    /// timestamps of the container's own (Nomad: the byte offset after the line). Opaque to
+    /// the engine, which stores it and hands it back in [`LogFrom`] to resume exactly there.
+    pub cursor: Option<String>,
+}
+
+/// Where a log read starts.
+///
+/// A backend whose lines carry the container's timestamps (Docker, Swarm, Kubernetes)
+/// resumes from `since`; one whose lines carry a [`LogLine::cursor`] resumes each stream
+/// from its cursor, which then wins over `since` for that stream. A resumed read may repeat
+/// lines written at exactly `since`; the engine drops those by their timestamps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogFrom {
+    /// Lines written at or before this time are skipped; `None` = from the start.
+    pub since: Option<DateTime<Utc>>,
+    /// The cursor of the last standard-output line already read.
+    pub stdout: Option<String>,
+    /// The cursor of the last standard-error line already read.
+    pub stderr: Option<String>,
+}
+
+impl LogFrom {
+    /// The whole log.
+    pub fn start() -> Self {
+        Self::default()
+    }
+
+    /// Lines written after `since`.
+    pub fn since(since: Option<DateTime<Utc>>) -> Self {
+        Self {
+            since,
+            ..Self::default()
+        }
+    }
+
+    /// The cursor given for `stream`.
+    pub fn cursor(&self, stream: LogStream) -> Option<&str> {
+        match stream {
+            LogStream::Stdout => self.stdout.as_deref(),
+            LogStream::Stderr => self.stderr.as_deref(),
+        }
+    }
 }
 
 /// A run the backend still has (running or ended but not cleaned up), found by its labels.
@@ -337,8 +380,8 @@ pub trait Backend: Send + Sync + 'static {
     /// Where the run stands now.
     async fn state(&self, handle: &RunHandle) -> Result<TaskState, BackendError>;
 
-    /// Stream the run's output from `since` (exclusive; `None` = from the start) until it ends.
-    fn logs(&self, handle: &RunHandle, since: Option<DateTime<Utc>>) -> LogStreamBox;
+    /// Stream the run's output from `from` until it ends.
+    fn logs(&self, handle: &RunHandle, from: &LogFrom) -> LogStreamBox;
 
     /// Wait until the run has ended and say how.
     async fn wait(&self, handle: &RunHandle) -> Result<Exit, BackendError>;

@@ -67,7 +67,9 @@ async fn logs(
     handle: &RunHandle,
     since: Option<chrono::DateTime<chrono::Utc>>,
 ) -> Result<Vec<LogLine>> {
-    let collect = backend.logs(handle, since).collect::<Vec<_>>();
+    let collect = backend
+        .logs(handle, &jobdock_backends::LogFrom::since(since))
+        .collect::<Vec<_>>();
     let lines = tokio::time::timeout(BOUND, collect)
         .await
         .context("logs hung")?;

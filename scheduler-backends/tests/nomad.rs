@@ -16,9 +16,10 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use async_trait::async_trait;
 use conformance::{texts, Ctx, Inspector, Target};
+use futures::StreamExt;
 use jobdock_backends::nomad::{NomadBackend, NomadConfig};
 use jobdock_backends::{
-    labels, Backend, BackendError, LogStream, RunHandle, Secret, SecretDelivery, TaskState,
+    labels, Backend, BackendError, LogFrom, LogStream, RunHandle, Secret, SecretDelivery, TaskState,
 };
 use nomad_fake::{FakeNomad, Options};
 use secrecy::SecretString;
@@ -419,6 +420,59 @@ async fn broken_log_stream_is_resumed() -> Result<()> {
                 "second read of {stream:?} differs"
             );
         }
+        Ok(())
+    })
+    .await
+}
+
+/// A new backend (as after an engine restart, with no stamps remembered) given each
+/// stream's cursor from a first read reads exactly the lines after them, starting the log
+/// request at that byte.
+#[tokio::test]
+async fn a_new_backend_resumes_from_the_cursors() -> Result<()> {
+    with_fake(Options::default(), |ctx, fake| async move {
+        let (handle, _, lines) = ctx.run_to_end(&ctx.spec(SPLIT_SCRIPT)).await?;
+        ensure_split_output(&lines)?;
+        let last_of = |stream, n: usize| {
+            lines
+                .iter()
+                .filter(|l| l.stream == stream)
+                .nth(n)
+                .and_then(|l| l.cursor.clone())
+        };
+        let from = LogFrom {
+            since: None,
+            stdout: last_of(LogStream::Stdout, 149),
+            stderr: last_of(LogStream::Stderr, 9),
+        };
+        let restarted = NomadBackend::new(NomadConfig::new(fake.address.clone()))?;
+        let mut stream = restarted.logs(&handle, &from);
+        let mut rest = Vec::new();
+        while let Some(line) = stream.next().await {
+            rest.push(line?);
+        }
+        let out = texts(&rest, LogStream::Stdout);
+        ensure!(
+            out.len() == 51 && out[0] == "out line number 151 of the stdout stream",
+            "stdout after line 150: {} lines from {:?}",
+            out.len(),
+            out.first()
+        );
+        let err = texts(&rest, LogStream::Stderr);
+        ensure!(
+            err.len() == 190 && err[0] == "err line 11",
+            "stderr after line 10: {} lines from {:?}",
+            err.len(),
+            err.first()
+        );
+        let cursor = from.stdout.unwrap_or_default();
+        ensure!(
+            fake.seen()
+                .iter()
+                .any(|r| r.uri.contains("type=stdout")
+                    && r.uri.contains(&format!("offset={cursor}"))),
+            "no stdout request from byte {cursor}"
+        );
         Ok(())
     })
     .await

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use jobdock_backends::{Backend, BackendError, LogStream, RunHandle};
+use jobdock_backends::{Backend, BackendError, LogFrom, LogStream, RunHandle};
 
 use super::redact::Redactor;
 use crate::store::logs::{BatchTotals, LogMark, NewLine, StreamMark};
@@ -29,7 +29,7 @@ pub enum PumpError {
 }
 
 /// Where a run's stored log stands, read from the store before each (re)start.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Position {
     /// Bytes stored so far.
     pub bytes: i64,
@@ -60,6 +60,7 @@ pub struct Pump<'a> {
 struct Pending {
     line: NewLine,
     source: LogStream,
+    cursor: Option<String>,
     keep: bool,
 }
 
@@ -82,16 +83,24 @@ impl Pump<'_> {
         // Resume from just before the older of the two streams' marks (or from the start
         // when a stream has nothing stored yet), and drop what each stream already stored:
         // Docker can deliver one stream well ahead of the other, so each keeps its own mark.
+        // A backend giving cursors resumes each stream exactly after its cursor instead.
         let since = match (from.mark.stdout.ts, from.mark.stderr.ts) {
             (Some(a), Some(b)) => Some(DateTime::<Utc>::from_timestamp_nanos(a.min(b) - 1)),
             _ => None,
         };
+        let same_attempt = from.mark.cursor_attempt == Some(self.attempt);
+        let cursor = |m: &StreamMark| m.cursor.clone().filter(|_| same_attempt);
+        let resume = LogFrom {
+            since,
+            stdout: cursor(&from.mark.stdout),
+            stderr: cursor(&from.mark.stderr),
+        };
         let mut seen_at_mark = (0i64, 0i64);
-        let mut stream = self.backend.logs(self.handle, since);
+        let mut stream = self.backend.logs(self.handle, &resume);
         let mut bytes = from.bytes;
         let mut buf = Buffer {
             pending: Vec::new(),
-            mark: from.mark,
+            mark: from.mark.clone(),
         };
         let mut deadline: Option<tokio::time::Instant> = None;
         loop {
@@ -110,10 +119,11 @@ impl Pump<'_> {
             let l = item?;
             let ts = l.ts.timestamp_nanos_opt().unwrap_or(0);
             let (mark, seen) = match l.stream {
-                LogStream::Stdout => (from.mark.stdout, &mut seen_at_mark.0),
-                LogStream::Stderr => (from.mark.stderr, &mut seen_at_mark.1),
+                LogStream::Stdout => (&from.mark.stdout, &mut seen_at_mark.0),
+                LogStream::Stderr => (&from.mark.stderr, &mut seen_at_mark.1),
             };
-            if mark.covers(ts, seen) {
+            // A line with a cursor comes after the one we resumed from: never a repeat.
+            if l.cursor.is_none() && mark.covers(ts, seen) {
                 continue;
             }
             let line = self.redactor.redact(&l.line);
@@ -131,6 +141,7 @@ impl Pump<'_> {
                     line,
                 },
                 source: l.stream,
+                cursor: l.cursor,
                 keep,
             });
             if buf.pending.len() >= BATCH_LINES {
@@ -151,9 +162,16 @@ impl Pump<'_> {
         if buf.pending.is_empty() {
             return Ok(());
         }
-        buf.pending.sort_by_key(|p| p.line.ts);
         let mut totals = BatchTotals::default();
         let mut lines = Vec::with_capacity(buf.pending.len());
+        // Cursors in arrival order (each stream's own lines arrive in order) before the sort.
+        for p in &mut buf.pending {
+            if let Some(c) = p.cursor.take() {
+                stream_mark(&mut buf.mark, p.source).cursor = Some(c);
+                buf.mark.cursor_attempt = Some(self.attempt);
+            }
+        }
+        buf.pending.sort_by_key(|p| p.line.ts);
         for p in buf.pending.drain(..) {
             stream_mark(&mut buf.mark, p.source).advance(p.line.ts);
             if p.keep {
@@ -163,7 +181,163 @@ impl Pump<'_> {
                 totals.dropped += p.line.line.len() as i64;
             }
         }
-        totals.mark = Some(buf.mark);
+        totals.mark = Some(buf.mark.clone());
         self.store.append_logs(self.run_id, &lines, totals).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use chrono::TimeZone;
+    use futures::stream;
+    use jobdock_backends::{
+        BackendHealth, BackendKind, Exit, InFlight, LaunchSpec, LogLine, LogStreamBox, TaskState,
+    };
+    use jobdock_types::{JobSpec, RunStatus};
+
+    use super::*;
+    use crate::store::{jobs, runs, NewJob};
+
+    /// A backend whose `logs` answers scripted reads, in turn, and records what each read
+    /// was asked to resume from.
+    #[derive(Default)]
+    struct Scripted {
+        reads: Mutex<VecDeque<Vec<Result<LogLine, BackendError>>>>,
+        asked: Mutex<Vec<LogFrom>>,
+    }
+
+    #[async_trait]
+    impl Backend for Scripted {
+        fn kind(&self) -> BackendKind {
+            BackendKind::Nomad
+        }
+        async fn health(&self) -> BackendHealth {
+            unreachable!()
+        }
+        async fn launch(&self, _: &LaunchSpec) -> Result<RunHandle, BackendError> {
+            unreachable!()
+        }
+        async fn state(&self, _: &RunHandle) -> Result<TaskState, BackendError> {
+            unreachable!()
+        }
+        fn logs(&self, _: &RunHandle, from: &LogFrom) -> LogStreamBox {
+            self.asked.lock().unwrap().push(from.clone());
+            let read = self.reads.lock().unwrap().pop_front().unwrap_or_default();
+            stream::iter(read).boxed()
+        }
+        async fn wait(&self, _: &RunHandle) -> Result<Exit, BackendError> {
+            unreachable!()
+        }
+        async fn stop(&self, _: &RunHandle, _: Duration) -> Result<(), BackendError> {
+            unreachable!()
+        }
+        async fn cleanup(&self, _: &RunHandle) -> Result<(), BackendError> {
+            unreachable!()
+        }
+        async fn list_in_flight(&self, _: &str) -> Result<Vec<InFlight>, BackendError> {
+            unreachable!()
+        }
+    }
+
+    fn line(secs: i64, text: &str, cursor: u64) -> Result<LogLine, BackendError> {
+        Ok(LogLine {
+            ts: Utc.timestamp_opt(1_700_000_000 + secs, 0).unwrap(),
+            stream: LogStream::Stdout,
+            line: text.into(),
+            cursor: Some(cursor.to_string()),
+        })
+    }
+
+    async fn run_row(store: &Store) -> String {
+        let spec = JobSpec {
+            name: "j".into(),
+            image: "img".into(),
+            ..Default::default()
+        };
+        let mut tx = store.begin_write().await.unwrap();
+        let job = jobs::insert(&mut tx, NewJob { spec: &spec }).await.unwrap();
+        let new = runs::NewRun {
+            job_id: &job.id,
+            job_name: "j",
+            status: RunStatus::Queued,
+            spec: &spec,
+            max_attempts: 1,
+            backend: "nomad",
+            trigger_kind: "api",
+            triggered_by: None,
+            idempotency_key: None,
+            request_hash: None,
+            reason: None,
+        };
+        let run = runs::insert(&mut tx, new).await.unwrap();
+        tx.commit().await.unwrap();
+        run.id
+    }
+
+    async fn pump_once(store: &Store, backend: &Arc<dyn Backend>, run_id: &str, attempt: i64) {
+        let now = store.run(run_id).await.unwrap();
+        let handle = RunHandle {
+            run_id: run_id.into(),
+            attempt: attempt as u32,
+            backend_ref: "r".into(),
+        };
+        let pump = Pump {
+            store,
+            backend,
+            handle: &handle,
+            run_id,
+            attempt,
+            redactor: &Redactor::new(&[]),
+            cap: 1 << 20,
+        };
+        let from = Position {
+            bytes: now.log_bytes,
+            mark: now.log_mark,
+        };
+        let _ = pump.run(from).await;
+    }
+
+    /// A backend with cursors is resumed from the stored cursor of the same attempt, and
+    /// the lines it then gives are stored even when their stamps are older than the stored
+    /// mark (a restarted backend stamps anew): nothing lost, nothing twice.
+    #[tokio::test]
+    async fn resumes_from_stored_cursors_of_the_same_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("t.db")).await.unwrap();
+        let run_id = run_row(&store).await;
+        let scripted = Arc::new(Scripted::default());
+        scripted.reads.lock().unwrap().extend([
+            vec![line(10, "a", 2), line(20, "b", 4)],
+            vec![line(5, "c", 6)],
+            vec![line(1, "first of attempt 2", 19)],
+        ]);
+        let backend: Arc<dyn Backend> = scripted.clone();
+
+        pump_once(&store, &backend, &run_id, 1).await;
+        pump_once(&store, &backend, &run_id, 1).await;
+        pump_once(&store, &backend, &run_id, 2).await;
+
+        let asked = scripted.asked.lock().unwrap().clone();
+        assert_eq!(
+            asked[0].stdout, None,
+            "a first read starts at the beginning"
+        );
+        assert_eq!(asked[1].stdout.as_deref(), Some("4"), "resumed after `b`");
+        assert_eq!(asked[2].stdout, None, "a new attempt's log starts afresh");
+        let stored: Vec<_> = store
+            .logs(&run_id, 0, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.line)
+            .collect();
+        assert_eq!(stored, ["a", "b", "c", "first of attempt 2"]);
+        let mark = store.run(&run_id).await.unwrap().log_mark;
+        assert_eq!(mark.stdout.cursor.as_deref(), Some("19"));
+        assert_eq!(mark.cursor_attempt, Some(2));
     }
 }

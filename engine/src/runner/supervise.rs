@@ -388,7 +388,7 @@ async fn pump_logs(
                 tracing::warn!(error = %e, "could not read the log position");
                 Position {
                     bytes: run.log_bytes,
-                    mark: run.log_mark,
+                    mark: run.log_mark.clone(),
                 }
             }
         };

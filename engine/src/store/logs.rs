@@ -34,14 +34,17 @@ pub struct LogRow {
     pub line: String,
 }
 
-/// How far one stream's output is stored: its highest timestamp (ns) and how many stored
-/// lines carry exactly that timestamp (two lines may share one).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// How far one stream's output is stored: its highest timestamp (ns), how many stored
+/// lines carry exactly that timestamp (two lines may share one), and the backend's cursor
+/// after the last line when the backend gives cursors.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StreamMark {
     /// Highest timestamp stored.
     pub ts: Option<i64>,
     /// Stored lines with exactly `ts`.
     pub n: i64,
+    /// The backend's cursor after the last stored line (of attempt `LogMark::cursor_attempt`).
+    pub cursor: Option<String>,
 }
 
 impl StreamMark {
@@ -50,7 +53,10 @@ impl StreamMark {
         match self.ts {
             Some(t) if ts == t => self.n += 1,
             Some(t) if ts < t => {}
-            _ => *self = StreamMark { ts: Some(ts), n: 1 },
+            _ => {
+                self.ts = Some(ts);
+                self.n = 1;
+            }
         }
     }
 
@@ -69,16 +75,18 @@ impl StreamMark {
 }
 
 /// How far a run's log is stored, per stream.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LogMark {
     /// Standard output.
     pub stdout: StreamMark,
     /// Standard error.
     pub stderr: StreamMark,
+    /// The attempt the streams' cursors belong to.
+    pub cursor_attempt: Option<i64>,
 }
 
 /// What a batch adds to the run's counters, and the mark after it.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct BatchTotals {
     /// Bytes of the stored lines.
     pub bytes: i64,
@@ -147,12 +155,16 @@ impl Store {
         if let Some(m) = totals.mark {
             sqlx::query(
                 "UPDATE runs SET last_out_ts = $1, last_out_n = $2, last_err_ts = $3, \
-                 last_err_n = $4 WHERE id = $5",
+                 last_err_n = $4, log_out_cursor = $5, log_err_cursor = $6, \
+                 log_cursor_attempt = $7 WHERE id = $8",
             )
             .bind(m.stdout.ts)
             .bind(m.stdout.n)
             .bind(m.stderr.ts)
             .bind(m.stderr.n)
+            .bind(m.stdout.cursor)
+            .bind(m.stderr.cursor)
+            .bind(m.cursor_attempt)
             .bind(run_id)
             .execute(&mut *tx)
             .await?;

@@ -145,7 +145,8 @@ pub(super) const COLUMNS: &str =
     trigger_kind, triggered_by, idempotency_key, request_hash, backend_ref, exit_code, oom_killed, \
     reason, created_at, first_started_at, started_at, finished_at, next_attempt_at, \
     cancel_requested, lease_owner, lease_expires_at, log_lines, log_bytes, log_dropped, \
-    last_out_ts, last_out_n, last_err_ts, last_err_n";
+    last_out_ts, last_out_n, last_err_ts, last_err_n, log_out_cursor, log_err_cursor, \
+    log_cursor_attempt";
 
 fn status(s: String) -> Result<RunStatus> {
     s.parse().map_err(StoreError::Corrupt)
@@ -187,11 +188,14 @@ pub(crate) fn decode(r: &sqlx::any::AnyRow) -> Result<RunRow> {
             stdout: super::logs::StreamMark {
                 ts: r.try_get("last_out_ts")?,
                 n: r.try_get("last_out_n")?,
+                cursor: r.try_get("log_out_cursor")?,
             },
             stderr: super::logs::StreamMark {
                 ts: r.try_get("last_err_ts")?,
                 n: r.try_get("last_err_n")?,
+                cursor: r.try_get("log_err_cursor")?,
             },
+            cursor_attempt: r.try_get("log_cursor_attempt")?,
         },
     })
 }

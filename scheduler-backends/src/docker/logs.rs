@@ -118,7 +118,12 @@ impl LineAssembler {
         }
         let line = String::from_utf8(b)
             .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-        lines.push(LogLine { ts, stream, line });
+        lines.push(LogLine {
+            ts,
+            stream,
+            line,
+            cursor: None,
+        });
     }
 }
 

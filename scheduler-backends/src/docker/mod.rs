@@ -19,11 +19,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::Docker;
-use chrono::{DateTime, Utc};
 
 use crate::{
-    Backend, BackendError, BackendHealth, BackendKind, Exit, InFlight, LaunchSpec, LogStreamBox,
-    RunHandle, TaskState,
+    Backend, BackendError, BackendHealth, BackendKind, Exit, InFlight, LaunchSpec, LogFrom,
+    LogStreamBox, RunHandle, TaskState,
 };
 
 pub use logs::MAX_LINE_BYTES;
@@ -121,8 +120,8 @@ impl Backend for DockerBackend {
         status::state(&self.docker, handle).await
     }
 
-    fn logs(&self, handle: &RunHandle, since: Option<DateTime<Utc>>) -> LogStreamBox {
-        logs::follow(&self.docker, handle, since)
+    fn logs(&self, handle: &RunHandle, from: &LogFrom) -> LogStreamBox {
+        logs::follow(&self.docker, handle, from.since)
     }
 
     #[tracing::instrument(skip_all, fields(run_id = %handle.run_id, attempt = handle.attempt))]

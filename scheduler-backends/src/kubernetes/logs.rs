@@ -163,6 +163,7 @@ async fn read(
             ts,
             stream: LogStream::Stdout,
             line,
+            cursor: None,
         };
         tx.send(Ok(line)).await.map_err(|_| Stop::Closed)?;
         sent = true;

@@ -13,14 +13,13 @@ mod status;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::Api;
 
 use crate::{
-    Backend, BackendError, BackendHealth, BackendKind, Exit, InFlight, LaunchSpec, LogStreamBox,
-    RunHandle, TaskState,
+    Backend, BackendError, BackendHealth, BackendKind, Exit, InFlight, LaunchSpec, LogFrom,
+    LogStreamBox, RunHandle, TaskState,
 };
 
 /// Where the runs go and how they are bounded.
@@ -146,8 +145,8 @@ impl Backend for KubernetesBackend {
         status::state(&self.kube, handle).await
     }
 
-    fn logs(&self, handle: &RunHandle, since: Option<DateTime<Utc>>) -> LogStreamBox {
-        logs::follow(&self.kube, handle, since)
+    fn logs(&self, handle: &RunHandle, from: &LogFrom) -> LogStreamBox {
+        logs::follow(&self.kube, handle, from.since)
     }
 
     #[tracing::instrument(skip_all, fields(run_id = %handle.run_id, attempt = handle.attempt))]

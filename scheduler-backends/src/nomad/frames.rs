@@ -66,13 +66,14 @@ pub(crate) struct Lines {
 }
 
 impl Lines {
-    /// An assembler for `stream` dropping lines stamped at or before `since`.
-    pub(crate) fn new(stream: LogStream, since: Option<DateTime<Utc>>) -> Self {
+    /// An assembler for `stream` whose bytes start at `offset`, dropping lines stamped at
+    /// or before `since`.
+    pub(crate) fn new(stream: LogStream, offset: u64, since: Option<DateTime<Utc>>) -> Self {
         Self {
             stream,
             since,
             open: Vec::new(),
-            line_start: 0,
+            line_start: offset,
         }
     }
 
@@ -83,16 +84,17 @@ impl Lines {
         let mut at = offset;
         while let Some(nl) = rest.iter().position(|b| *b == b'\n') {
             self.open.extend_from_slice(&rest[..nl]);
-            self.emit(&mut lines, ledger);
             at += nl as u64 + 1;
+            self.emit(&mut lines, ledger, at);
             self.line_start = at;
             rest = &rest[nl + 1..];
         }
         self.open.extend_from_slice(rest);
         if self.open.len() >= MAX_LINE_BYTES {
             // A process writing without newlines must not make us buffer without bound.
-            self.emit(&mut lines, ledger);
-            self.line_start = at + rest.len() as u64;
+            let end = at + rest.len() as u64;
+            self.emit(&mut lines, ledger, end);
+            self.line_start = end;
         }
         lines
     }
@@ -101,12 +103,14 @@ impl Lines {
     pub(crate) fn finish(&mut self, ledger: &Ledger) -> Vec<LogLine> {
         let mut lines = Vec::new();
         if !self.open.is_empty() {
-            self.emit(&mut lines, ledger);
+            let end = self.line_start + self.open.len() as u64;
+            self.emit(&mut lines, ledger, end);
         }
         lines
     }
 
-    fn emit(&mut self, lines: &mut Vec<LogLine>, ledger: &Ledger) {
+    /// Hands out the open line, which ends just before the byte at `end` (its cursor).
+    fn emit(&mut self, lines: &mut Vec<LogLine>, ledger: &Ledger, end: u64) {
         let bytes = std::mem::take(&mut self.open);
         let ts = ledger.time_at(self.line_start).unwrap_or_else(Utc::now);
         if self.since.is_some_and(|since| ts <= since) {
@@ -118,6 +122,7 @@ impl Lines {
             ts,
             stream: self.stream,
             line,
+            cursor: Some(end.to_string()),
         });
     }
 }
@@ -150,12 +155,17 @@ mod tests {
         let t0 = Utc::now();
         let mut ledger = Ledger::default();
         ledger.record(0, 4, t0);
-        let mut l2 = Lines::new(LogStream::Stdout, None);
+        let mut l2 = Lines::new(LogStream::Stdout, 0, None);
         assert!(l2.push(b"a\nhe", 0, &ledger).len() == 1);
         ledger.record(4, 4, t0 + chrono::Duration::seconds(1));
         let got = l2.push(b"llo\n", 4, &ledger);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].line, "hello");
+        assert_eq!(
+            got[0].cursor.as_deref(),
+            Some("8"),
+            "resumes after its newline"
+        );
         assert_eq!(
             got[0].ts,
             t0 + chrono::Duration::nanoseconds(2),
@@ -165,6 +175,7 @@ mod tests {
         assert!(l2.push(b"last", 8, &ledger).is_empty());
         let end = l2.finish(&ledger);
         assert_eq!(end[0].line, "last");
+        assert_eq!(end[0].cursor.as_deref(), Some("12"));
         assert_eq!(end[0].ts, t0 + chrono::Duration::seconds(2));
         assert!(l2.finish(&ledger).is_empty());
     }
@@ -175,10 +186,20 @@ mod tests {
         let mut ledger = Ledger::default();
         ledger.record(0, 2, t0);
         ledger.record(2, 2, t0 + chrono::Duration::seconds(1));
-        let mut lines = Lines::new(LogStream::Stderr, Some(t0));
+        let mut lines = Lines::new(LogStream::Stderr, 0, Some(t0));
         let got = lines.push(b"a\nb\n", 0, &ledger);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].line, "b");
         assert_eq!(got[0].stream, LogStream::Stderr);
+    }
+
+    #[test]
+    fn a_resumed_assembler_counts_from_its_cursor() {
+        let mut ledger = Ledger::default();
+        ledger.record(40, 6, Utc::now());
+        let mut lines = Lines::new(LogStream::Stdout, 40, None);
+        let got = lines.push(b"x\nyz\n", 40, &ledger);
+        let cursors: Vec<_> = got.iter().map(|l| l.cursor.as_deref()).collect();
+        assert_eq!(cursors, [Some("42"), Some("45")]);
     }
 }

@@ -3,19 +3,18 @@
 //!
 //! Nomad's log lines carry no timestamps: each line is stamped with the time its first
 //! byte reached this backend (see `stamps`), so a stamp is "received at", which trails
-//! "written at" by the stream's latency. `since` drops lines stamped at or before it. A
-//! connection that breaks is resumed from the byte offset reached (`origin=start&offset=`),
-//! so nothing is lost or repeated. Within one engine process a second read (a `since`
-//! resume) gives every line its first stamp; after an engine restart the stamps are gone,
-//! the log is re-read from the start of the file and every line gets a new stamp, later
-//! than any `since`, so already-stored lines come again and the engine's timestamp-based
-//! dedup cannot drop them (see the report: the trait would need a byte cursor).
+//! "written at" by the stream's latency. Each line also carries its cursor, the byte offset
+//! after it; a read given a stream's cursor starts there (`origin=start&offset=`), which is
+//! how the engine resumes exactly, even after a restart that lost the stamps. Without a
+//! cursor, `since` drops lines stamped at or before it (exact within one process, whose
+//! stamps are remembered). A connection that breaks is resumed from the byte offset
+//! reached, so nothing is lost or repeated.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures::stream::{self, BoxStream};
 use futures::StreamExt;
 use reqwest::Method;
@@ -26,7 +25,7 @@ use super::frames::{FrameReader, Lines};
 use super::jobspec::TASK;
 use super::stamps::Ledgers;
 use super::status::current;
-use crate::{BackendError, LogLine, LogStream, LogStreamBox, RunHandle};
+use crate::{BackendError, LogFrom, LogLine, LogStream, LogStreamBox, RunHandle};
 
 /// How many times in a row a broken log connection is opened again before giving up.
 const MAX_RECONNECTS: u32 = 10;
@@ -56,9 +55,14 @@ pub(crate) fn follow(
     client: &Client,
     ledgers: &Ledgers,
     handle: &RunHandle,
-    since: Option<DateTime<Utc>>,
+    from: &LogFrom,
 ) -> LogStreamBox {
     let one = |stream| {
+        // A stream with a cursor resumes at that byte; `since` then plays no part.
+        let (offset, since) = match from.cursor(stream).and_then(|c| c.parse::<u64>().ok()) {
+            Some(offset) => (offset, None),
+            None => (0, from.since),
+        };
         let f = Follower {
             client: client.clone(),
             handle: handle.clone(),
@@ -67,8 +71,8 @@ pub(crate) fn follow(
             alloc_id: None,
             body: None,
             reader: FrameReader::default(),
-            lines: Lines::new(stream, since),
-            offset: 0,
+            lines: Lines::new(stream, offset, since),
+            offset,
             ready: VecDeque::new(),
             failures: 0,
             done: false,

@@ -20,13 +20,12 @@ mod status;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use serde_json::Value;
 
 use crate::{
-    Backend, BackendError, BackendHealth, BackendKind, Exit, InFlight, LaunchSpec, LogStreamBox,
-    RunHandle, TaskState,
+    Backend, BackendError, BackendHealth, BackendKind, Exit, InFlight, LaunchSpec, LogFrom,
+    LogStreamBox, RunHandle, TaskState,
 };
 
 /// Where the Nomad agent is and how jobs are placed.
@@ -138,8 +137,8 @@ impl Backend for NomadBackend {
         status::state(&self.client, handle).await
     }
 
-    fn logs(&self, handle: &RunHandle, since: Option<DateTime<Utc>>) -> LogStreamBox {
-        logs::follow(&self.client, &self.ledgers, handle, since)
+    fn logs(&self, handle: &RunHandle, from: &LogFrom) -> LogStreamBox {
+        logs::follow(&self.client, &self.ledgers, handle, from)
     }
 
     #[tracing::instrument(skip_all, fields(run_id = %handle.run_id, attempt = handle.attempt))]

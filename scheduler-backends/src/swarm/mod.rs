@@ -31,12 +31,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::Docker;
-use chrono::{DateTime, Utc};
 
 use crate::docker::errors::from_docker;
 use crate::{
-    Backend, BackendError, BackendHealth, BackendKind, Exit, InFlight, LaunchSpec, LogStreamBox,
-    RunHandle, TaskState,
+    Backend, BackendError, BackendHealth, BackendKind, Exit, InFlight, LaunchSpec, LogFrom,
+    LogStreamBox, RunHandle, TaskState,
 };
 
 /// How the Swarm backend runs services, beyond what each run's spec says.
@@ -113,8 +112,8 @@ impl Backend for SwarmBackend {
         tasks::state(&self.docker, handle).await
     }
 
-    fn logs(&self, handle: &RunHandle, since: Option<DateTime<Utc>>) -> LogStreamBox {
-        logs::follow(&self.docker, handle, since)
+    fn logs(&self, handle: &RunHandle, from: &LogFrom) -> LogStreamBox {
+        logs::follow(&self.docker, handle, from.since)
     }
 
     #[tracing::instrument(skip_all, fields(run_id = %handle.run_id, attempt = handle.attempt))]

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::{FutureExt, StreamExt};
 use jobdock_backends::{
-    Backend, Exit, LaunchSpec, LogLine, Resources, RunHandle, SecretDelivery, TaskState,
+    Backend, Exit, LaunchSpec, LogFrom, LogLine, Resources, RunHandle, SecretDelivery, TaskState,
 };
 
 pub use lifecycle::*;
@@ -147,8 +147,13 @@ impl Ctx {
         handle: &RunHandle,
         since: Option<DateTime<Utc>>,
     ) -> Result<Vec<LogLine>> {
+        self.logs_from(handle, &LogFrom::since(since)).await
+    }
+
+    /// The whole output from `from` until the run ends, bounded by [`PATIENCE`].
+    pub async fn logs_from(&self, handle: &RunHandle, from: &LogFrom) -> Result<Vec<LogLine>> {
         let collect = async {
-            let mut stream = self.backend.logs(handle, since);
+            let mut stream = self.backend.logs(handle, from);
             let mut lines = Vec::new();
             while let Some(line) = stream.next().await {
                 lines.push(line?);
@@ -164,7 +169,7 @@ impl Ctx {
     /// point (e.g. installed its signal handler).
     pub async fn wait_for_line(&self, handle: &RunHandle, text: &str) -> Result<()> {
         let find = async {
-            let mut stream = self.backend.logs(handle, None);
+            let mut stream = self.backend.logs(handle, &LogFrom::start());
             while let Some(line) = stream.next().await {
                 if line?.line == text {
                     return Ok(());

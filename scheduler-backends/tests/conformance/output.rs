@@ -1,7 +1,7 @@
 //! Cases on a run's output: completeness and order, long lines, resuming with `since`.
 
 use anyhow::{ensure, Result};
-use jobdock_backends::{LogLine, LogStream};
+use jobdock_backends::{LogFrom, LogLine, LogStream};
 
 use super::{texts, Ctx};
 
@@ -98,5 +98,25 @@ pub async fn logs_resume_after_since(ctx: Ctx) -> Result<()> {
         ctx.logs(&handle, Some(before_first)).await? == all,
         "from before the first line"
     );
+
+    // A backend that gives cursors resumes from a line's cursor with exactly the lines after
+    // it, whatever `since` says; one that gives none must give none on any line.
+    let cursors = all.iter().filter(|l| l.cursor.is_some()).count();
+    ensure!(
+        cursors == 0 || cursors == all.len(),
+        "cursors on some lines only: {all:?}"
+    );
+    if cursors > 0 {
+        let from = LogFrom {
+            since: Some(all[8].ts),
+            stdout: all[4].cursor.clone(),
+            stderr: None,
+        };
+        let resumed = ctx.logs_from(&handle, &from).await?;
+        ensure!(
+            texts(&resumed, LogStream::Stdout) == texts(&all[5..], LogStream::Stdout),
+            "resumed from the cursor of line 5: {resumed:?}"
+        );
+    }
     Ok(())
 }
