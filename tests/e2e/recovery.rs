@@ -124,3 +124,57 @@ async fn a_run_cancelled_while_its_engine_was_down_is_stopped_after_restart() {
     assert_eq!(done.status, RunStatus::Cancelled);
     assert!(containers_of(&run.id).is_empty());
 }
+
+/// An engine that stops after keeping an attempt's end and removing its container, but
+/// before reporting the run final, records that end when it comes back — not `lost`.
+#[tokio::test]
+async fn an_end_kept_before_a_crash_is_recorded_after_the_restart() {
+    let mut app = app(false).await;
+    let c = app.admin();
+    c.create_job(&sh_job("kept", "echo working; sleep 300"))
+        .await
+        .unwrap();
+    let (run, _) = c.trigger("kept", &Default::default(), None).await.unwrap();
+    wait_for_log(&c, &run.id, "working", 60).await;
+    app.kill9();
+
+    // What the engine had done at the moment it stopped: the end kept on the attempt, the
+    // container removed.
+    let url = format!("sqlite://{}", app.data_dir().join("jobdock.db").display());
+    let mut db = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    let kept = sqlx::query(
+        "UPDATE run_attempts SET ended_as = 'failed', exit_code = 3, \
+         reason = 'exited with code 3', finished_at = 1700000000000 \
+         WHERE run_id = ? AND attempt = 1",
+    )
+    .bind(&run.id)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(kept.rows_affected(), 1);
+    drop(db);
+    for id in containers_of(&run.id) {
+        std::process::Command::new("docker")
+            .args(["rm", "-f", &id])
+            .output()
+            .unwrap();
+    }
+
+    app.restart().unwrap();
+    let c = app.admin();
+    let ended = c
+        .wait_until_final(&run.id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        (ended.status, ended.exit_code),
+        (RunStatus::Failed, Some(3)),
+        "{ended:?}"
+    );
+    assert_eq!(
+        ended.finished_at.map(|t| t.timestamp()),
+        Some(1_700_000_000)
+    );
+}

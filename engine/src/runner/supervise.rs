@@ -1,6 +1,7 @@
 //! One task per run attempt: launch (or find again), mark running, store the log while
-//! waiting for the end, enforce timeout and cancel, then record the end — only once the
-//! exit status and the complete log are stored — and remove the container.
+//! waiting for the end, enforce timeout and cancel, then record the end: once the exit
+//! status and the complete log are stored, the container is removed and the run reported
+//! final.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +62,9 @@ async fn attempt(r: &Runner, run: RunRow) -> anyhow::Result<()> {
         .get(&run.backend)
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("backend {} is not configured here", run.backend))?;
+    if settle_kept_end(r, &run, &backend).await? {
+        return Ok(());
+    }
     let secrets = crate::service::jobs::open_secrets_of(ctx, &run.job_id, &run.job_name).await?;
     let redactor = Redactor::new(&secrets.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>());
 
@@ -419,9 +423,12 @@ async fn pump_logs(
     }
 }
 
-/// Records the end of the attempt — a final status, or the next attempt — then removes the
-/// container. The container goes only after its end is stored, so a crash in between leaves
-/// it for the start-up sweep rather than losing its exit status.
+/// Records the end of the attempt — a final status, or the next attempt — and removes what
+/// the run created on its backend. The end is first kept on the attempt, then the
+/// container (service, secrets, Job) is removed, and only then is the run reported final:
+/// a caller that sees a final status finds nothing of the run left running, and an engine
+/// that stops in between finds the end on the attempt ([`settle_kept_end`]) rather than
+/// losing it. A run whose backend cannot be reached keeps its container for the sweep.
 async fn record(
     r: &Runner,
     run: &RunRow,
@@ -430,8 +437,60 @@ async fn record(
 ) -> anyhow::Result<()> {
     let store = &r.inner.ctx.store;
     let gone = !matches!(ended, Ended::Lost { gone: false, .. });
-    let (status, outcome) = classify(run, ended);
+    let (status, mut outcome) = classify(run, ended);
+    outcome.finished_at.get_or_insert_with(now_ms);
     append_cap_notice(r, run).await?;
+    if let (Some((backend, handle)), true) = (container, gone) {
+        let mut tx = store.begin_write().await?;
+        runs::note_attempt_end(&mut tx, &run.id, run.attempt, status, &outcome).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        remove(backend, handle).await;
+        return settle(r, run, status, outcome, true).await;
+    }
+    settle(r, run, status, outcome, gone).await?;
+    if let Some((backend, handle)) = container {
+        remove(backend, handle).await;
+    }
+    Ok(())
+}
+
+/// Finishes a run whose attempt's end was kept before an engine stopped: its objects are
+/// removed (again; removal is idempotent) and the kept end recorded. `false` when the
+/// attempt has no kept end.
+async fn settle_kept_end(
+    r: &Runner,
+    run: &RunRow,
+    backend: &Arc<dyn Backend>,
+) -> anyhow::Result<bool> {
+    let Some((status, outcome)) = r.inner.ctx.store.attempt_end(&run.id, run.attempt).await? else {
+        return Ok(false);
+    };
+    tracing::info!(%status, "the attempt's end was kept before a restart; recording it");
+    if let Some(handle) = run
+        .backend_ref
+        .as_deref()
+        .and_then(|s| serde_json::from_str::<RunHandle>(s).ok())
+    {
+        remove(backend, &handle).await;
+    }
+    settle(r, run, status, outcome, true).await?;
+    Ok(true)
+}
+
+async fn remove(backend: &Arc<dyn Backend>, handle: &RunHandle) {
+    if let Err(e) = backend.cleanup(handle).await {
+        tracing::warn!(error = %e, "could not remove the container; the sweep will");
+    }
+}
+
+/// Moves the run to its final status, or queues its next attempt.
+async fn settle(
+    r: &Runner,
+    run: &RunRow,
+    status: RunStatus,
+    outcome: Outcome,
+    gone: bool,
+) -> anyhow::Result<()> {
     let retry_on = &run.spec.retry_on;
     let retry = match status {
         RunStatus::Failed if outcome.oom_killed => retry_on.contains(&RetryOn::OomKilled),
@@ -441,7 +500,7 @@ async fn record(
         RunStatus::TimedOut => retry_on.contains(&RetryOn::TimedOut),
         _ => false,
     } && run.attempt < run.max_attempts;
-    let mut tx = store.begin_write().await?;
+    let mut tx = r.inner.ctx.store.begin_write().await?;
     let recorded = if retry {
         let backoff = run.spec.retries.map(|r| r.backoff_seconds).unwrap_or(0);
         let mut o = outcome.clone();
@@ -467,11 +526,6 @@ async fn record(
     if recorded {
         r.inner.run_ended.notify_waiters();
         tracing::info!(status = %status, retry, exit_code = ?outcome.exit_code, "attempt ended");
-    }
-    if let Some((backend, handle)) = container {
-        if let Err(e) = backend.cleanup(handle).await {
-            tracing::warn!(error = %e, "could not remove the container; the start-up sweep will");
-        }
     }
     Ok(())
 }

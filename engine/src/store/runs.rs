@@ -486,6 +486,33 @@ pub async fn finish(
     Ok(true)
 }
 
+/// Keeps how an attempt ended (`to`, and the outcome with its finish time) on the attempt,
+/// while the run itself stays as it is until [`finish`] or [`requeue`].
+pub async fn note_attempt_end(
+    conn: &mut AnyConnection,
+    id: &str,
+    attempt: i64,
+    to: RunStatus,
+    o: &Outcome,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE run_attempts SET ended_as = $1, exit_code = $2, oom_killed = $3, reason = $4, \
+         started_at = COALESCE($5, started_at), finished_at = $6 \
+         WHERE run_id = $7 AND attempt = $8",
+    )
+    .bind(to.as_str())
+    .bind(o.exit_code)
+    .bind(o.oom_killed as i64)
+    .bind(o.reason.as_deref())
+    .bind(o.started_at)
+    .bind(o.finished_at)
+    .bind(id)
+    .bind(attempt)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 /// starting | running → queued for the next attempt: the ended attempt keeps `ended_as`.
 pub async fn requeue(
     conn: &mut AnyConnection,
@@ -570,6 +597,31 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// How an attempt ended, when [`note_attempt_end`] kept it.
+    pub async fn attempt_end(
+        &self,
+        id: &str,
+        attempt: i64,
+    ) -> Result<Option<(RunStatus, Outcome)>> {
+        let row = sqlx::query(
+            "SELECT ended_as, exit_code, oom_killed, reason, started_at, finished_at \
+             FROM run_attempts WHERE run_id = $1 AND attempt = $2 AND ended_as IS NOT NULL",
+        )
+        .bind(id)
+        .bind(attempt)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        let outcome = Outcome {
+            exit_code: r.try_get("exit_code")?,
+            oom_killed: r.try_get::<i64, _>("oom_killed")? != 0,
+            reason: r.try_get("reason")?,
+            started_at: r.try_get("started_at")?,
+            finished_at: r.try_get("finished_at")?,
+        };
+        Ok(Some((status(r.try_get("ended_as")?)?, outcome)))
     }
 
     /// Records the backend's handle of a run's current attempt.
