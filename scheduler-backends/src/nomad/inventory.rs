@@ -52,22 +52,11 @@ async fn meta_of(
 /// The run a listed job belongs to; `None` (and a warning) when its meta is not ours.
 fn in_flight_of(job: &JobStub) -> Option<InFlight> {
     let meta = job.meta.as_ref()?;
-    let run_id = meta.get(labels::RUN_ID);
-    let attempt = meta.get(labels::ATTEMPT).and_then(|a| a.parse().ok());
-    match (run_id, attempt, meta.get(labels::JOB)) {
-        (Some(run_id), Some(attempt), Some(name)) => Some(InFlight {
-            handle: RunHandle {
-                run_id: run_id.clone(),
-                attempt,
-                backend_ref: job.id.clone(),
-            },
-            job: name.clone(),
-        }),
-        _ => {
-            tracing::warn!(job_id = %job.id, "job has the installation meta but not the run's; ignored");
-            None
-        }
+    let found = InFlight::from_labels(job.id.clone(), |k| meta.get(k));
+    if found.is_none() {
+        tracing::warn!(job_id = %job.id, "job has the installation meta but not the run's; ignored");
     }
+    found
 }
 
 /// [`crate::Backend::cleanup`]: purges the job (stopping it if it still runs) and deletes
