@@ -8,6 +8,7 @@ mod cli;
 mod cli_runs;
 mod daemon;
 mod jobs;
+mod monitoring;
 mod parallelism;
 mod recovery;
 mod replicas;

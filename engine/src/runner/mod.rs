@@ -69,6 +69,8 @@ struct Inner {
     run_ended: Notify,
     /// Set when a job changed, so that schedules are re-read at once.
     jobs_changed: std::sync::atomic::AtomicBool,
+    /// What each queued run was last recorded as waiting for, by this replica.
+    waiting_noted: tokio::sync::Mutex<std::collections::HashMap<String, String>>,
     shutdown: CancellationToken,
 }
 
@@ -98,6 +100,7 @@ impl Runner {
                 wake: Notify::new(),
                 run_ended: Notify::new(),
                 jobs_changed: std::sync::atomic::AtomicBool::new(false),
+                waiting_noted: Default::default(),
                 shutdown: CancellationToken::new(),
             }),
         }

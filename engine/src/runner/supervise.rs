@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jobdock_backends::{Backend, BackendError, Exit, RunHandle, TaskState};
-use jobdock_types::{RetryOn, RunStatus};
+use jobdock_types::{RetryOn, RunEventKind, RunStatus};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
@@ -16,6 +16,7 @@ use super::logpump::{Position, Pump, PumpError};
 use super::redact::Redactor;
 use super::Runner;
 use crate::service::jobs::DEFAULT_STOP_GRACE_SECONDS;
+use crate::store::events::NewEvent;
 use crate::store::runs::{self, Outcome, RunRow};
 use crate::store::{now_ms, StoreError};
 
@@ -173,14 +174,21 @@ async fn launch(
     };
     let give_up = tokio::time::Instant::now() + r.inner.config.reattach_window;
     loop {
+        let asked = std::time::Instant::now();
         match backend.launch(&spec).await {
             Ok(h) => {
+                let took = asked.elapsed().as_millis() as i64;
                 let json = serde_json::to_string(&h)?;
-                r.inner
-                    .ctx
-                    .store
-                    .set_backend_ref(&run.id, run.attempt, &json)
-                    .await?;
+                let store = &r.inner.ctx.store;
+                store.set_backend_ref(&run.id, run.attempt, &json).await?;
+                let message = format!(
+                    "{} accepted the container in {} (image pull included)",
+                    run.backend,
+                    runs::seconds(took)
+                );
+                let event = NewEvent::new(&run.id, run.attempt, RunEventKind::Launched, message)
+                    .detail(serde_json::json!({ "took_ms": took, "backend": run.backend }));
+                store.record_event(event).await?;
                 return Ok(Ok(h));
             }
             Err(e @ (BackendError::Unavailable(_) | BackendError::Api { status: None, .. }))

@@ -8,6 +8,7 @@
 //! chosen by [`Dialect`].
 
 pub mod audit;
+pub mod events;
 pub mod jobs;
 mod leases;
 pub mod locks;

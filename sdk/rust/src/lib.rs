@@ -219,6 +219,14 @@ impl Client {
         self.get(&format!("/api/v1/runs/{}", seg(id))).await
     }
 
+    /// The run's timeline, oldest first.
+    pub async fn run_events(&self, id: &str) -> Result<Vec<RunEvent>, Error> {
+        let page: RunEvents = self
+            .get(&format!("/api/v1/runs/{}/events", seg(id)))
+            .await?;
+        Ok(page.events)
+    }
+
     /// The run once it has ended, or as it stands after `wait_seconds` (at most 60): a long
     /// poll, not a sleep loop.
     pub async fn wait_run(&self, id: &str, wait_seconds: u64) -> Result<Run, Error> {
