@@ -18,6 +18,7 @@ use super::AppState;
         super::locks::list, super::locks::read, super::locks::set,
         super::tokens::create, super::tokens::list, super::tokens::revoke,
         super::audit::list,
+        super::anomalies::list, super::anomalies::close,
         openapi_json,
     ),
     components(schemas(jobdock_types::FieldError)),

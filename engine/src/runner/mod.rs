@@ -36,6 +36,11 @@ pub struct RunnerConfig {
     pub backend_caps: std::collections::HashMap<String, i64>,
     /// A schedule tick missed while the engine was down fires at start-up if younger.
     pub schedule_catchup: Duration,
+    /// A running run without output this long is `stalled` (zero: never), unless its job
+    /// says otherwise.
+    pub stall_after: Duration,
+    /// How often running and waiting runs are checked for anomalies.
+    pub monitor_interval: Duration,
 }
 
 impl Default for RunnerConfig {
@@ -47,6 +52,8 @@ impl Default for RunnerConfig {
             poll_interval: Duration::from_millis(500),
             backend_caps: [("docker".to_string(), 50)].into(),
             schedule_catchup: Duration::from_secs(3600),
+            stall_after: Duration::from_secs(1800),
+            monitor_interval: Duration::from_secs(2),
         }
     }
 }
@@ -153,6 +160,30 @@ impl Runner {
         tokio::spawn(
             async move { r.schedule_loop().await }.instrument(tracing::info_span!("schedules")),
         );
+        let r = self.clone();
+        tokio::spawn(
+            async move { r.monitor_loop().await }.instrument(tracing::info_span!("monitor")),
+        );
+    }
+
+    /// Checks running and waiting runs for anomalies every few seconds. Every replica
+    /// checks; the store raises each anomaly once.
+    async fn monitor_loop(&self) {
+        loop {
+            let stall_after = self.inner.config.stall_after;
+            match crate::monitor::check_active(&self.inner.ctx.store, stall_after).await {
+                Ok(raised) => {
+                    for a in raised {
+                        tracing::warn!(run_id = %a.run_id, job = %a.job, kind = %a.kind, "{}", a.message);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "checking runs for anomalies failed"),
+            }
+            tokio::select! {
+                _ = self.inner.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.inner.config.monitor_interval) => {}
+            }
+        }
     }
 
     fn lease_until(&self) -> i64 {

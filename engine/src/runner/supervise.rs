@@ -530,10 +530,19 @@ async fn settle(
     } else {
         runs::finish(&mut tx, &run.id, run.attempt, status, &outcome, gone).await?
     };
+    // The end-of-run anomalies are decided with the end itself, so that neither is
+    // recorded without the other.
+    let raised = match recorded && !retry {
+        true => crate::monitor::after_finish(&mut tx, run, status, &outcome).await?,
+        false => Vec::new(),
+    };
     tx.commit().await.map_err(StoreError::from)?;
     if recorded {
         r.inner.run_ended.notify_waiters();
         tracing::info!(status = %status, retry, exit_code = ?outcome.exit_code, "attempt ended");
+    }
+    for a in raised {
+        tracing::warn!(kind = %a.kind, "{}", a.message);
     }
     Ok(())
 }

@@ -379,6 +379,38 @@ impl Client {
     pub async fn audit(&self, cursor: Option<&str>) -> Result<Page<AuditEntry>, Error> {
         self.get(&with_cursor("/api/v1/audit", cursor)).await
     }
+
+    /// Anomalies newest first: `open` filters on whether they still call for attention.
+    pub async fn anomalies(
+        &self,
+        open: Option<bool>,
+        job: Option<&str>,
+        cursor: Option<&str>,
+    ) -> Result<Page<Anomaly>, Error> {
+        let mut q = Vec::new();
+        if let Some(o) = open {
+            q.push(format!("open={o}"));
+        }
+        if let Some(j) = job {
+            q.push(format!("job={}", seg(j)));
+        }
+        if let Some(c) = cursor {
+            q.push(format!("cursor={}", seg(c)));
+        }
+        let path = match q.is_empty() {
+            true => "/api/v1/anomalies".to_owned(),
+            false => format!("/api/v1/anomalies?{}", q.join("&")),
+        };
+        self.get(&path).await
+    }
+
+    /// Closes an anomaly: someone has looked at it.
+    pub async fn close_anomaly(&self, id: i64, reason: Option<&str>) -> Result<Anomaly, Error> {
+        let path = format!("/api/v1/anomalies/{id}/close");
+        let body = serde_json::json!({ "reason": reason });
+        self.send(self.request(Method::POST, &path).json(&body))
+            .await
+    }
 }
 
 fn with_cursor(path: &str, cursor: Option<&str>) -> String {

@@ -6,12 +6,14 @@
 
 mod events;
 mod jobs;
+mod monitoring;
 mod problem;
 mod runs;
 mod tokens;
 
 pub use events::*;
 pub use jobs::*;
+pub use monitoring::*;
 pub use problem::*;
 pub use runs::*;
 pub use tokens::*;
