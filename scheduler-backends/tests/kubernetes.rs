@@ -483,6 +483,7 @@ async fn real_target() -> Result<Target> {
         inspector: Arc::new(KubeInspector {
             jobs: kube::Api::default_namespaced(client),
         }),
+        merged_streams: true,
     })
 }
 
@@ -497,9 +498,7 @@ macro_rules! real_cluster_tests {
 }
 
 // Not here: `missing_image_fails_to_pull` (Kubernetes pulls after the Job is created, so a
-// failed pull is an exit after `pending_timeout`, not a launch error), and
-// `logs_are_complete_and_in_order` and `long_line_comes_back_whole`, which need stderr told
-// apart: Kubernetes interleaves both streams and the backend reports every line as stdout.
+// failed pull is an exit after `pending_timeout`, not a launch error).
 real_cluster_tests!(
     real_exit_zero_is_success => exit_zero_is_success,
     real_exit_code_is_reported => exit_code_is_reported,
@@ -510,6 +509,8 @@ real_cluster_tests!(
     real_list_in_flight_finds_runs => list_in_flight_finds_runs,
     real_cleanup_removes_and_is_idempotent => cleanup_removes_and_is_idempotent,
     real_unknown_run_is_not_found => unknown_run_is_not_found,
+    real_logs_are_complete_and_in_order => logs_are_complete_and_in_order,
+    real_long_line_comes_back_whole => long_line_comes_back_whole,
     real_logs_resume_after_since => logs_resume_after_since,
     real_env_and_env_secrets_are_delivered => env_and_env_secrets_are_delivered,
     real_file_secrets_are_delivered_privately => file_secrets_are_delivered_privately,
