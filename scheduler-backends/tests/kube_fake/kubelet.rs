@@ -182,23 +182,24 @@ fn start(
     }
     let mut child = cmd.spawn()?;
     let pid = child.id().unwrap_or_default();
-    let mut readers = Vec::new();
-    if let Some(out) = child.stdout.take() {
-        readers.push(tokio::spawn(output::record(
+    let (out, err) = (child.stdout.take(), child.stderr.take());
+    let drained = Arc::new(tokio::sync::Barrier::new(2));
+    let readers = vec![
+        tokio::spawn(output::record(
             cluster.clone(),
             pod.to_owned(),
             "stdout",
-            out,
-        )));
-    }
-    if let Some(err) = child.stderr.take() {
-        readers.push(tokio::spawn(output::record(
+            out.ok_or_else(|| std::io::Error::other("no stdout pipe"))?,
+            drained.clone(),
+        )),
+        tokio::spawn(output::record(
             cluster.clone(),
             pod.to_owned(),
             "stderr",
-            err,
-        )));
-    }
+            err.ok_or_else(|| std::io::Error::other("no stderr pipe"))?,
+            drained,
+        )),
+    ];
     mark_running(&mut cluster.lock(), pod, pid);
     Ok((child, readers))
 }
