@@ -95,6 +95,7 @@ conformance_tests!(
     list_in_flight_finds_runs,
     unknown_run_is_not_found,
     logs_are_complete_and_in_order,
+    long_line_comes_back_whole,
     logs_resume_after_since,
     env_and_env_secrets_are_delivered,
     file_secrets_are_delivered_privately,
