@@ -91,6 +91,8 @@ macro_rules! conformance_tests {
 conformance_tests!(
     exit_zero_is_success,
     exit_code_is_reported,
+    stop_terminates_gracefully,
+    stop_kills_after_grace,
     launch_is_idempotent,
     list_in_flight_finds_runs,
     unknown_run_is_not_found,

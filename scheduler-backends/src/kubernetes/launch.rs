@@ -7,7 +7,7 @@
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{DeleteParams, ListParams, PostParams};
 
-use super::{errors, manifest, status, Kube};
+use super::{errors, manifest, status, stop, Kube};
 use crate::{labels, BackendError, InFlight, LaunchSpec, RunHandle};
 
 /// Creates (or adopts) the Job, then its Secrets.
@@ -49,8 +49,11 @@ async fn adopt(kube: &Kube, spec: &LaunchSpec, name: &str) -> Result<Job, Backen
     }
 }
 
-/// Deletes the Job with foreground propagation (its pod and Secrets go with it).
+/// Lets go of the pod a stop kept, then deletes the Job with foreground propagation (its pod
+/// and Secrets go with it). In that order, so that a Job never waits, deleted and unlisted,
+/// on a pod nobody will release.
 pub(crate) async fn cleanup(kube: &Kube, handle: &RunHandle) -> Result<(), BackendError> {
+    stop::release(kube, handle).await?;
     status::delete_job(kube, handle, DeleteParams::foreground()).await
 }
 

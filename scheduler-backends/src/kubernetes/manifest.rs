@@ -19,6 +19,8 @@ use crate::{labels, BackendError, LaunchSpec, SecretDelivery};
 pub(crate) const CONTAINER: &str = "job";
 /// Label the Job controller puts on its pods.
 pub(crate) const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
+/// The finalizer with which a stop keeps a pod (its exit and its log) until `cleanup`.
+pub(crate) const KEEP_FINALIZER: &str = "dev.jobdock/keep-after-stop";
 
 /// `jobdock-<run id>-<attempt>`, checked against DNS-1123 (lowercase, at most 63 characters).
 pub(crate) fn job_name(run_id: &str, attempt: u32) -> Result<String, BackendError> {

@@ -385,8 +385,19 @@ async fn launch_is_idempotent() -> Result<()> {
     Ok(())
 }
 
+/// Waits until the fake has seen a request matching `method` and `path_part`.
+async fn seen_soon(fake: &FakeKube, method: &str, path_part: &str) -> Result<()> {
+    tokio::time::timeout(BOUND, async {
+        while requests(fake, method, path_part).is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .with_context(|| format!("no {method} {path_part}"))
+}
+
 #[tokio::test]
-async fn stop_deletes_in_the_foreground_and_waits_for_the_pod() -> Result<()> {
+async fn stop_deletes_the_pod_and_keeps_it_until_cleanup() -> Result<()> {
     let (fake, backend) = setup(KubernetesConfig::default()).await?;
     let handle = backend.launch(&spec("inst")).await?;
     fake.run(&handle.backend_ref);
@@ -394,26 +405,72 @@ async fn stop_deletes_in_the_foreground_and_waits_for_the_pod() -> Result<()> {
         let (b, h) = (backend.clone(), handle.clone());
         async move { b.stop(&h, Duration::from_secs(7)).await }
     });
-    tokio::time::timeout(BOUND, async {
-        while requests(&fake, "DELETE", "/pods/").is_empty() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await?;
-    // The pod terminates within its grace; until then stop waits.
-    assert!(!stopping.is_finished(), "stop returned while the pod ran");
-    fake.exit(&handle.backend_ref, 143, "Error");
-    tokio::time::timeout(BOUND, stopping).await???;
-    assert!(fake.world().pods.is_empty(), "the stopped pod stayed");
-    let delete = &requests(&fake, "DELETE", "/jobs/")[0];
-    let body = delete.body.clone().context("delete body")?;
-    assert_eq!(body["propagationPolicy"], "Foreground");
-    assert_eq!(body["gracePeriodSeconds"], 7);
-    let pod_delete = &requests(&fake, "DELETE", "/pods/")[0];
+    seen_soon(&fake, "DELETE", "/pods/").await?;
+    let seen = fake.seen();
+    let keep = seen
+        .iter()
+        .position(|r| r.method == "PATCH" && r.uri.contains("/pods/"))
+        .context("no pod PATCH")?;
+    let delete = seen
+        .iter()
+        .position(|r| r.method == "DELETE" && r.uri.contains("/pods/"))
+        .context("no pod DELETE")?;
+    assert!(keep < delete, "the finalizer must be on before the delete");
     assert_eq!(
-        pod_delete.body.as_ref().context("pod delete body")?["gracePeriodSeconds"],
-        7
+        seen[keep].content_type.as_deref(),
+        Some("application/strategic-merge-patch+json")
     );
+    let body = seen[keep].body.clone().context("patch body")?;
+    assert_eq!(
+        body["metadata"]["finalizers"],
+        serde_json::json!(["dev.jobdock/keep-after-stop"])
+    );
+    let grace = &seen[delete].body.as_ref().context("pod delete body")?["gracePeriodSeconds"];
+    assert_eq!(*grace, 7);
+    // The kubelet stops the container within the grace, the Job controller fails the Job;
+    // until then stop waits.
+    assert!(!stopping.is_finished(), "stop returned while the pod ran");
+    fake.finish(&handle.backend_ref, 143, "Error");
+    tokio::time::timeout(BOUND, stopping).await???;
+    assert!(
+        requests(&fake, "DELETE", "/jobs/").is_empty(),
+        "stop deleted the Job"
+    );
+    match backend.state(&handle).await? {
+        TaskState::Exited(exit) => assert_eq!(exit.exit_code, Some(143)),
+        other => panic!("state after stop: {other:?}"),
+    }
+    let pod = fake.world().pod_of(&handle.backend_ref);
+    assert!(pod.is_some(), "the stopped pod went");
+
+    // Cleanup lets it go, then deletes the Job; the garbage collector does the rest.
+    backend.cleanup(&handle).await?;
+    let release = requests(&fake, "PATCH", "/pods/")
+        .pop()
+        .context("no release")?;
+    let body = release.body.context("release body")?;
+    assert_eq!(
+        body["metadata"]["$deleteFromPrimitiveList/finalizers"],
+        serde_json::json!(["dev.jobdock/keep-after-stop"])
+    );
+    assert!(fake.world().pods.is_empty() && fake.world().jobs.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn stop_before_the_pod_exists_deletes_the_job() -> Result<()> {
+    let (fake, backend) = setup(KubernetesConfig::default()).await?;
+    let handle = backend.launch(&spec("inst")).await?;
+    fake.world().pods.clear();
+    tokio::time::timeout(BOUND, backend.stop(&handle, Duration::from_secs(7))).await??;
+    let delete = requests(&fake, "DELETE", "/jobs/")
+        .pop()
+        .context("no Job DELETE")?;
+    assert_eq!(
+        delete.body.context("body")?["propagationPolicy"],
+        "Foreground"
+    );
+    assert_eq!(backend.state(&handle).await?, TaskState::NotFound);
     Ok(())
 }
 
