@@ -95,6 +95,7 @@ conformance_tests!(
     stop_kills_after_grace,
     launch_is_idempotent,
     list_in_flight_finds_runs,
+    cleanup_removes_and_is_idempotent,
     unknown_run_is_not_found,
     logs_are_complete_and_in_order,
     long_line_comes_back_whole,

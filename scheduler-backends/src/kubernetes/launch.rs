@@ -57,7 +57,7 @@ pub(crate) async fn cleanup(kube: &Kube, handle: &RunHandle) -> Result<(), Backe
     status::delete_job(kube, handle, DeleteParams::foreground()).await
 }
 
-/// The Jobs carrying this installation's label.
+/// The Jobs carrying this installation's label, except those being deleted.
 pub(crate) async fn list_in_flight(
     kube: &Kube,
     installation_id: &str,
@@ -67,6 +67,7 @@ pub(crate) async fn list_in_flight(
     Ok(jobs
         .items
         .into_iter()
+        .filter(|job| job.metadata.deletion_timestamp.is_none())
         .filter_map(|job| {
             let name = job.metadata.name?;
             let l = job.metadata.labels?;

@@ -187,14 +187,12 @@ pub(crate) fn derive(
     TaskState::Pending { reason }
 }
 
-/// [`derive`] for a handle, reading the Job and its pod.
+/// [`derive`] for a handle, reading the Job and its pod. A Job being deleted counts as gone:
+/// `cleanup` (or the TTL) has let it go, and with foreground propagation it stays until its
+/// pod has, which may take the pod's whole grace period.
 pub(crate) async fn state(kube: &Kube, handle: &RunHandle) -> Result<TaskState, BackendError> {
-    let Some(job) = kube
-        .jobs
-        .get_opt(&handle.backend_ref)
-        .await
-        .map_err(errors::from_kube)?
-    else {
+    let job = (kube.jobs.get_opt(&handle.backend_ref).await).map_err(errors::from_kube)?;
+    let Some(job) = job.filter(|j| j.metadata.deletion_timestamp.is_none()) else {
         return Ok(TaskState::NotFound);
     };
     let pod = pod_of(&kube.pods, &handle.backend_ref)

@@ -475,6 +475,27 @@ async fn stop_before_the_pod_exists_deletes_the_job() -> Result<()> {
 }
 
 #[tokio::test]
+async fn a_job_being_deleted_is_gone_for_the_backend() -> Result<()> {
+    let (fake, backend) = setup(KubernetesConfig::default()).await?;
+    let handle = backend.launch(&spec("inst")).await?;
+    fake.run(&handle.backend_ref);
+    backend.cleanup(&handle).await?;
+    // Foreground deletion keeps the Job while its pod terminates...
+    assert!(fake.world().jobs.contains_key(&handle.backend_ref));
+    // ...but the run is gone for every method.
+    assert_eq!(backend.state(&handle).await?, TaskState::NotFound);
+    assert!(backend.list_in_flight("inst").await?.is_empty());
+    assert!(matches!(
+        wait(&backend, &handle).await,
+        Err(e) if e.to_string().contains("not found")
+    ));
+    tokio::time::timeout(BOUND, backend.stop(&handle, Duration::from_secs(1))).await??;
+    fake.exit(&handle.backend_ref, 143, "Error");
+    assert!(fake.world().jobs.is_empty() && fake.world().pods.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
 async fn cleanup_is_idempotent_and_unknown_runs_are_not_found() -> Result<()> {
     let (fake, backend) = setup(KubernetesConfig::default()).await?;
     let handle = backend.launch(&spec("inst")).await?;
