@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use async_trait::async_trait;
-use conformance::{Inspector, Target};
+use conformance::{texts, Ctx, Inspector, Target};
 use jobdock_backends::kubernetes::{KubernetesBackend, KubernetesConfig};
-use jobdock_backends::RunHandle;
+use jobdock_backends::{LogStream, RunHandle};
 use kube_fake::{FakeKube, Options};
 use serde_json::Value;
 
@@ -104,6 +104,33 @@ conformance_tests!(
     file_secrets_are_delivered_privately,
     identity_labels_are_set,
 );
+
+/// Runs `case` against a fake with a kubelet, as a conformance case.
+async fn with_fake<F, Fut>(case: F) -> Result<()>
+where
+    F: FnOnce(Ctx) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let (_fake, target) = fake_target().await?;
+    conformance::run(target, case).await
+}
+
+#[tokio::test]
+async fn dollar_signs_reach_the_container_as_written() -> Result<()> {
+    with_fake(|ctx| async move {
+        let mut spec = ctx.spec("echo '$(SOURCE) costs $$5'; echo \"$PRICE\"");
+        spec.env = vec![
+            ("SOURCE".into(), "erp".into()),
+            ("PRICE".into(), "$$5 $(SOURCE)".into()),
+        ];
+        let (_, exit, lines) = ctx.run_to_end(&spec).await?;
+        ensure!(exit.exit_code == Some(0), "exit {exit:?}");
+        let out = texts(&lines, LogStream::Stdout);
+        ensure!(out == ["$(SOURCE) costs $$5", "$$5 $(SOURCE)"], "{out:?}");
+        Ok(())
+    })
+    .await
+}
 
 async fn real_target() -> Result<Target> {
     std::env::var("KUBECONFIG").context("KUBECONFIG is not set")?;
