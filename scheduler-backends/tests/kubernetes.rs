@@ -132,6 +132,25 @@ async fn dollar_signs_reach_the_container_as_written() -> Result<()> {
     .await
 }
 
+#[tokio::test]
+async fn a_run_past_its_deadline_is_killed_and_reported() -> Result<()> {
+    with_fake(|ctx| async move {
+        let mut spec = ctx.spec("sleep 300");
+        spec.timeout = Some(Duration::from_secs(1));
+        let started = std::time::Instant::now();
+        // The Job controller deletes the pod, and its log with it: only the exit is left.
+        let handle = ctx.backend.launch(&spec).await?;
+        let exit = ctx.wait(&handle).await?;
+        ensure!(exit.deadline_exceeded, "exit {exit:?}");
+        let reason = exit.reason.clone().unwrap_or_default();
+        ensure!(reason.starts_with("DeadlineExceeded"), "exit {exit:?}");
+        let took = started.elapsed();
+        ensure!(took < Duration::from_secs(30), "ended after {took:?}");
+        Ok(())
+    })
+    .await
+}
+
 async fn real_target() -> Result<Target> {
     std::env::var("KUBECONFIG").context("KUBECONFIG is not set")?;
     let client = kube::Client::try_default().await?;
