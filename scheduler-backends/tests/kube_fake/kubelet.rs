@@ -69,13 +69,12 @@ pub(crate) async fn run_pod(cluster: Arc<Cluster>, pod: String) {
         }
     };
     let code = supervise(&cluster, &pod, child).await;
-    for reader in readers {
+    for mut reader in readers {
         // The group is dead, so the pipes close; a process that left it is cut off.
-        if tokio::time::timeout(Duration::from_secs(5), reader)
-            .await
-            .is_err()
-        {
+        let drained = tokio::time::timeout(Duration::from_secs(5), &mut reader).await;
+        if drained.is_err() {
             tracing::warn!(pod, "output still open after the container ended");
+            reader.abort();
         }
     }
     let reason = if code == 0 { "Completed" } else { "Error" };
@@ -84,8 +83,12 @@ pub(crate) async fn run_pod(cluster: Arc<Cluster>, pod: String) {
     cluster::container_ended(&mut cluster.lock(), &pod, terminated, true);
 }
 
+/// A container id in containerd's shape, the same for the pod every time.
 fn container_id(pod: &str) -> String {
-    format!("containerd://{:0>64}", pod.len())
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    pod.hash(&mut h);
+    format!("containerd://{:016x}{}", h.finish(), "0".repeat(48))
 }
 
 /// Waits until the container can be created (image pulled, Secrets there), showing why not in
@@ -165,7 +168,7 @@ fn start(
     let mut cmd = tokio::process::Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .env_clear()
-        .envs(c.env.iter().map(|(k, v)| (k, v)))
+        .envs(c.env.clone())
         .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
