@@ -57,14 +57,16 @@ pub(crate) async fn cleanup(kube: &Kube, handle: &RunHandle) -> Result<(), Backe
     status::delete_job(kube, handle, DeleteParams::foreground()).await
 }
 
-/// The Jobs carrying this installation's label, except those being deleted.
+/// The Jobs carrying this installation's label, except those being deleted; and the pods a
+/// stop kept whose Job is gone or going (the TTL controller deleted it before any cleanup),
+/// so that a sweep finds them and lets them go.
 pub(crate) async fn list_in_flight(
     kube: &Kube,
     installation_id: &str,
 ) -> Result<Vec<InFlight>, BackendError> {
     let lp = ListParams::default().labels(&format!("{}={installation_id}", labels::INSTALLATION));
     let jobs = kube.jobs.list(&lp).await.map_err(errors::from_kube)?;
-    Ok(jobs
+    let mut found: Vec<InFlight> = jobs
         .items
         .into_iter()
         .filter(|job| job.metadata.deletion_timestamp.is_none())
@@ -80,5 +82,16 @@ pub(crate) async fn list_in_flight(
                 job: l.get(labels::JOB).cloned().unwrap_or_default(),
             })
         })
-        .collect())
+        .collect();
+    let pods = kube.pods.list(&lp).await.map_err(errors::from_kube)?;
+    for pod in pods.items.into_iter().filter(stop::kept) {
+        let l = pod.metadata.labels.unwrap_or_default();
+        let Some(job) = l.get(manifest::JOB_NAME_LABEL) else {
+            continue;
+        };
+        if found.iter().all(|f| f.handle.backend_ref != *job) {
+            found.extend(InFlight::from_labels(job.clone(), |k| l.get(k)));
+        }
+    }
+    Ok(found)
 }

@@ -102,7 +102,8 @@ async fn keep(kube: &Kube, pod: &str) -> Result<(), BackendError> {
     }
 }
 
-fn kept(pod: &Pod) -> bool {
+/// Whether a stop keeps the pod.
+pub(crate) fn kept(pod: &Pod) -> bool {
     (pod.metadata.finalizers.as_ref())
         .is_some_and(|f| f.iter().any(|f| f == manifest::KEEP_FINALIZER))
 }

@@ -458,6 +458,33 @@ async fn stop_deletes_the_pod_and_keeps_it_until_cleanup() -> Result<()> {
 }
 
 #[tokio::test]
+async fn a_kept_pod_whose_job_went_is_found_and_let_go() -> Result<()> {
+    let (fake, backend) = setup(KubernetesConfig::default()).await?;
+    let handle = backend.launch(&spec("inst")).await?;
+    fake.run(&handle.backend_ref);
+    let stopping = tokio::spawn({
+        let (b, h) = (backend.clone(), handle.clone());
+        async move { b.stop(&h, Duration::from_secs(7)).await }
+    });
+    seen_soon(&fake, "DELETE", "/pods/").await?;
+    fake.finish(&handle.backend_ref, 143, "Error");
+    tokio::time::timeout(BOUND, stopping).await???;
+    // The TTL controller deletes the finished Job before any cleanup: the kept pod holds it.
+    let jobs = kube::Api::<k8s_openapi::api::batch::v1::Job>::default_namespaced(fake.client());
+    jobs.delete(&handle.backend_ref, &kube::api::DeleteParams::foreground())
+        .await?;
+    assert_eq!(backend.state(&handle).await?, TaskState::NotFound);
+    let found = backend.list_in_flight("inst").await?;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].handle, handle);
+    assert_eq!(found[0].job, "customer-a-orders");
+    backend.cleanup(&found[0].handle).await?;
+    assert!(fake.world().pods.is_empty() && fake.world().jobs.is_empty());
+    assert!(backend.list_in_flight("inst").await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
 async fn stop_before_the_pod_exists_deletes_the_job() -> Result<()> {
     let (fake, backend) = setup(KubernetesConfig::default()).await?;
     let handle = backend.launch(&spec("inst")).await?;
