@@ -74,12 +74,21 @@ async fn fake_target() -> Result<(FakeKube, Target)> {
     Ok((fake, target))
 }
 
+/// Runs `case` against a fake with a kubelet, as a conformance case.
+async fn with_fake<F, Fut>(case: F) -> Result<()>
+where
+    F: FnOnce(Ctx) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let (_fake, target) = fake_target().await?;
+    conformance::run(target, case).await
+}
+
 macro_rules! conformance_tests {
     ($($case:ident),+ $(,)?) => {$(
         #[tokio::test]
         async fn $case() -> Result<()> {
-            let (_fake, target) = fake_target().await?;
-            conformance::run(target, conformance::$case).await
+            with_fake(conformance::$case).await
         }
     )+};
 }
@@ -104,16 +113,6 @@ conformance_tests!(
     file_secrets_are_delivered_privately,
     identity_labels_are_set,
 );
-
-/// Runs `case` against a fake with a kubelet, as a conformance case.
-async fn with_fake<F, Fut>(case: F) -> Result<()>
-where
-    F: FnOnce(Ctx) -> Fut,
-    Fut: std::future::Future<Output = Result<()>>,
-{
-    let (_fake, target) = fake_target().await?;
-    conformance::run(target, case).await
-}
 
 #[tokio::test]
 async fn dollar_signs_reach_the_container_as_written() -> Result<()> {
