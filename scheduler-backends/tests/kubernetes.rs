@@ -94,7 +94,7 @@ macro_rules! conformance_tests {
 }
 
 // Not here: `oom_kill_is_reported` (the fake cannot enforce a memory limit; see
-// `kube_by_hand::oom_kill_is_reported`), `missing_image_fails_to_pull` (Kubernetes pulls
+// `a_container_killed_for_memory_is_reported_oom_killed`), `missing_image_fails_to_pull` (Kubernetes pulls
 // after the Job is created, so a failed pull is an exit after `pending_timeout`, not a launch
 // error; see `kube_by_hand::image_pull_backoff_pends_then_ends_the_run`).
 conformance_tests!(
@@ -145,6 +145,26 @@ async fn a_run_past_its_deadline_is_killed_and_reported() -> Result<()> {
         ensure!(reason.starts_with("DeadlineExceeded"), "exit {exit:?}");
         let took = started.elapsed();
         ensure!(took < Duration::from_secs(30), "ended after {took:?}");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_container_killed_for_memory_is_reported_oom_killed() -> Result<()> {
+    with_fake(|ctx| async move {
+        let (_, exit, _) = ctx
+            .run_to_end(&ctx.spec(": fake:oom; kill -KILL $$"))
+            .await?;
+        ensure!(
+            exit.oom_killed && exit.exit_code == Some(137),
+            "exit {exit:?}"
+        );
+        let (_, exit, _) = ctx.run_to_end(&ctx.spec("kill -KILL $$")).await?;
+        ensure!(
+            !exit.oom_killed && exit.exit_code == Some(137),
+            "exit {exit:?}"
+        );
         Ok(())
     })
     .await

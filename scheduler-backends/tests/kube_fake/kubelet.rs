@@ -8,9 +8,10 @@
 //! `/run/secrets`). A read-only mount is emulated by running root without
 //! CAP_DAC_OVERRIDE, so that the files' modes hold; `runAsUser`/`runAsGroup` are honoured
 //! when the tests run as root. The output becomes the pod's log records, cut as containerd
-//! cuts them (`output`); the exit becomes the container's `terminated` state. Deleting the
-//! pod sends SIGTERM to the main process, then SIGKILL to its process group once the grace
-//! period is over.
+//! cuts them (`output`); the exit becomes the container's `terminated` state (`OOMKilled`
+//! for a command marked `fake:oom` that dies of SIGKILL: no memory limit is enforced).
+//! Deleting the pod sends SIGTERM to the main process, then SIGKILL to its process group
+//! once the grace period is over.
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
@@ -77,7 +78,14 @@ pub(crate) async fn run_pod(cluster: Arc<Cluster>, pod: String) {
             reader.abort();
         }
     }
-    let reason = if code == 0 { "Completed" } else { "Error" };
+    // The fake cannot enforce a memory limit; as in the Nomad fake, a command marked
+    // `fake:oom` that dies of SIGKILL stands for a container the kernel killed.
+    let oom = container.argv.iter().any(|a| a.contains("fake:oom"));
+    let reason = match code {
+        0 => "Completed",
+        137 if oom => "OOMKilled",
+        _ => "Error",
+    };
     let terminated = json!({"exitCode": code, "reason": reason, "startedAt": started,
         "finishedAt": now(), "containerID": container_id(&pod)});
     cluster::container_ended(&mut cluster.lock(), &pod, terminated, true);
