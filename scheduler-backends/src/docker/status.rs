@@ -143,11 +143,19 @@ pub(crate) async fn wait(docker: &Docker, handle: &RunHandle) -> Result<Exit, Ba
     }
 }
 
-/// The daemon learns of an OOM kill from a cgroup event that can arrive just after it has
-/// recorded the exit (seen on a busy machine: exit 137 with `OOMKilled` still false). A
-/// SIGKILL-ed container is looked at again a few times before its exit is taken as final.
+/// The daemon learns of an OOM kill from a cgroup event that can arrive after it has
+/// recorded the exit (seen on a busy machine: exit 137 with `OOMKilled` still false, even a
+/// second later). A SIGKILL-ed container is looked at again for a while, and its `oom`
+/// event asked of the daemon's event log, before its exit is taken as final.
 async fn settle_oom(docker: &Docker, handle: &RunHandle, exit: Exit) -> Exit {
-    for _ in 0..5 {
+    for _ in 0..15 {
+        if oom_event_seen(docker, handle, &exit).await {
+            return Exit {
+                oom_killed: true,
+                reason: Some("killed by the kernel: out of memory".into()),
+                ..exit
+            };
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
         match inspect_state(docker, handle).await {
             Ok(Some(state)) if state.oom_killed == Some(true) => {
@@ -160,6 +168,40 @@ async fn settle_oom(docker: &Docker, handle: &RunHandle, exit: Exit) -> Exit {
         }
     }
     exit
+}
+
+/// Whether the daemon's event log holds an `oom` event of the container between its start
+/// and now.
+async fn oom_event_seen(docker: &Docker, handle: &RunHandle, exit: &Exit) -> bool {
+    // Up to now, not later: the daemon holds the stream open until `until` has passed.
+    let stamp = |t: chrono::DateTime<chrono::Utc>| {
+        format!("{}.{:09}", t.timestamp(), t.timestamp_subsec_nanos())
+    };
+    let since = exit
+        .started_at
+        .map_or("0".to_owned(), |t| stamp(t - chrono::Duration::seconds(1)));
+    let until = stamp(chrono::Utc::now());
+    let filters = std::collections::HashMap::from([
+        ("container", vec![handle.backend_ref.as_str()]),
+        ("event", vec!["oom"]),
+    ]);
+    let options = bollard::query_parameters::EventsOptionsBuilder::new()
+        .since(&since)
+        .until(&until)
+        .filters(&filters)
+        .build();
+    let mut events = pin!(docker.events(Some(options)));
+    let look = async {
+        while let Some(e) = events.next().await {
+            if e.is_ok_and(|e| e.action.as_deref() == Some("oom")) {
+                return true;
+            }
+        }
+        false
+    };
+    tokio::time::timeout(Duration::from_secs(2), look)
+        .await
+        .unwrap_or(false)
 }
 
 /// [`crate::Backend::stop`]: SIGTERM, SIGKILL after `grace`, and return once it has stopped.
