@@ -483,6 +483,7 @@ pub async fn finish(
         },
     )
     .await?;
+    super::stats::record(conn, id).await?;
     Ok(true)
 }
 
