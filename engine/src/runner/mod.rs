@@ -1,14 +1,17 @@
 //! Running runs: the dispatch loop claims queued runs, a supervisor task per run launches it,
 //! stores its log, enforces its timeout and cancel, and records how it ended; a heartbeat
 //! keeps this replica's leases, and an adoption loop takes over runs nobody supervises
-//! (after a crash of this replica or another).
+//! (after a crash of this replica or another). A retention loop prunes old runs.
 
 mod dispatch;
 mod launch;
 mod logpump;
 mod redact;
+mod retention;
 mod schedules;
 mod supervise;
+
+pub use retention::RetentionConfig;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +39,8 @@ pub struct RunnerConfig {
     pub backend_caps: std::collections::HashMap<String, i64>,
     /// A schedule tick missed while the engine was down fires at start-up if younger.
     pub schedule_catchup: Duration,
+    /// Which old runs are pruned, and how often.
+    pub retention: RetentionConfig,
 }
 
 impl Default for RunnerConfig {
@@ -47,6 +52,7 @@ impl Default for RunnerConfig {
             poll_interval: Duration::from_millis(500),
             backend_caps: [("docker".to_string(), 50)].into(),
             schedule_catchup: Duration::from_secs(3600),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -149,6 +155,10 @@ impl Runner {
         let r = self.clone();
         tokio::spawn(
             async move { r.schedule_loop().await }.instrument(tracing::info_span!("schedules")),
+        );
+        let r = self.clone();
+        tokio::spawn(
+            async move { r.retention_loop().await }.instrument(tracing::info_span!("retention")),
         );
     }
 
