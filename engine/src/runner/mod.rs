@@ -6,6 +6,7 @@
 mod dispatch;
 mod launch;
 mod logpump;
+mod observe;
 mod redact;
 mod retention;
 mod schedules;
@@ -299,6 +300,13 @@ impl Runner {
     fn spawn_supervisor(&self, run: crate::store::runs::RunRow) {
         let r = self.clone();
         let span = tracing::info_span!("run", run_id = %run.id, job = %run.job_name, attempt = run.attempt);
-        tokio::spawn(async move { supervise::supervise(r, run).await }.instrument(span));
+        let in_flight = self.inner.ctx.metrics.supervising(&run.backend);
+        tokio::spawn(
+            async move {
+                let _in_flight = in_flight;
+                supervise::supervise(r, run).await
+            }
+            .instrument(span),
+        );
     }
 }

@@ -19,7 +19,8 @@ use crate::store::Store;
 use crate::crypto::CryptoError;
 use crate::store::StoreError;
 
-/// What the service functions need: the store, the key ring and the engine's backends.
+/// What the service functions need: the store, the key ring, the engine's backends and
+/// this process's metrics.
 #[derive(Debug, Clone)]
 pub struct Ctx {
     /// The store.
@@ -30,6 +31,8 @@ pub struct Ctx {
     pub backends: Arc<[BackendName]>,
     /// Backend of jobs that name none.
     pub default_backend: BackendName,
+    /// This process's metrics.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Who acts, for the audit log.
