@@ -13,6 +13,7 @@ mod metrics;
 pub mod openapi;
 mod query;
 mod runs;
+mod stats;
 mod tokens;
 
 use std::time::Duration;
@@ -80,6 +81,7 @@ pub fn router(state: AppState) -> Router {
         .merge(audit::routes())
         .merge(openapi::routes())
         .merge(metrics::routes())
+        .merge(stats::routes())
         .layer(DefaultBodyLimit::max(4 * 1024 * 1024))
         .layer(layers)
         .with_state(state)

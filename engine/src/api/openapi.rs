@@ -14,6 +14,7 @@ use super::AppState;
         super::health::healthz, super::health::readyz, super::metrics::metrics,
         super::jobs::create, super::jobs::list, super::jobs::read, super::jobs::replace,
         super::jobs::patch, super::jobs::remove, super::jobs::set_secret, super::jobs::delete_secret,
+        super::stats::job_stats,
         super::runs::trigger, super::runs::list, super::runs::read, super::runs::cancel, super::runs::rerun, super::logs::logs,
         super::locks::list, super::locks::read, super::locks::set,
         super::tokens::create, super::tokens::list, super::tokens::revoke,

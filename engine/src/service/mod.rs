@@ -6,6 +6,7 @@ pub mod jobs;
 pub mod keys;
 pub mod locks;
 pub mod runs;
+pub mod stats;
 pub mod tokens;
 pub mod validate;
 

@@ -7,11 +7,13 @@
 mod jobs;
 mod problem;
 mod runs;
+mod stats;
 mod tokens;
 
 pub use jobs::*;
 pub use problem::*;
 pub use runs::*;
+pub use stats::*;
 pub use tokens::*;
 
 use serde::{Deserialize, Serialize};
