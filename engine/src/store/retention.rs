@@ -3,9 +3,10 @@
 //! references `runs (id) ON DELETE CASCADE`). Statistics (`run_stats`) are not pruned here.
 //!
 //! Whatever the policy says, a run is kept while it is not final, while it still holds its
-//! slots (a lost run whose container is not confirmed gone), and for [`MIN_AGE_DAYS`] after
-//! it finished: runs hold the idempotency keys that stop a retried trigger (or a schedule
-//! tick fired again) from starting a second run.
+//! slots (a lost run whose container is not confirmed gone), and until both its trigger and
+//! its end are [`MIN_AGE_DAYS`] old: runs hold the idempotency keys that stop a retried
+//! trigger (or a schedule tick fired again) from starting a second run. The end time may
+//! come from a backend's clock, so the trigger time, the engine's own, counts as well.
 //!
 //! Deletion goes in small steps, one short transaction each, so that a big prune never
 //! holds SQLite's write lock for long. On PostgreSQL a step runs only under an advisory
@@ -59,7 +60,9 @@ pub enum Step {
     Busy,
 }
 
-const PRUNABLE: &str = "status NOT IN ('queued', 'starting', 'running') AND holds_slot = 0";
+/// A run that may go, given the floor as parameter `$1`.
+const PRUNABLE: &str = "status NOT IN ('queued', 'starting', 'running') AND holds_slot = 0 \
+     AND created_at < $1 AND finished_at < $1";
 
 struct Candidate {
     id: String,
@@ -95,7 +98,7 @@ impl Store {
         let candidates = match cut {
             Cut::Age => {
                 let cutoff = now - policy.days.max(MIN_AGE_DAYS) * DAY_MS;
-                past_age(&mut tx, cutoff).await?
+                past_age(&mut tx, floor, cutoff).await?
             }
             Cut::Count(job) => past_count(&mut tx, job, policy.max_runs_per_job, floor).await?,
         };
@@ -134,12 +137,17 @@ impl Store {
     }
 }
 
-/// Final runs that finished before `cutoff`, oldest first.
-async fn past_age(conn: &mut sqlx::AnyConnection, cutoff: i64) -> Result<Vec<Candidate>> {
+/// Prunable runs that finished before `cutoff`, oldest first.
+async fn past_age(
+    conn: &mut sqlx::AnyConnection,
+    floor: i64,
+    cutoff: i64,
+) -> Result<Vec<Candidate>> {
     let rows = sqlx::query(&format!(
-        "SELECT id, log_lines FROM runs WHERE finished_at < $1 AND {PRUNABLE} \
-         ORDER BY finished_at LIMIT $2"
+        "SELECT id, log_lines FROM runs WHERE {PRUNABLE} AND finished_at < $2 \
+         ORDER BY finished_at LIMIT $3"
     ))
+    .bind(floor)
     .bind(cutoff)
     .bind(BATCH_RUNS as i64)
     .fetch_all(&mut *conn)
@@ -147,7 +155,7 @@ async fn past_age(conn: &mut sqlx::AnyConnection, cutoff: i64) -> Result<Vec<Can
     rows.iter().map(candidate).collect()
 }
 
-/// Final runs of `job` older than its newest `keep` runs that finished before `floor`.
+/// Prunable runs of `job` older than its newest `keep` runs.
 async fn past_count(
     conn: &mut sqlx::AnyConnection,
     job: &str,
@@ -164,12 +172,12 @@ async fn past_count(
         return Ok(Vec::new());
     };
     let rows = sqlx::query(&format!(
-        "SELECT id, log_lines FROM runs WHERE job_name = $1 AND seq <= $2 \
-         AND finished_at < $3 AND {PRUNABLE} ORDER BY seq LIMIT $4"
+        "SELECT id, log_lines FROM runs WHERE {PRUNABLE} AND job_name = $2 AND seq <= $3 \
+         ORDER BY seq LIMIT $4"
     ))
+    .bind(floor)
     .bind(job)
     .bind(boundary.try_get::<i64, _>("seq")?)
-    .bind(floor)
     .bind(BATCH_RUNS as i64)
     .fetch_all(&mut *conn)
     .await?;
@@ -190,7 +198,7 @@ async fn delete_runs(conn: &mut sqlx::AnyConnection, ids: &[&str], floor: i64) -
         .map(|i| format!("${}", i + 2))
         .collect::<Vec<_>>()
         .join(", ");
-    let sql = format!("DELETE FROM runs WHERE finished_at < $1 AND {PRUNABLE} AND id IN ({list})");
+    let sql = format!("DELETE FROM runs WHERE {PRUNABLE} AND id IN ({list})");
     let mut q = sqlx::query(&sql).bind(floor);
     for id in ids {
         q = q.bind(*id);

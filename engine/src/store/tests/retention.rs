@@ -287,6 +287,15 @@ async fn young_unfinished_and_fenced_runs_are_never_pruned(pg: bool) {
     tx.commit().await.unwrap();
     backdate(&s, &fenced, 60 * DAY).await;
 
+    // Triggered just now, but its end as a backend's clock reported it is long past.
+    let skewed = finished(&s, &j, "j", 0, 0).await;
+    sqlx::query("UPDATE runs SET finished_at = finished_at - $1 WHERE id = $2")
+        .bind(60 * DAY)
+        .bind(&skewed)
+        .execute(&s.pool)
+        .await
+        .unwrap();
+
     // Whatever the policy says.
     let harsh = Policy {
         days: 1,
@@ -294,7 +303,7 @@ async fn young_unfinished_and_fenced_runs_are_never_pruned(pg: bool) {
     };
     assert_eq!(prune(&s, &harsh, Cut::Age).await, 0);
     assert_eq!(prune(&s, &harsh, Cut::Count("j")).await, 0);
-    for id in young.iter().chain([&waiting, &running, &fenced]) {
+    for id in young.iter().chain([&waiting, &running, &fenced, &skewed]) {
         assert!(exists(&s, id).await, "{id}");
     }
     // Once the fenced run's container is confirmed gone it may go.
