@@ -91,6 +91,9 @@ impl Store {
                 .await?
                 .try_get("got")?;
             if !got {
+                // Ended now rather than on drop: a transaction dropped unfinished keeps its
+                // locks until its connection is next used.
+                tx.rollback().await?;
                 return Ok(Step::Busy);
             }
         }
@@ -103,6 +106,7 @@ impl Store {
             Cut::Count(job) => past_count(&mut tx, job, policy.max_runs_per_job, floor).await?,
         };
         let Some(first) = candidates.first() else {
+            tx.commit().await?;
             return Ok(Step::Nothing);
         };
         if first.log_lines > BATCH_LINES {
