@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod metrics;
+pub mod monitor;
 pub mod runner;
 pub mod schedule;
 pub mod service;

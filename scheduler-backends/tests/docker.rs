@@ -65,6 +65,7 @@ async fn target_with(config: DockerConfig) -> Result<Target> {
         backend: Arc::new(DockerBackend::connect(config).await?),
         image,
         inspector: Arc::new(DockerCli),
+        merged_streams: false,
     })
 }
 

@@ -76,6 +76,7 @@ async fn fake_target(options: Options) -> Result<(FakeNomad, Target)> {
             address: fake.address.clone(),
             token,
         }),
+        merged_streams: false,
     };
     Ok((fake, target))
 }
@@ -487,6 +488,7 @@ fn real_target() -> Result<Target> {
         backend: Arc::new(NomadBackend::new(config)?),
         image: "busybox:1.36".into(),
         inspector: Arc::new(NomadHttp { address, token }),
+        merged_streams: false,
     })
 }
 

@@ -92,6 +92,7 @@ async fn target_with(config: SwarmConfig) -> Result<Target> {
         backend: Arc::new(backend(config).await?),
         image,
         inspector: Arc::new(SwarmCli),
+        merged_streams: false,
     })
 }
 

@@ -2,6 +2,7 @@
 //! directory (and, for the PostgreSQL variants, a fresh database) and drives it over HTTP
 //! through `jobdock-client`, or through the CLI.
 
+mod anomalies;
 mod auth;
 mod backends;
 mod cli;
@@ -9,6 +10,7 @@ mod cli_runs;
 mod daemon;
 mod jobs;
 mod metrics;
+mod monitoring;
 mod parallelism;
 mod recovery;
 mod replicas;

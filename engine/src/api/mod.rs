@@ -1,6 +1,7 @@
 //! The HTTP API: thin handlers that parse, authorise, call a service function and map its
 //! error. `router(state)` builds the whole app, testable without a socket.
 
+mod anomalies;
 mod audit;
 pub mod auth;
 pub mod error;
@@ -79,6 +80,7 @@ pub fn router(state: AppState) -> Router {
         .merge(logs::routes())
         .merge(tokens::routes())
         .merge(audit::routes())
+        .merge(anomalies::routes())
         .merge(openapi::routes())
         .merge(metrics::routes())
         .merge(stats::routes())

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use jobdock_types::{Page, Problem, Run, RunStatus, TriggerRequest};
+use jobdock_types::{Page, Problem, Run, RunEvents, RunStatus, TriggerRequest};
 use serde::Deserialize;
 
 use super::auth::{Caller, Read, Trigger};
@@ -24,6 +24,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/jobs/{name}/runs", post(trigger))
         .route("/api/v1/runs", get(list))
         .route("/api/v1/runs/{id}", get(read))
+        .route("/api/v1/runs/{id}/events", get(events))
         .route("/api/v1/runs/{id}/cancel", post(cancel))
         .route("/api/v1/runs/{id}/rerun", post(rerun))
 }
@@ -74,6 +75,21 @@ fn refusal(r: Refusal) -> Response {
 pub struct ReadQuery {
     /// Long poll: answer as soon as the run has ended, or after this many seconds (at most 60).
     wait_seconds: Option<u64>,
+}
+
+/// A run's timeline, oldest first: queued, waiting (for what), claimed, launched, started,
+/// first output, progress, anomalies, retries, finished.
+#[utoipa::path(get, path = "/api/v1/runs/{id}/events", tag = "runs", params(("id" = String, Path)),
+    responses((status = 200, body = RunEvents), (status = 404, body = Problem)))]
+pub async fn events(
+    caller: Caller<Read>,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<RunEvents>, ApiError> {
+    let run = svc::row(&s.ctx, &id).await?;
+    caller.check_job(&run.job_name)?;
+    let events = s.ctx.store.events(&id).await?;
+    Ok(Json(RunEvents { events }))
 }
 
 /// One run. With `?wait_seconds=`, the answer comes when the run ends (or the wait is over).

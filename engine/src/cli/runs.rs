@@ -335,6 +335,7 @@ mod tests {
             queue_ms: None,
             duration_ms: None,
             attempts: vec![],
+            anomalies: vec![],
         }
     }
 

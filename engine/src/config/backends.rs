@@ -48,6 +48,9 @@ pub(super) fn runner_config(
     {
         c.schedule_catchup = Duration::from_secs(s);
     }
+    if let Some(s) = args.stall_after_seconds.or(file.stall_after_seconds) {
+        c.stall_after = Duration::from_secs(s);
+    }
     if let Some(s) = args.lease_seconds.or(file.lease_seconds) {
         if s < 3 {
             return Err(ConfigError("lease_seconds must be at least 3".into()));

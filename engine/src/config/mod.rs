@@ -144,6 +144,11 @@ pub struct ServeArgs {
     #[arg(long, env = "JOBDOCK_SCHEDULE_CATCHUP_SECONDS", value_name = "SECONDS")]
     pub schedule_catchup_seconds: Option<u64>,
 
+    /// A running run without output for this many seconds is `stalled`, unless its job
+    /// says otherwise; 0 turns the check off. [file: stall_after_seconds] [default: 1800]
+    #[arg(long, env = "JOBDOCK_STALL_AFTER_SECONDS", value_name = "SECONDS")]
+    pub stall_after_seconds: Option<u64>,
+
     /// Nomad's HTTP address, e.g. `http://127.0.0.1:4646`; configures the `nomad` backend.
     /// [file: nomad_addr]
     #[arg(long, env = "NOMAD_ADDR", value_name = "URL")]
@@ -231,6 +236,7 @@ struct FileSettings {
     lease_seconds: Option<u64>,
     max_running: Option<String>,
     schedule_catchup_seconds: Option<u64>,
+    stall_after_seconds: Option<u64>,
     nomad_addr: Option<String>,
     nomad_namespace: Option<String>,
     nomad_region: Option<String>,

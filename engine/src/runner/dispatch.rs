@@ -7,6 +7,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::Runner;
+use crate::store::events;
 use crate::store::locks::lock_usage;
 use crate::store::runs::{self, RunRow};
 use crate::store::{Dialect, StoreError};
@@ -71,8 +72,9 @@ impl Runner {
             let last_page = (due.len() as i64) < PAGE;
             for run in due {
                 after = run.seq;
-                if !self.fits(&mut tx, &mut slots, &run).await? {
+                if let Some(wait) = self.fits(&mut tx, &mut slots, &run).await? {
                     slots.blocked_jobs.insert(run.job_id.clone());
+                    self.note_waiting(&mut tx, &run, &wait).await?;
                     continue;
                 }
                 if runs::mark_starting(&mut tx, &run.id, &self.inner.owner, self.lease_until())
@@ -93,15 +95,38 @@ impl Runner {
         Ok(claimed)
     }
 
-    /// Whether every slot the run needs is free.
+    /// Records, once per reason, what a run waits for. This replica remembers what it
+    /// recorded, so that a long queue costs no write per pass.
+    async fn note_waiting(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        run: &RunRow,
+        wait: &str,
+    ) -> Result<(), StoreError> {
+        let mut noted = self.inner.waiting_noted.lock().await;
+        if noted.get(&run.id).map(String::as_str) == Some(wait) {
+            return Ok(());
+        }
+        events::note_waiting(tx, &run.id, run.attempt, wait).await?;
+        if noted.len() > 10_000 {
+            noted.clear();
+        }
+        noted.insert(run.id.clone(), wait.to_owned());
+        Ok(())
+    }
+
+    /// `None` when every slot the run needs is free, else what it waits for, in words.
     async fn fits(
         &self,
         tx: &mut sqlx::AnyConnection,
         slots: &mut Slots,
         run: &RunRow,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<String>, StoreError> {
         if slots.blocked_jobs.contains(&run.job_id) {
-            return Ok(false);
+            return Ok(Some(format!(
+                "waiting behind an earlier run of job `{}`",
+                run.job_name
+            )));
         }
         let job_held = match slots.job.get(&run.job_id) {
             Some(n) => *n,
@@ -118,7 +143,10 @@ impl Runner {
             }
         };
         if job_held >= limit {
-            return Ok(false);
+            return Ok(Some(format!(
+                "waiting for a slot of job `{}` (max_parallel {limit})",
+                run.job_name
+            )));
         }
         if let Some(cap) = self.inner.config.backend_caps.get(&run.backend) {
             let held = match slots.backend.get(&run.backend) {
@@ -129,7 +157,10 @@ impl Runner {
                 }
             };
             if held >= *cap {
-                return Ok(false);
+                return Ok(Some(format!(
+                    "waiting for backend `{}` (at most {cap} runs at once)",
+                    run.backend
+                )));
             }
         }
         for key in &run.spec.lock_keys {
@@ -141,10 +172,12 @@ impl Runner {
                 }
             };
             if held >= capacity {
-                return Ok(false);
+                return Ok(Some(format!(
+                    "waiting for lock `{key}` (capacity {capacity})"
+                )));
             }
         }
-        Ok(true)
+        Ok(None)
     }
 }
 

@@ -16,6 +16,10 @@ use crate::store::{Store, StoreError};
 const BATCH_LINES: usize = 500;
 /// Longest a line waits in the buffer, so that followers see output promptly.
 const BATCH_DELAY: Duration = Duration::from_millis(200);
+/// A script reports progress with a line starting so; it goes to the run's timeline too.
+pub const PROGRESS_MARKER: &str = "::jobdock::progress ";
+/// At most one progress event per this long: a script may report in a tight loop.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// Why a pump stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +70,9 @@ struct Pending {
 
 struct Buffer {
     pending: Vec<Pending>,
+    /// The latest progress report not recorded yet, and when one last was.
+    progress: Option<String>,
+    progress_at: Option<tokio::time::Instant>,
     /// The stored position after the lines written so far.
     mark: LogMark,
 }
@@ -100,6 +107,8 @@ impl Pump<'_> {
         let mut bytes = from.bytes;
         let mut buf = Buffer {
             pending: Vec::new(),
+            progress: None,
+            progress_at: None,
             mark: from.mark.clone(),
         };
         let mut deadline: Option<tokio::time::Instant> = None;
@@ -127,6 +136,9 @@ impl Pump<'_> {
                 continue;
             }
             let line = self.redactor.redact(&l.line);
+            if let Some(text) = line.strip_prefix(PROGRESS_MARKER) {
+                buf.progress = Some(text.trim().chars().take(500).collect());
+            }
             let len = line.len() as i64;
             // Past the cap a line is counted, not stored.
             let keep = bytes + len <= self.cap;
@@ -151,7 +163,7 @@ impl Pump<'_> {
                 deadline = Some(tokio::time::Instant::now() + BATCH_DELAY);
             }
         }
-        self.flush(&mut buf).await?;
+        self.flush_all(&mut buf).await?;
         Ok(())
     }
 
@@ -159,7 +171,17 @@ impl Pump<'_> {
     /// stream keeps its own order). Readers of the whole log get it ordered by time anyway;
     /// this keeps a follower's view close to that.
     async fn flush(&self, buf: &mut Buffer) -> Result<(), StoreError> {
-        if buf.pending.is_empty() {
+        self.write(buf, false).await
+    }
+
+    /// [`Self::flush`] at the end of the stream: the last progress report is recorded
+    /// however soon after the one before it came.
+    async fn flush_all(&self, buf: &mut Buffer) -> Result<(), StoreError> {
+        self.write(buf, true).await
+    }
+
+    async fn write(&self, buf: &mut Buffer, last: bool) -> Result<(), StoreError> {
+        if buf.pending.is_empty() && !(last && buf.progress.is_some()) {
             return Ok(());
         }
         let mut totals = BatchTotals::default();
@@ -182,6 +204,14 @@ impl Pump<'_> {
             }
         }
         totals.mark = Some(buf.mark.clone());
+        let due = last
+            || buf
+                .progress_at
+                .is_none_or(|at| at.elapsed() >= PROGRESS_EVERY);
+        if due && buf.progress.is_some() {
+            totals.progress = buf.progress.take();
+            buf.progress_at = Some(tokio::time::Instant::now());
+        }
         self.store.append_logs(self.run_id, &lines, totals).await
     }
 }

@@ -40,6 +40,11 @@ pub struct RunnerConfig {
     pub backend_caps: std::collections::HashMap<String, i64>,
     /// A schedule tick missed while the engine was down fires at start-up if younger.
     pub schedule_catchup: Duration,
+    /// A running run without output this long is `stalled` (zero: never), unless its job
+    /// says otherwise.
+    pub stall_after: Duration,
+    /// How often running and waiting runs are checked for anomalies.
+    pub monitor_interval: Duration,
     /// Which old runs are pruned, and how often.
     pub retention: RetentionConfig,
 }
@@ -53,6 +58,8 @@ impl Default for RunnerConfig {
             poll_interval: Duration::from_millis(500),
             backend_caps: [("docker".to_string(), 50)].into(),
             schedule_catchup: Duration::from_secs(3600),
+            stall_after: Duration::from_secs(1800),
+            monitor_interval: Duration::from_secs(2),
             retention: RetentionConfig::default(),
         }
     }
@@ -76,6 +83,8 @@ struct Inner {
     run_ended: Notify,
     /// Set when a job changed, so that schedules are re-read at once.
     jobs_changed: std::sync::atomic::AtomicBool,
+    /// What each queued run was last recorded as waiting for, by this replica.
+    waiting_noted: tokio::sync::Mutex<std::collections::HashMap<String, String>>,
     shutdown: CancellationToken,
 }
 
@@ -105,6 +114,7 @@ impl Runner {
                 wake: Notify::new(),
                 run_ended: Notify::new(),
                 jobs_changed: std::sync::atomic::AtomicBool::new(false),
+                waiting_noted: Default::default(),
                 shutdown: CancellationToken::new(),
             }),
         }
@@ -159,8 +169,33 @@ impl Runner {
         );
         let r = self.clone();
         tokio::spawn(
+            async move { r.monitor_loop().await }.instrument(tracing::info_span!("monitor")),
+        );
+        let r = self.clone();
+        tokio::spawn(
             async move { r.retention_loop().await }.instrument(tracing::info_span!("retention")),
         );
+    }
+
+    /// Checks running and waiting runs for anomalies every few seconds. Every replica
+    /// checks; the store raises each anomaly once.
+    async fn monitor_loop(&self) {
+        loop {
+            let stall_after = self.inner.config.stall_after;
+            match crate::monitor::check_active(&self.inner.ctx.store, stall_after).await {
+                Ok(raised) => {
+                    for a in raised {
+                        self.inner.ctx.metrics.anomaly_raised(a.kind.as_str());
+                        tracing::warn!(run_id = %a.run_id, job = %a.job, kind = %a.kind, "{}", a.message);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "checking runs for anomalies failed"),
+            }
+            tokio::select! {
+                _ = self.inner.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.inner.config.monitor_interval) => {}
+            }
+        }
     }
 
     fn lease_until(&self) -> i64 {

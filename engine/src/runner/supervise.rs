@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jobdock_backends::{Backend, BackendError, Exit, RunHandle, TaskState};
-use jobdock_types::{RetryOn, RunStatus};
+use jobdock_types::{RetryOn, RunEventKind, RunStatus};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
@@ -16,6 +16,7 @@ use super::logpump::{Position, Pump, PumpError};
 use super::redact::Redactor;
 use super::Runner;
 use crate::service::jobs::DEFAULT_STOP_GRACE_SECONDS;
+use crate::store::events::NewEvent;
 use crate::store::runs::{self, Outcome, RunRow};
 use crate::store::{now_ms, StoreError};
 
@@ -173,14 +174,21 @@ async fn launch(
     };
     let give_up = tokio::time::Instant::now() + r.inner.config.reattach_window;
     loop {
+        let asked = std::time::Instant::now();
         match backend.launch(&spec).await {
             Ok(h) => {
+                let took = asked.elapsed().as_millis() as i64;
                 let json = serde_json::to_string(&h)?;
-                r.inner
-                    .ctx
-                    .store
-                    .set_backend_ref(&run.id, run.attempt, &json)
-                    .await?;
+                let store = &r.inner.ctx.store;
+                store.set_backend_ref(&run.id, run.attempt, &json).await?;
+                let message = format!(
+                    "{} accepted the container in {} (image pull included)",
+                    run.backend,
+                    runs::seconds(took)
+                );
+                let event = NewEvent::new(&run.id, run.attempt, RunEventKind::Launched, message)
+                    .detail(serde_json::json!({ "took_ms": took, "backend": run.backend }));
+                store.record_event(event).await?;
                 return Ok(Ok(h));
             }
             Err(e @ (BackendError::Unavailable(_) | BackendError::Api { status: None, .. }))
@@ -522,11 +530,21 @@ async fn settle(
     } else {
         runs::finish(&mut tx, &run.id, run.attempt, status, &outcome, gone).await?
     };
+    // The end-of-run anomalies are decided with the end itself, so that neither is
+    // recorded without the other.
+    let raised = match recorded && !retry {
+        true => crate::monitor::after_finish(&mut tx, run, status, &outcome).await?,
+        false => Vec::new(),
+    };
     tx.commit().await.map_err(StoreError::from)?;
     if recorded {
         r.observe_settled(run, status, retry).await;
         r.inner.run_ended.notify_waiters();
         tracing::info!(status = %status, retry, exit_code = ?outcome.exit_code, "attempt ended");
+    }
+    for a in raised {
+        r.inner.ctx.metrics.anomaly_raised(a.kind.as_str());
+        tracing::warn!(kind = %a.kind, "{}", a.message);
     }
     Ok(())
 }

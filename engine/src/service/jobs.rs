@@ -46,6 +46,7 @@ pub fn to_api(row: &JobRow, secret_names: Vec<String>) -> Job {
         next_fire_times: next_fire_times(s.schedule.as_ref()),
         retries: s.retries,
         expected_duration_seconds: s.expected_duration_seconds,
+        monitoring: s.monitoring.unwrap_or_default(),
         allow_command_override: s.allow_command_override,
         stop_grace_seconds: s.stop_grace_seconds.unwrap_or(DEFAULT_STOP_GRACE_SECONDS),
         retry_on: s.retry_on.clone(),

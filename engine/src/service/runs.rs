@@ -408,6 +408,7 @@ pub fn to_api(r: &RunRow, attempts: Vec<AttemptRow>) -> Run {
         queue_ms: r.first_started_at.map(|s| s - r.created_at),
         duration_ms: r.started_at.map(|s| end.max(s) - s),
         attempts: attempts.iter().map(attempt_api).collect(),
+        anomalies: Vec::new(),
     }
 }
 
@@ -422,7 +423,9 @@ pub async fn get(ctx: &Ctx, id: &str) -> Result<Run> {
         e => e.into(),
     })?;
     let attempts = ctx.store.attempts(id).await?;
-    Ok(to_api(&row, attempts))
+    let mut run = to_api(&row, attempts);
+    run.anomalies = ctx.store.anomalies_of_runs(&[id]).await?;
+    Ok(run)
 }
 
 /// The run's row (for authorisation by job name).
@@ -452,10 +455,7 @@ pub async fn list(
         let exhausted = batch.len() <= limit;
         for r in &batch {
             if items.len() == limit {
-                return Ok(Page {
-                    items,
-                    next_cursor: before.map(|b| b.to_string()),
-                });
+                return with_anomalies(ctx, items, before.map(|b| b.to_string())).await;
             }
             before = Some(r.seq);
             if visible(&r.job_name) {
@@ -463,12 +463,24 @@ pub async fn list(
             }
         }
         if exhausted {
-            return Ok(Page {
-                items,
-                next_cursor: None,
-            });
+            return with_anomalies(ctx, items, None).await;
         }
     }
+}
+
+/// A page of runs with their anomalies, read in one query.
+async fn with_anomalies(ctx: &Ctx, mut items: Vec<Run>, next: Option<String>) -> Result<Page<Run>> {
+    let ids: Vec<&str> = items.iter().map(|r| r.id.as_str()).collect();
+    let mut found = ctx.store.anomalies_of_runs(&ids).await?;
+    for run in &mut items {
+        let (mine, rest) = found.into_iter().partition(|a| a.run_id == run.id);
+        run.anomalies = mine;
+        found = rest;
+    }
+    Ok(Page {
+        items,
+        next_cursor: next,
+    })
 }
 
 /// Cancels a run: a queued run ends at once; a starting or running one is stopped by its

@@ -78,6 +78,41 @@ impl Errors {
     }
 }
 
+fn monitoring(e: &mut Errors, m: &jobdock_types::Monitoring) {
+    let factor = |e: &mut Errors, field: &str, v: f64, min: f64, max: f64| {
+        if !(min..=max).contains(&v) {
+            e.0.push(FieldError::new(
+                format!("monitoring.{field}"),
+                format!("must be between {min} and {max}"),
+            ));
+        }
+    };
+    factor(e, "long_running_factor", m.long_running_factor, 1.0, 1000.0);
+    factor(e, "slow_start_factor", m.slow_start_factor, 1.0, 1000.0);
+    factor(e, "unusually_fast_ratio", m.unusually_fast_ratio, 0.0, 1.0);
+    let day = 86_400;
+    e.range(
+        "monitoring.long_running_min_extra_seconds",
+        Some(m.long_running_min_extra_seconds),
+        0,
+        366 * day,
+    );
+    e.range(
+        "monitoring.slow_start_min_extra_seconds",
+        Some(m.slow_start_min_extra_seconds),
+        0,
+        366 * day,
+    );
+    e.range(
+        "monitoring.stall_after_seconds",
+        m.stall_after_seconds,
+        0,
+        366 * day,
+    );
+    e.range("monitoring.failure_streak", Some(m.failure_streak), 0, 1000);
+    e.range("monitoring.min_samples", Some(m.min_samples), 1, 20);
+}
+
 fn no_nul(s: &str, max: usize) -> Result<(), String> {
     if s.contains('\0') {
         return Err("must not contain a NUL character".into());
@@ -186,6 +221,9 @@ pub fn job_spec(spec: &JobSpec, backends: &[BackendName]) -> Result<(), Vec<Fiel
         1,
         366 * 86_400,
     );
+    if let Some(m) = &spec.monitoring {
+        monitoring(&mut e, m);
+    }
     for (k, v) in &spec.labels {
         e.check(format!("labels.{k}"), label(k, v));
     }

@@ -4,6 +4,9 @@
 
 use sqlx::Row;
 
+use jobdock_types::RunEventKind;
+
+use super::events::{self, NewEvent};
 use super::{Result, Store};
 
 /// One line to store.
@@ -94,6 +97,8 @@ pub struct BatchTotals {
     pub dropped: i64,
     /// The mark after this batch; `None` leaves it (for the engine's own notices).
     pub mark: Option<LogMark>,
+    /// The last progress the script reported in this batch (`::jobdock::progress <text>`).
+    pub progress: Option<String>,
 }
 
 impl Store {
@@ -105,11 +110,27 @@ impl Store {
         totals: BatchTotals,
     ) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        let row = sqlx::query("SELECT log_lines FROM runs WHERE id = $1")
+        let row = sqlx::query("SELECT log_lines, attempt FROM runs WHERE id = $1")
             .bind(run_id)
             .fetch_one(&mut *tx)
             .await?;
         let first: i64 = row.try_get::<i64, _>("log_lines")? + 1;
+        let attempt: i64 = row.try_get("attempt")?;
+        if first == 1 {
+            if let Some(l) = lines.iter().find(|l| l.stream != "jobdock") {
+                let event = NewEvent::new(
+                    run_id,
+                    l.attempt,
+                    RunEventKind::FirstOutput,
+                    format!("first output, on {}", l.stream),
+                );
+                events::record(&mut tx, event).await?;
+            }
+        }
+        if let Some(text) = &totals.progress {
+            let event = NewEvent::new(run_id, attempt, RunEventKind::Progress, text.clone());
+            events::record(&mut tx, event).await?;
+        }
         // Multi-row inserts in chunks: one statement per line would make a chatty run slow.
         for (c, chunk) in lines.chunks(200).enumerate() {
             let mut sql = String::from(
@@ -153,10 +174,11 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if let Some(m) = totals.mark {
+            // A batch from the container (not an engine notice): its output moved.
             sqlx::query(
                 "UPDATE runs SET last_out_ts = $1, last_out_n = $2, last_err_ts = $3, \
                  last_err_n = $4, log_out_cursor = $5, log_err_cursor = $6, \
-                 log_cursor_attempt = $7 WHERE id = $8",
+                 log_cursor_attempt = $7, last_output_at = $8 WHERE id = $9",
             )
             .bind(m.stdout.ts)
             .bind(m.stdout.n)
@@ -165,6 +187,7 @@ impl Store {
             .bind(m.stdout.cursor)
             .bind(m.stderr.cursor)
             .bind(m.cursor_attempt)
+            .bind(super::now_ms())
             .bind(run_id)
             .execute(&mut *tx)
             .await?;

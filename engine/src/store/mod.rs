@@ -7,7 +7,9 @@
 //! store's test suite against both databases. The few statements that must differ are
 //! chosen by [`Dialect`].
 
+pub mod anomalies;
 pub mod audit;
+pub mod events;
 pub mod jobs;
 mod leases;
 pub mod locks;

@@ -11,9 +11,10 @@
 //! | starting, running    | succeeded, failed, timed_out, cancelled, lost | [`finish`]        |
 //! | starting, running    | queued (next attempt)      | [`requeue`] (retry)                  |
 
-use jobdock_types::{JobSpec, RunStatus};
+use jobdock_types::{JobSpec, RunEventKind, RunStatus};
 use sqlx::{AnyConnection, Row};
 
+use super::events::{self, NewEvent};
 use super::{now_ms, Result, Store, StoreError};
 
 /// A stored run.
@@ -227,6 +228,28 @@ pub async fn insert(conn: &mut AnyConnection, new: NewRun<'_>) -> Result<RunRow>
     .await
     .map_err(|e| StoreError::on_unique(e, "a run with this idempotency key"))?;
     let run = decode(&row)?;
+    let by = match new.triggered_by {
+        Some(who) => format!("{} ({who})", new.trigger_kind),
+        None => new.trigger_kind.to_owned(),
+    };
+    let event = match (run.status, new.reason) {
+        (RunStatus::Skipped, reason) => NewEvent::new(
+            &run.id,
+            1,
+            RunEventKind::Skipped,
+            format!(
+                "triggered by {by} and skipped: {}",
+                reason.unwrap_or("a run of the job is active")
+            ),
+        ),
+        _ => NewEvent::new(
+            &run.id,
+            1,
+            RunEventKind::Queued,
+            format!("triggered by {by}"),
+        ),
+    };
+    events::record(conn, event).await?;
     if !run.status.is_final() {
         for key in &new.spec.lock_keys {
             sqlx::query("INSERT INTO run_locks (run_id, key) VALUES ($1, $2)")
@@ -333,9 +356,26 @@ pub async fn mark_starting(
     owner: &str,
     lease_until: i64,
 ) -> Result<bool> {
+    // How long it waited, and for what, for the timeline.
+    let before = sqlx::query(
+        "SELECT attempt, created_at, next_attempt_at, waiting_for FROM runs \
+         WHERE id = $1 AND status = 'queued'",
+    )
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(before) = before else {
+        return Ok(false);
+    };
+    let attempt: i64 = before.try_get("attempt")?;
+    let since: i64 = match before.try_get::<Option<i64>, _>("next_attempt_at")? {
+        Some(at) if attempt > 1 => at,
+        _ => before.try_get("created_at")?,
+    };
+    let waiting_for: Option<String> = before.try_get("waiting_for")?;
     let done = sqlx::query(
         "UPDATE runs SET status = 'starting', holds_slot = 1, lease_owner = $1, \
-         lease_expires_at = $2, next_attempt_at = NULL, backend_ref = NULL \
+         lease_expires_at = $2, next_attempt_at = NULL, backend_ref = NULL, waiting_for = NULL \
          WHERE id = $3 AND status = 'queued'",
     )
     .bind(owner)
@@ -354,7 +394,20 @@ pub async fn mark_starting(
     .bind(id)
     .execute(&mut *conn)
     .await?;
+    let waited_ms = (now_ms() - since).max(0);
+    let message = match &waiting_for {
+        Some(w) => format!("claimed after {} ({w})", seconds(waited_ms)),
+        None => format!("claimed after {} in the queue", seconds(waited_ms)),
+    };
+    let event = NewEvent::new(id, attempt, RunEventKind::Claimed, message)
+        .detail(serde_json::json!({ "waited_ms": waited_ms, "waited_for": waiting_for }));
+    events::record(conn, event).await?;
     Ok(true)
+}
+
+/// `12.3 s`, for messages.
+pub fn seconds(ms: i64) -> String {
+    format!("{:.1} s", ms as f64 / 1000.0)
 }
 
 /// queued → cancelled.
@@ -368,18 +421,55 @@ pub async fn cancel_queued(conn: &mut AnyConnection, id: &str, reason: &str) -> 
     .bind(id)
     .execute(&mut *conn)
     .await?;
-    Ok(done.rows_affected() > 0)
+    if done.rows_affected() == 0 {
+        return Ok(false);
+    }
+    let event = NewEvent::new(
+        id,
+        current_attempt(conn, id).await?,
+        RunEventKind::Finished,
+        format!("cancelled: {reason}"),
+    )
+    .detail(serde_json::json!({ "status": "cancelled" }));
+    events::record(conn, event).await?;
+    Ok(true)
 }
 
 /// Asks the supervisor of a starting or running run to stop it.
 pub async fn request_cancel(conn: &mut AnyConnection, id: &str) -> Result<bool> {
     let done = sqlx::query(
-        "UPDATE runs SET cancel_requested = 1 WHERE id = $1 AND status IN ('starting', 'running')",
+        "UPDATE runs SET cancel_requested = 1 WHERE id = $1 AND status IN ('starting', 'running') \
+         AND cancel_requested = 0",
     )
     .bind(id)
     .execute(&mut *conn)
     .await?;
-    Ok(done.rows_affected() > 0)
+    if done.rows_affected() > 0 {
+        let attempt = current_attempt(conn, id).await?;
+        let message = "cancel requested; stopping the container".to_owned();
+        events::record(
+            conn,
+            NewEvent::new(id, attempt, RunEventKind::CancelRequested, message),
+        )
+        .await?;
+        return Ok(true);
+    }
+    // Asked before: still a request in force.
+    let again =
+        sqlx::query("SELECT 1 AS x FROM runs WHERE id = $1 AND status IN ('starting', 'running')")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(again.is_some())
+}
+
+/// The run's current attempt.
+async fn current_attempt(conn: &mut AnyConnection, id: &str) -> Result<i64> {
+    let row = sqlx::query("SELECT attempt FROM runs WHERE id = $1")
+        .bind(id)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(row.try_get("attempt")?)
 }
 
 /// starting → running, for the given attempt.
@@ -407,6 +497,15 @@ pub async fn mark_running(
         ..Default::default()
     };
     update_attempt(conn, id, attempt, RunStatus::Running, &o).await?;
+    let message = match attempt {
+        1 => "the container started".to_owned(),
+        n => format!("attempt {n}'s container started"),
+    };
+    events::record(
+        conn,
+        NewEvent::new(id, attempt, RunEventKind::Started, message),
+    )
+    .await?;
     Ok(true)
 }
 
@@ -483,6 +582,13 @@ pub async fn finish(
         },
     )
     .await?;
+    let message = match &o.reason {
+        Some(reason) => format!("{to}: {reason}"),
+        None => to.to_string(),
+    };
+    let event = NewEvent::new(id, attempt, RunEventKind::Finished, message)
+        .detail(serde_json::json!({ "status": to.as_str(), "exit_code": o.exit_code }));
+    events::record(conn, event).await?;
     super::stats::record(conn, id).await?;
     Ok(true)
 }
@@ -541,6 +647,14 @@ pub async fn requeue(
         return Ok(false);
     }
     update_attempt(conn, id, attempt, ended_as, o).await?;
+    let message = format!(
+        "attempt {attempt} ended {ended_as}: {}",
+        o.reason.as_deref().unwrap_or("no reason given")
+    );
+    let event = NewEvent::new(id, attempt, RunEventKind::RetryScheduled, message).detail(
+        serde_json::json!({ "ended_as": ended_as.as_str(), "next_attempt_at": next_attempt_at }),
+    );
+    events::record(conn, event).await?;
     Ok(true)
 }
 

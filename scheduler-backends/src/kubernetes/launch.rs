@@ -7,7 +7,7 @@
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{DeleteParams, ListParams, PostParams};
 
-use super::{errors, manifest, status, Kube};
+use super::{errors, manifest, status, stop, Kube};
 use crate::{labels, BackendError, InFlight, LaunchSpec, RunHandle};
 
 /// Creates (or adopts) the Job, then its Secrets.
@@ -49,21 +49,27 @@ async fn adopt(kube: &Kube, spec: &LaunchSpec, name: &str) -> Result<Job, Backen
     }
 }
 
-/// Deletes the Job with foreground propagation (its pod and Secrets go with it).
+/// Lets go of the pod a stop kept, then deletes the Job with foreground propagation (its pod
+/// and Secrets go with it). In that order, so that a Job never waits, deleted and unlisted,
+/// on a pod nobody will release.
 pub(crate) async fn cleanup(kube: &Kube, handle: &RunHandle) -> Result<(), BackendError> {
+    stop::release(kube, handle).await?;
     status::delete_job(kube, handle, DeleteParams::foreground()).await
 }
 
-/// The Jobs carrying this installation's label.
+/// The Jobs carrying this installation's label, except those being deleted; and the pods a
+/// stop kept whose Job is gone or going (the TTL controller deleted it before any cleanup),
+/// so that a sweep finds them and lets them go.
 pub(crate) async fn list_in_flight(
     kube: &Kube,
     installation_id: &str,
 ) -> Result<Vec<InFlight>, BackendError> {
     let lp = ListParams::default().labels(&format!("{}={installation_id}", labels::INSTALLATION));
     let jobs = kube.jobs.list(&lp).await.map_err(errors::from_kube)?;
-    Ok(jobs
+    let mut found: Vec<InFlight> = jobs
         .items
         .into_iter()
+        .filter(|job| job.metadata.deletion_timestamp.is_none())
         .filter_map(|job| {
             let name = job.metadata.name?;
             let l = job.metadata.labels?;
@@ -76,5 +82,16 @@ pub(crate) async fn list_in_flight(
                 job: l.get(labels::JOB).cloned().unwrap_or_default(),
             })
         })
-        .collect())
+        .collect();
+    let pods = kube.pods.list(&lp).await.map_err(errors::from_kube)?;
+    for pod in pods.items.into_iter().filter(stop::kept) {
+        let l = pod.metadata.labels.unwrap_or_default();
+        let Some(job) = l.get(manifest::JOB_NAME_LABEL) else {
+            continue;
+        };
+        if found.iter().all(|f| f.handle.backend_ref != *job) {
+            found.extend(InFlight::from_labels(job.clone(), |k| l.get(k)));
+        }
+    }
+    Ok(found)
 }

@@ -7,6 +7,12 @@
 //! (`sinceTime`, whole seconds) and lines at or before it are skipped. Lines written in the
 //! same nanosecond as the last one read before a drop could be skipped; kubelet stamps make
 //! that all but impossible.
+//!
+//! The kubelet serves what the container runtime recorded, record by record: a line the
+//! runtime cut into pieces comes with a stamp before each piece (see [`join_pieces`]), and
+//! the text is whatever bytes the container wrote (read as lossy UTF-8).
+
+use std::borrow::Cow;
 
 use chrono::{DateTime, DurationRound, Utc};
 use futures::{AsyncBufReadExt, StreamExt};
@@ -16,13 +22,55 @@ use tokio::sync::mpsc;
 use super::{errors, manifest, status, Kube};
 use crate::{BackendError, LogLine, LogStream, LogStreamBox, RunHandle, TaskState};
 
+/// The smallest piece containerd cuts a long line into; its `max_container_log_line_size`
+/// is 16 KiB unless configured otherwise.
+const MIN_PIECE: usize = 4096;
+
 /// Splits `<RFC 3339 time> <text>`; `None` for a line without a stamp.
-pub(crate) fn parse_line(raw: &str) -> Option<(DateTime<Utc>, String)> {
-    let raw = raw.strip_suffix('\n').unwrap_or(raw);
-    let raw = raw.strip_suffix('\r').unwrap_or(raw);
-    let (ts, text) = raw.split_once(' ').unwrap_or((raw, ""));
-    let ts = DateTime::parse_from_rfc3339(ts).ok()?.with_timezone(&Utc);
-    Some((ts, text.to_owned()))
+pub(crate) fn parse_line(raw: &[u8]) -> Option<(DateTime<Utc>, String)> {
+    let raw = raw.strip_suffix(b"\n").unwrap_or(raw);
+    let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+    let (ts, text) = match raw.iter().position(|b| *b == b' ') {
+        Some(i) => (&raw[..i], &raw[i + 1..]),
+        None => (raw, &[][..]),
+    };
+    let ts = DateTime::parse_from_rfc3339(std::str::from_utf8(ts).ok()?).ok()?;
+    let text = String::from_utf8_lossy(&join_pieces(text)).into_owned();
+    Some((ts.with_timezone(&Utc), text))
+}
+
+/// The length of the `<stamp> ` the kubelet puts before a record, if `s` starts with one.
+fn stamp_len(s: &[u8]) -> Option<usize> {
+    let space = s.iter().take(40).position(|b| *b == b' ')?;
+    let stamp = std::str::from_utf8(&s[..space]).ok()?;
+    let fixed = stamp.len() >= 30 && stamp.as_bytes()[10] == b'T' && stamp.as_bytes()[19] == b'.';
+    (fixed && DateTime::parse_from_rfc3339(stamp).is_ok()).then_some(space + 1)
+}
+
+/// Rejoins a line the container runtime cut. containerd writes a line longer than its
+/// `max_container_log_line_size` as records of exactly that size and a last one with the
+/// rest, and the kubelet serves each record behind its own stamp, with no newline between
+/// them: `<t1> <piece><t2> <piece><t3> <rest>`. A stamp is taken out where the first one
+/// sits at a power-of-two offset of at least [`MIN_PIECE`] and where each later one sits
+/// that many bytes further; a stamp anywhere else is the line's own text.
+pub(crate) fn join_pieces(text: &[u8]) -> Cow<'_, [u8]> {
+    let size = std::iter::successors(Some(MIN_PIECE), |s| s.checked_mul(2))
+        .take_while(|s| *s < text.len())
+        .find(|s| stamp_len(&text[*s..]).is_some());
+    let Some(size) = size else {
+        return Cow::Borrowed(text);
+    };
+    let mut joined = Vec::with_capacity(text.len());
+    let mut rest = text;
+    while rest.len() > size {
+        let Some(stamp) = stamp_len(&rest[size..]) else {
+            break;
+        };
+        joined.extend_from_slice(&rest[..size]);
+        rest = &rest[size + stamp..];
+    }
+    joined.extend_from_slice(rest);
+    Cow::Owned(joined)
 }
 
 /// Follows the run's pod output from `since` (exclusive) until the run ends.
@@ -145,13 +193,21 @@ async fn read(
         ..LogParams::default()
     };
     let reader = kube.pods.log_stream(pod, &lp).await.map_err(Stop::Api)?;
-    let mut lines = Box::pin(reader).lines();
+    let mut reader = Box::pin(reader);
+    let mut raw = Vec::new();
     let mut sent = false;
-    while let Some(raw) = lines.next().await {
-        let raw = match raw {
-            Ok(r) => r,
-            Err(e) => return Err(Stop::Api(kube::Error::ReadEvents(e))),
-        };
+    loop {
+        raw.clear();
+        let n = (reader.read_until(b'\n', &mut raw).await)
+            .map_err(|e| Stop::Api(kube::Error::ReadEvents(e)))?;
+        if n == 0 {
+            break;
+        }
+        if follow && raw.last() != Some(&b'\n') {
+            // Cut off in the middle of a line, or the container's last line without a
+            // newline: read again once the container has ended, it comes whole.
+            break;
+        }
         let Some((ts, line)) = parse_line(&raw) else {
             continue;
         };
@@ -175,12 +231,51 @@ async fn read(
 mod tests {
     use super::*;
 
+    const T1: &str = "2026-01-02T03:04:05.123456789Z";
+    const T2: &str = "2026-01-02T03:04:05.223456789Z";
+
     #[test]
     fn parses_the_kubelet_stamp() {
-        let (ts, text) = parse_line("2026-01-02T03:04:05.123456789Z hello world\n").unwrap();
+        let (ts, text) = parse_line(format!("{T1} hello world\n").as_bytes()).unwrap();
         assert_eq!(ts.to_rfc3339(), "2026-01-02T03:04:05.123456789+00:00");
         assert_eq!(text, "hello world");
-        assert_eq!(parse_line("2026-01-02T03:04:05Z").unwrap().1, "");
-        assert!(parse_line("no stamp").is_none());
+        assert_eq!(parse_line(b"2026-01-02T03:04:05Z").unwrap().1, "");
+        assert!(parse_line(b"no stamp").is_none());
+    }
+
+    #[test]
+    fn joins_a_line_the_runtime_cut() {
+        let (a, b) = ("a".repeat(16 * 1024), "b".repeat(16 * 1024));
+        let raw = format!("{T1} {a}{T2} {b}{T2} tail\n");
+        let (ts, text) = parse_line(raw.as_bytes()).unwrap();
+        assert_eq!(ts, DateTime::parse_from_rfc3339(T1).unwrap());
+        assert_eq!(text, format!("{a}{b}tail"));
+    }
+
+    #[test]
+    fn joins_a_character_cut_in_two() {
+        let mut raw = format!("{T1} {}", "a".repeat(4095)).into_bytes();
+        let e = "é".as_bytes();
+        raw.push(e[0]);
+        raw.extend_from_slice(format!("{T2} ").as_bytes());
+        raw.push(e[1]);
+        let (_, text) = parse_line(&raw).unwrap();
+        assert_eq!(text, format!("{}é", "a".repeat(4095)));
+    }
+
+    #[test]
+    fn keeps_stamps_that_are_the_lines_own() {
+        let own = format!("time={T2} level=info");
+        assert_eq!(parse_line(format!("{T1} {own}").as_bytes()).unwrap().1, own);
+        let padded = format!("{}{T2} x", "a".repeat(5000));
+        assert_eq!(
+            parse_line(format!("{T1} {padded}").as_bytes()).unwrap().1,
+            padded
+        );
+        // Non-UTF-8 output is shown, not dropped.
+        assert_eq!(
+            parse_line(b"2026-01-02T03:04:05Z \xff!").unwrap().1,
+            "\u{fffd}!"
+        );
     }
 }

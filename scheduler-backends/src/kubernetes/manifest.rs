@@ -19,6 +19,8 @@ use crate::{labels, BackendError, LaunchSpec, SecretDelivery};
 pub(crate) const CONTAINER: &str = "job";
 /// Label the Job controller puts on its pods.
 pub(crate) const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
+/// The finalizer with which a stop keeps a pod (its exit and its log) until `cleanup`.
+pub(crate) const KEEP_FINALIZER: &str = "dev.jobdock/keep-after-stop";
 
 /// `jobdock-<run id>-<attempt>`, checked against DNS-1123 (lowercase, at most 63 characters).
 pub(crate) fn job_name(run_id: &str, attempt: u32) -> Result<String, BackendError> {
@@ -70,6 +72,13 @@ fn check_label(key: &str, value: &str) -> Result<(), BackendError> {
     }
 }
 
+/// `s` with every `$` doubled. The kubelet expands `$(NAME)` in a container's command, args
+/// and env values and turns `$$` into `$`; a run's command and values must reach the
+/// process as written, as they do on the other backends.
+fn verbatim(s: &str) -> String {
+    s.replace('$', "$$")
+}
+
 /// The Job for one attempt. `name` comes from [`job_name`].
 pub(crate) fn job(
     spec: &LaunchSpec,
@@ -83,12 +92,12 @@ pub(crate) fn job(
     let mut container = json!({
         "name": CONTAINER,
         "image": spec.image,
-        "env": spec.env.iter().map(|(k, v)| json!({"name": k, "value": v})).collect::<Vec<_>>(),
+        "env": spec.env.iter().map(|(k, v)| json!({"name": k, "value": verbatim(v)})).collect::<Vec<_>>(),
         "resources": resources(spec, config),
     });
     if let Some(cmd) = &spec.command {
         // Like Docker's `Cmd`: replaces the image's command, keeps its entrypoint.
-        container["args"] = json!(cmd);
+        container["args"] = json!(cmd.iter().map(|a| verbatim(a)).collect::<Vec<_>>());
     }
     let mut pod = json!({
         "restartPolicy": "Never",
@@ -250,6 +259,17 @@ mod tests {
         );
         assert!(job_name(&"x".repeat(60), 1).is_err());
         assert!(job_name("a_b", 1).is_err());
+    }
+
+    #[test]
+    fn dollars_are_not_left_to_the_kubelet() {
+        let mut spec = crate::sample_launch_spec();
+        spec.command = Some(vec!["echo $(A) $$".into()]);
+        spec.env = vec![("A".into(), "$(B)".into())];
+        let job = job(&spec, "j", &KubernetesConfig::default()).unwrap();
+        let c = &serde_json::to_value(job).unwrap()["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["args"], json!(["echo $$(A) $$$$"]));
+        assert_eq!(c["env"][0]["value"], "$$(B)");
     }
 
     #[test]

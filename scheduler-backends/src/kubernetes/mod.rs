@@ -1,14 +1,15 @@
 //! The Kubernetes backend: one `batch/v1` Job per attempt of a run, driven through `kube`.
 //!
 //! Each concern has its module: translating the spec (`manifest`), launching exactly once and
-//! finding and removing Jobs (`launch`), state, waiting and stopping (`status`), output
-//! (`logs`), and error mapping (`errors`).
+//! finding and removing Jobs (`launch`), state and waiting (`status`), stopping (`stop`),
+//! output (`logs`), and error mapping (`errors`).
 
 mod errors;
 mod launch;
 mod logs;
 mod manifest;
 mod status;
+mod stop;
 
 use std::time::Duration;
 
@@ -156,7 +157,7 @@ impl Backend for KubernetesBackend {
 
     #[tracing::instrument(skip_all, fields(run_id = %handle.run_id, attempt = handle.attempt))]
     async fn stop(&self, handle: &RunHandle, grace: Duration) -> Result<(), BackendError> {
-        status::stop(&self.kube, handle, grace).await
+        stop::stop(&self.kube, handle, grace).await
     }
 
     #[tracing::instrument(skip_all, fields(run_id = %handle.run_id, attempt = handle.attempt))]

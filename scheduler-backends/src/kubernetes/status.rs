@@ -1,5 +1,5 @@
-//! A run's state from its Job's conditions and its pod's container status, waiting for its
-//! end, and stopping it.
+//! A run's state from its Job's conditions and its pod's container status, and waiting for
+//! its end.
 //!
 //! Only `Complete` and `Failed` are final (`FailureTarget` and `SuccessCriteriaMet` come while
 //! the pod may still run). A pod stuck on its image or unschedulable for longer than
@@ -187,14 +187,12 @@ pub(crate) fn derive(
     TaskState::Pending { reason }
 }
 
-/// [`derive`] for a handle, reading the Job and its pod.
+/// [`derive`] for a handle, reading the Job and its pod. A Job being deleted counts as gone:
+/// `cleanup` (or the TTL) has let it go, and with foreground propagation it stays until its
+/// pod has, which may take the pod's whole grace period.
 pub(crate) async fn state(kube: &Kube, handle: &RunHandle) -> Result<TaskState, BackendError> {
-    let Some(job) = kube
-        .jobs
-        .get_opt(&handle.backend_ref)
-        .await
-        .map_err(errors::from_kube)?
-    else {
+    let job = (kube.jobs.get_opt(&handle.backend_ref).await).map_err(errors::from_kube)?;
+    let Some(job) = job.filter(|j| j.metadata.deletion_timestamp.is_none()) else {
         return Ok(TaskState::NotFound);
     };
     let pod = pod_of(&kube.pods, &handle.backend_ref)
@@ -245,55 +243,6 @@ pub(crate) async fn delete_job(
         Ok(_) => Ok(()),
         Err(e) if errors::code(&e) == Some(404) => Ok(()),
         Err(e) => Err(errors::for_handle(e, handle)),
-    }
-}
-
-/// Deletes the Job (foreground) and its pod with `grace`, then waits until the pod is gone or
-/// its container has terminated.
-pub(crate) async fn stop(
-    kube: &Kube,
-    handle: &RunHandle,
-    grace: Duration,
-) -> Result<(), BackendError> {
-    let secs = u32::try_from(grace.as_secs()).unwrap_or(u32::MAX);
-    match kube
-        .jobs
-        .delete(
-            &handle.backend_ref,
-            &DeleteParams::foreground().grace_period(secs),
-        )
-        .await
-    {
-        Ok(_) => {}
-        Err(e) => return Err(errors::for_handle(e, handle)),
-    }
-    // The garbage collector deletes the pod with the pod's own grace period: ask for ours,
-    // once (a second delete may shorten a grace period, never lengthen it).
-    let mut asked = false;
-    loop {
-        let pod = match pod_of(&kube.pods, &handle.backend_ref).await {
-            Ok(p) => p,
-            Err(e) if errors::is_transient(&e) => {
-                tokio::time::sleep(kube.poll).await;
-                continue;
-            }
-            Err(e) => return Err(errors::from_kube(e)),
-        };
-        let Some(pod) = pod else { return Ok(()) };
-        if terminated(&pod) {
-            return Ok(());
-        }
-        if !asked {
-            let name = pod.metadata.name.clone().unwrap_or_default();
-            let dp = DeleteParams::default().grace_period(secs);
-            match kube.pods.delete(&name, &dp).await {
-                Ok(_) => asked = true,
-                Err(e) if errors::code(&e) == Some(404) => asked = true,
-                Err(e) if errors::is_transient(&e) => {}
-                Err(e) => return Err(errors::from_kube(e)),
-            }
-        }
-        tokio::time::sleep(kube.poll).await;
     }
 }
 

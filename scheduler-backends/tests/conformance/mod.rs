@@ -17,12 +17,13 @@ use std::panic::{resume_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::{FutureExt, StreamExt};
 use jobdock_backends::{
-    Backend, Exit, LaunchSpec, LogFrom, LogLine, Resources, RunHandle, SecretDelivery, TaskState,
+    Backend, Exit, LaunchSpec, LogFrom, LogLine, LogStream, Resources, RunHandle, SecretDelivery,
+    TaskState,
 };
 
 pub use lifecycle::*;
@@ -54,6 +55,9 @@ pub struct Target {
     pub image: String,
     /// A view on the scheduler that does not go through the backend.
     pub inspector: Arc<dyn Inspector>,
+    /// The backend's log merges stderr into stdout (Kubernetes' pod log does): every line
+    /// comes tagged stdout, and the cases tell the streams apart by what they wrote.
+    pub merged_streams: bool,
 }
 
 /// What a case gets: the target and an installation id of its own, so that cases running in
@@ -66,6 +70,8 @@ pub struct Ctx {
     pub image: String,
     /// See [`Target::inspector`].
     pub inspector: Arc<dyn Inspector>,
+    /// See [`Target::merged_streams`].
+    pub merged_streams: bool,
     /// This case's installation id.
     pub installation_id: String,
 }
@@ -81,6 +87,7 @@ where
         backend: target.backend,
         image: target.image,
         inspector: target.inspector,
+        merged_streams: target.merged_streams,
         installation_id: format!("conformance-{}", uuid::Uuid::new_v4().simple()),
     };
     let outcome = AssertUnwindSafe(case(ctx.clone())).catch_unwind().await;
@@ -182,6 +189,26 @@ impl Ctx {
             .map_err(|_| anyhow!("no line {text:?} within {PATIENCE:?}"))?
     }
 
+    /// The lines `stream` carried. Where the backend keeps the streams apart, those tagged
+    /// with it; where it merges them ([`Target::merged_streams`]), every line must come
+    /// tagged stdout, and `origin` says which stream the case wrote a line to.
+    pub fn stream_lines<'a>(
+        &self,
+        lines: &'a [LogLine],
+        stream: LogStream,
+        origin: impl Fn(&str) -> LogStream,
+    ) -> Result<Vec<&'a LogLine>> {
+        if !self.merged_streams {
+            return Ok(lines.iter().filter(|l| l.stream == stream).collect());
+        }
+        let stray = lines.iter().find(|l| l.stream != LogStream::Stdout);
+        ensure!(
+            stray.is_none(),
+            "merged streams, yet a line tagged {stray:?}"
+        );
+        Ok(lines.iter().filter(|l| origin(&l.line) == stream).collect())
+    }
+
     /// Polls the state until `done` accepts it.
     pub async fn state_until(
         &self,
@@ -203,7 +230,7 @@ impl Ctx {
 }
 
 /// The text of the lines of one stream.
-pub fn texts(lines: &[LogLine], stream: jobdock_backends::LogStream) -> Vec<&str> {
+pub fn texts(lines: &[LogLine], stream: LogStream) -> Vec<&str> {
     lines
         .iter()
         .filter(|l| l.stream == stream)

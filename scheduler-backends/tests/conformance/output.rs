@@ -8,7 +8,8 @@ use super::{texts, Ctx};
 /// How many lines the chatty case writes to each stream.
 const CHATTY_LINES: usize = 5_000;
 
-/// Every line of a chatty run comes back once, in order per stream, with its stream's tag.
+/// Every line of a chatty run comes back once, in order per stream, with its stream's tag
+/// (or, where the backend merges the streams, each stream's lines in order within the one).
 pub async fn logs_are_complete_and_in_order(ctx: Ctx) -> Result<()> {
     let script = format!(
         "i=1; while [ $i -le {CHATTY_LINES} ]; do echo \"out $i\"; echo \"err $i\" >&2; i=$((i+1)); done"
@@ -16,23 +17,33 @@ pub async fn logs_are_complete_and_in_order(ctx: Ctx) -> Result<()> {
     let (_, exit, lines) = ctx.run_to_end(&ctx.spec(&script)).await?;
     ensure!(exit.exit_code == Some(0), "exit {exit:?}");
 
+    let origin = |l: &str| {
+        if l.starts_with("err ") {
+            LogStream::Stderr
+        } else {
+            LogStream::Stdout
+        }
+    };
     for (stream, prefix) in [(LogStream::Stdout, "out"), (LogStream::Stderr, "err")] {
-        let got = texts(&lines, stream);
-        ensure!(got.len() == CHATTY_LINES, "{} {stream:?} lines", got.len());
-        for (i, line) in got.iter().enumerate() {
+        let own = ctx.stream_lines(&lines, stream, origin)?;
+        ensure!(own.len() == CHATTY_LINES, "{} {stream:?} lines", own.len());
+        for (i, line) in own.iter().enumerate() {
             let want = format!("{prefix} {}", i + 1);
             ensure!(
-                *line == want,
-                "{stream:?} line {i}: {line:?}, want {want:?}"
+                line.line == want,
+                "{stream:?} line {i}: {:?}, want {want:?}",
+                line.line
             );
         }
-        ensure_times_ascend(&lines, stream)?;
+        ensure_times_ascend(&own, stream)?;
+    }
+    if ctx.merged_streams {
+        ensure_times_ascend(&lines.iter().collect::<Vec<_>>(), LogStream::Stdout)?;
     }
     Ok(())
 }
 
-fn ensure_times_ascend(lines: &[LogLine], stream: LogStream) -> Result<()> {
-    let own: Vec<_> = lines.iter().filter(|l| l.stream == stream).collect();
+fn ensure_times_ascend(own: &[&LogLine], stream: LogStream) -> Result<()> {
     for pair in own.windows(2) {
         ensure!(
             pair[0].ts <= pair[1].ts,
@@ -42,14 +53,25 @@ fn ensure_times_ascend(lines: &[LogLine], stream: LogStream) -> Result<()> {
     Ok(())
 }
 
-/// A line longer than Docker's 16 KiB chunks comes back whole, and a last line without a
-/// newline is not lost.
+/// A line longer than Docker's 16 KiB chunks (and containerd's, under Kubernetes) comes back
+/// whole, and a last line without a newline is not lost.
 pub async fn long_line_comes_back_whole(ctx: Ctx) -> Result<()> {
     const LEN: usize = 40_000;
     let script =
         format!("head -c {LEN} /dev/zero | tr '\\000' x; echo; echo short >&2; printf last");
     let (_, _, lines) = ctx.run_to_end(&ctx.spec(&script)).await?;
-    let out = texts(&lines, LogStream::Stdout);
+    let origin = |l: &str| {
+        if l == "short" {
+            LogStream::Stderr
+        } else {
+            LogStream::Stdout
+        }
+    };
+    let out: Vec<_> = ctx
+        .stream_lines(&lines, LogStream::Stdout, origin)?
+        .into_iter()
+        .map(|l| l.line.as_str())
+        .collect();
     ensure!(
         out.len() == 2,
         "{} stdout lines: {:?}",
@@ -61,10 +83,8 @@ pub async fn long_line_comes_back_whole(ctx: Ctx) -> Result<()> {
         "long line mangled"
     );
     ensure!(out[1] == "last", "last line {:?}", out[1]);
-    ensure!(
-        texts(&lines, LogStream::Stderr) == ["short"],
-        "stderr {lines:?}"
-    );
+    let err = ctx.stream_lines(&lines, LogStream::Stderr, origin)?;
+    ensure!(err.len() == 1 && err[0].line == "short", "stderr {err:?}");
     Ok(())
 }
 

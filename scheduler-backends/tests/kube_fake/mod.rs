@@ -2,19 +2,38 @@
 //! Kubernetes backend uses (Jobs, pods, pod logs, Secrets, `/version`), so that its tests
 //! need no cluster.
 //!
-//! Nothing runs: creating a Job creates one pod `<job>-pod` in `Pending`, and the test moves
-//! it along with [`FakeKube::run`], [`FakeKube::finish`], [`FakeKube::wait_on`] and
-//! [`FakeKube::job_condition`]. Every request is recorded ([`FakeKube::seen`]) with its body.
+//! Creating a Job creates its one pod, `Pending`. With [`Options::kubelet`] the pod runs: a
+//! kubelet starts its container's command as a host process (`kubelet`), keeps its output as
+//! the pod's log (`logs`), and its end becomes the container's `terminated` state and,
+//! through the Job controller, the Job's conditions. Without it nothing runs, and the test
+//! plays kubelet and Job controller with [`FakeKube::run`], [`FakeKube::write`],
+//! [`FakeKube::finish`], [`FakeKube::wait_on`] and [`FakeKube::job_condition`]. Deletes,
+//! grace periods, finalizers and the garbage collector work as the API server's do in both
+//! (`cluster`). Every request is recorded ([`FakeKube::seen`]) with its body.
 
 // Each test uses a part of the fake; no test uses all of it.
 #![allow(dead_code)]
 
+mod cluster;
+mod kubelet;
+mod logs;
 mod routes;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
+
+pub use cluster::JOB_NAME_LABEL;
+
+/// How the fake behaves.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Run each pod on the host as a kubelet would, and let the Job controller react to its
+    /// end; otherwise the test moves pods and Jobs along by hand.
+    pub kubelet: bool,
+}
 
 /// A request as the fake received it.
 #[derive(Debug, Clone)]
@@ -23,8 +42,23 @@ pub struct Seen {
     pub method: String,
     /// Path and query.
     pub uri: String,
+    /// The `Content-Type` header (a patch's kind).
+    pub content_type: Option<String>,
     /// The body, as JSON when it was.
     pub body: Option<Value>,
+}
+
+/// One record of a container's log as the runtime writes it: a line, or a piece of one.
+#[derive(Debug, Clone)]
+pub struct LogRecord {
+    /// When the runtime wrote it, RFC 3339 with nanoseconds.
+    pub ts: String,
+    /// `stdout` or `stderr`; the pod log API does not tell them apart.
+    pub stream: &'static str,
+    /// The bytes, without a newline.
+    pub text: Vec<u8>,
+    /// A piece of a longer line, or a last line without a newline: nothing ends it.
+    pub partial: bool,
 }
 
 /// The fake cluster's objects and knobs.
@@ -33,24 +67,78 @@ pub struct World {
     pub jobs: BTreeMap<String, Value>,
     pub pods: BTreeMap<String, Value>,
     pub secrets: BTreeMap<String, Value>,
-    /// Each pod's log lines, `(RFC 3339 stamp, text)`.
-    pub logs: BTreeMap<String, Vec<(String, String)>>,
+    /// Each pod's log, in the order the runtime wrote it.
+    pub logs: BTreeMap<String, Vec<LogRecord>>,
     pub seen: Vec<Seen>,
     /// Answer this many of the next Job/pod reads with 503, as an API server going away would.
     pub fail_reads: usize,
-    /// Cut the first log connection after this many lines.
+    /// Cut the first log connection after this many records.
     pub cut_logs_after: Option<usize>,
-    /// Keep a pod this many pod listings after its deletion is asked (graceful termination).
-    pub linger_polls: usize,
+    /// The kubelet's running containers: pod name to process (group) id.
+    pub(crate) processes: BTreeMap<String, u32>,
     next_uid: u64,
+    resource_version: u64,
+    last_stamp: Option<DateTime<Utc>>,
 }
 
-/// A running fake; dropping it stops the server.
+impl World {
+    /// A fresh object uid.
+    pub(crate) fn uid(&mut self) -> String {
+        self.next_uid += 1;
+        format!("00000000-0000-0000-0000-{:012}", self.next_uid)
+    }
+
+    /// The next `resourceVersion`.
+    pub(crate) fn version(&mut self) -> String {
+        self.resource_version += 1;
+        self.resource_version.to_string()
+    }
+
+    /// Now, as the kubelet stamps log records: nanoseconds, never before the last stamp.
+    pub(crate) fn stamp(&mut self) -> String {
+        let now = Utc::now().max(self.last_stamp.unwrap_or_default());
+        self.last_stamp = Some(now);
+        now.to_rfc3339_opts(SecondsFormat::Nanos, true)
+    }
+
+    /// The name of the pod the Job controller made for `job`.
+    pub fn pod_of(&self, job: &str) -> Option<String> {
+        self.pods
+            .iter()
+            .find(|(_, p)| p["metadata"]["labels"][JOB_NAME_LABEL] == json!(job))
+            .map(|(name, _)| name.clone())
+    }
+}
+
+/// What the server, the kubelet and the tests share.
+pub(crate) struct Cluster {
+    world: Mutex<World>,
+    pub(crate) options: Options,
+    /// Where the kubelet keeps pods' volumes and the image's programs.
+    pub(crate) dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, World> {
+        self.world.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for Cluster {
+    /// Containers die with their node: nothing a test started outlives the fake.
+    fn drop(&mut self) {
+        for pid in self.lock().processes.values() {
+            kubelet::kill_group_now(*pid);
+        }
+    }
+}
+
+/// A running fake; dropping the last clone stops the server.
 #[derive(Clone)]
 pub struct FakeKube {
     /// `http://127.0.0.1:<port>`.
     pub url: String,
-    pub world: Arc<Mutex<World>>,
+    cluster: Arc<Cluster>,
     server: Arc<tokio::task::JoinHandle<()>>,
 }
 
@@ -64,22 +152,30 @@ impl Drop for FakeKube {
 
 /// `now` in the API server's format.
 pub fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+    Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
 impl FakeKube {
-    /// Starts the fake on a free port.
-    pub async fn start() -> anyhow::Result<FakeKube> {
-        let world = Arc::new(Mutex::new(World::default()));
+    /// Starts a fake on a free port.
+    pub async fn start(options: Options) -> anyhow::Result<FakeKube> {
+        let dir = tempfile::tempdir()?;
+        if options.kubelet {
+            kubelet::prepare(dir.path())?;
+        }
+        let cluster = Arc::new(Cluster {
+            world: Mutex::default(),
+            options,
+            dir,
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
-        let app = routes::router(world.clone());
+        let app = routes::router(cluster.clone());
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
         Ok(FakeKube {
             url,
-            world,
+            cluster,
             server: Arc::new(server),
         })
     }
@@ -92,7 +188,7 @@ impl FakeKube {
 
     /// The world, locked.
     pub fn world(&self) -> MutexGuard<'_, World> {
-        self.world.lock().unwrap_or_else(|e| e.into_inner())
+        self.cluster.lock()
     }
 
     /// Requests received so far.
@@ -101,7 +197,7 @@ impl FakeKube {
     }
 
     fn pod_of(&self, job: &str) -> String {
-        format!("{job}-pod")
+        self.world().pod_of(job).expect("the job's pod")
     }
 
     fn container_state(&self, job: &str, state: Value) {
@@ -124,11 +220,14 @@ impl FakeKube {
     /// The container writes a line (stamped now).
     pub fn write(&self, job: &str, line: &str) {
         let pod = self.pod_of(job);
-        self.world()
-            .logs
-            .entry(pod)
-            .or_default()
-            .push((now(), line.to_owned()));
+        let mut w = self.world();
+        let ts = w.stamp();
+        w.logs.entry(pod).or_default().push(LogRecord {
+            ts,
+            stream: "stdout",
+            text: line.as_bytes().to_vec(),
+            partial: false,
+        });
     }
 
     /// The container is stuck waiting with `reason`.
@@ -139,27 +238,20 @@ impl FakeKube {
         );
     }
 
-    /// The container ends with `code` (and `reason`, e.g. `OOMKilled`).
+    /// The container ends with `code` (and `reason`, e.g. `OOMKilled`); a pod whose deletion
+    /// was asked then goes, as the kubelet would see to.
     pub fn exit(&self, job: &str, code: i32, reason: &str) {
-        self.container_state(
-            job,
-            json!({"terminated": {"exitCode": code, "reason": reason, "startedAt": now(), "finishedAt": now()}}),
-        );
         let pod = self.pod_of(job);
-        let phase = if code == 0 { "Succeeded" } else { "Failed" };
-        self.world().pods.get_mut(&pod).expect("pod")["status"]["phase"] = json!(phase);
+        let terminated = json!({"exitCode": code, "reason": reason, "startedAt": now(),
+            "finishedAt": now(), "containerID": "containerd://fake"});
+        cluster::container_ended(&mut self.world(), &pod, terminated, false);
     }
 
     /// The Job gets the condition `kind` (`Complete`, `Failed`...) with `reason`.
     pub fn job_condition(&self, job: &str, kind: &str, reason: &str) {
         let mut w = self.world();
         let j = w.jobs.get_mut(job).expect("job");
-        let cond = json!({"type": kind, "status": "True", "reason": reason,
-            "message": format!("fake: {reason}"), "lastTransitionTime": now()});
-        match j["status"]["conditions"].as_array_mut() {
-            Some(c) => c.push(cond),
-            None => j["status"]["conditions"] = json!([cond]),
-        }
+        cluster::add_condition(j, kind, reason, &format!("fake: {reason}"));
     }
 
     /// The container exits with `code` and the Job is `Complete` (0) or `Failed`.
@@ -170,10 +262,5 @@ impl FakeKube {
         } else {
             self.job_condition(job, "Failed", "BackoffLimitExceeded");
         }
-    }
-
-    pub(crate) fn uid(w: &mut World) -> String {
-        w.next_uid += 1;
-        format!("00000000-0000-0000-0000-{:012}", w.next_uid)
     }
 }

@@ -1,29 +1,25 @@
 //! The fake's HTTP routes: the real API paths, answering with real object shapes and
-//! `Status` errors.
+//! `Status` errors. What the objects go through lives in `cluster`; the pod log in `logs`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use super::{now, FakeKube, Seen, World};
+use super::cluster::{self, Refusal};
+use super::{kubelet, logs, now, Cluster, Seen, World};
 
-type Shared = Arc<Mutex<World>>;
+type Shared = Arc<Cluster>;
 type Q = Query<HashMap<String, String>>;
 
-fn lock(s: &Shared) -> std::sync::MutexGuard<'_, World> {
-    s.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-pub(super) fn router(world: Shared) -> Router {
+pub(super) fn router(cluster: Shared) -> Router {
     Router::new()
         .route("/version", get(version))
         .route(
@@ -35,34 +31,55 @@ pub(super) fn router(world: Shared) -> Router {
             get(get_job).delete(delete_job),
         )
         .route("/api/v1/namespaces/{ns}/pods", get(list_pods))
-        .route("/api/v1/namespaces/{ns}/pods/{name}", delete(delete_pod))
-        .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(pod_log))
+        .route(
+            "/api/v1/namespaces/{ns}/pods/{name}",
+            get(get_pod).delete(delete_pod).patch(patch_pod),
+        )
+        .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(logs::serve))
         .route(
             "/api/v1/namespaces/{ns}/secrets",
-            axum::routing::post(create_secret),
+            get(list_secrets).post(create_secret),
         )
-        .layer(middleware::from_fn_with_state(world.clone(), record))
-        .with_state(world)
+        .route("/api/v1/namespaces/{ns}/secrets/{name}", get(get_secret))
+        .layer(middleware::from_fn_with_state(cluster.clone(), record))
+        .with_state(cluster)
 }
 
-async fn record(State(world): State<Shared>, req: Request, next: Next) -> Response {
+async fn record(State(cluster): State<Shared>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
     let bytes = axum::body::to_bytes(body, usize::MAX)
         .await
         .unwrap_or_default();
-    lock(&world).seen.push(Seen {
+    let content_type = parts
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    cluster.lock().seen.push(Seen {
         method: parts.method.to_string(),
         uri: parts.uri.to_string(),
+        content_type,
         body: serde_json::from_slice(&bytes).ok(),
     });
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
 }
 
-fn status(code: u16, reason: &str, message: &str) -> Response {
+pub(super) fn status(code: u16, reason: &str, message: &str) -> Response {
     let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
         "message": message, "reason": reason, "code": code});
     (StatusCode::from_u16(code).unwrap(), Json(body)).into_response()
+}
+
+fn refused(r: Refusal) -> Response {
+    status(r.code, r.reason, &r.message)
+}
+
+fn answer(result: Result<Value, Refusal>) -> Response {
+    match result {
+        Ok(obj) => Json(obj).into_response(),
+        Err(r) => refused(r),
+    }
 }
 
 fn unavailable(w: &mut World) -> Option<Response> {
@@ -72,19 +89,108 @@ fn unavailable(w: &mut World) -> Option<Response> {
     })
 }
 
-/// `k=v,k2=v2` against an object's labels.
+/// Splits a selector at the commas outside `in (...)` sets.
+fn requirements(selector: &str) -> Vec<&str> {
+    let (mut out, mut depth, mut start) = (Vec::new(), 0, 0);
+    for (i, c) in selector.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(selector[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(selector[start..].trim());
+    out.retain(|r| !r.is_empty());
+    out
+}
+
+/// A label selector (`k=v`, `k==v`, `k!=v`, `k`, `!k`, `k in (a,b)`, `k notin (a,b)`)
+/// against an object's labels.
 fn matches(obj: &Value, selector: Option<&String>) -> bool {
+    let labels = &obj["metadata"]["labels"];
+    let value = |k: &str| labels[k.trim()].as_str();
+    let set = |s: &str| -> Vec<String> {
+        s.trim()
+            .trim_start_matches('(')
+            .trim_end_matches(')')
+            .split(',')
+            .map(|v| v.trim().to_owned())
+            .collect()
+    };
     selector.is_none_or(|sel| {
-        sel.split(',').filter(|s| !s.is_empty()).all(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            obj["metadata"]["labels"][k].as_str() == Some(v)
+        requirements(sel).into_iter().all(|req| {
+            if let Some((k, v)) = req.split_once("!=") {
+                value(k) != Some(v.trim())
+            } else if let Some((k, v)) = req.split_once("==").or_else(|| req.split_once('=')) {
+                value(k) == Some(v.trim())
+            } else if let Some((k, vs)) = req.split_once(" notin ") {
+                value(k).is_none_or(|v| !set(vs).iter().any(|s| s == v))
+            } else if let Some((k, vs)) = req.split_once(" in ") {
+                value(k).is_some_and(|v| set(vs).iter().any(|s| s == v))
+            } else if let Some(k) = req.strip_prefix('!') {
+                value(k).is_none()
+            } else {
+                value(req).is_some()
+            }
         })
     })
 }
 
-fn list(kind: &str, api: &str, items: Vec<Value>) -> Response {
-    Json(json!({"kind": kind, "apiVersion": api, "metadata": {"resourceVersion": "1"}, "items": items}))
-        .into_response()
+fn list<'a>(
+    kind: &str,
+    api: &str,
+    objects: impl Iterator<Item = &'a Value>,
+    q: &HashMap<String, String>,
+    version: String,
+) -> Response {
+    let items: Vec<Value> = objects
+        .filter(|o| matches(o, q.get("labelSelector")))
+        .cloned()
+        .collect();
+    Json(
+        json!({"kind": kind, "apiVersion": api, "metadata": {"resourceVersion": version},
+        "items": items}),
+    )
+    .into_response()
+}
+
+/// `DeleteOptions` from the body or the query.
+struct DeleteOptions {
+    propagation: Option<String>,
+    grace: Option<i64>,
+    uid: Option<String>,
+}
+
+impl DeleteOptions {
+    fn read(body: &Bytes, q: &HashMap<String, String>) -> Self {
+        let b: Value = serde_json::from_slice(body).unwrap_or_default();
+        Self {
+            propagation: (b["propagationPolicy"].as_str().map(str::to_owned))
+                .or_else(|| q.get("propagationPolicy").cloned()),
+            grace: (b["gracePeriodSeconds"].as_i64())
+                .or_else(|| q.get("gracePeriodSeconds").and_then(|g| g.parse().ok())),
+            uid: b["preconditions"]["uid"].as_str().map(str::to_owned),
+        }
+    }
+
+    /// 409 when the object is not the one the preconditions name.
+    fn check(&self, obj: Option<&Value>, kind: &str, name: &str) -> Result<(), Refusal> {
+        match (&self.uid, obj) {
+            (Some(uid), Some(o)) if o["metadata"]["uid"] != json!(uid) => Err(Refusal {
+                code: 409,
+                reason: "Conflict",
+                message: format!(
+                    "Operation cannot be fulfilled on {kind} \"{name}\": Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    o["metadata"]["uid"].as_str().unwrap_or_default()
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
 }
 
 async fn version() -> Json<Value> {
@@ -95,186 +201,174 @@ async fn version() -> Json<Value> {
     )
 }
 
-async fn list_jobs(State(w): State<Shared>, Query(q): Q) -> Response {
-    let w = lock(&w);
-    let items = w
-        .jobs
-        .values()
-        .filter(|j| matches(j, q.get("labelSelector")))
-        .cloned()
-        .collect();
-    list("JobList", "batch/v1", items)
+async fn list_jobs(State(c): State<Shared>, Query(q): Q) -> Response {
+    let mut w = c.lock();
+    let version = w.version();
+    list("JobList", "batch/v1", w.jobs.values(), &q, version)
 }
 
-async fn create_job(
-    State(w): State<Shared>,
-    Path(ns): Path<String>,
-    Json(mut job): Json<Value>,
-) -> Response {
-    let mut w = lock(&w);
-    let name = job["metadata"]["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    if w.jobs.contains_key(&name) {
-        return status(
-            409,
-            "AlreadyExists",
-            &format!("jobs.batch \"{name}\" already exists"),
-        );
+/// Creates the Job and its pod; with a kubelet, the pod starts running, and a Job with
+/// `activeDeadlineSeconds` gets its deadline watched.
+async fn create_job(State(c): State<Shared>, Path(ns): Path<String>, body: Bytes) -> Response {
+    let Ok(job) = serde_json::from_slice::<Value>(&body) else {
+        return status(400, "BadRequest", "the body is not a Job");
+    };
+    let created = cluster::create_job(&mut c.lock(), &ns, job);
+    let (job, pod) = match created {
+        Ok(made) => made,
+        Err(r) => return refused(r),
+    };
+    if c.options.kubelet {
+        tokio::spawn(kubelet::run_pod(c.clone(), pod));
+        if let Some(secs) = job["spec"]["activeDeadlineSeconds"].as_u64() {
+            let (c, name, uid) = (
+                c.clone(),
+                job["metadata"]["name"].clone(),
+                job["metadata"]["uid"].clone(),
+            );
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
+                let name = name.as_str().unwrap_or_default();
+                cluster::deadline_passed(&mut c.lock(), name, &uid, true);
+            });
+        }
     }
-    job["metadata"]["uid"] = json!(FakeKube::uid(&mut w));
-    job["metadata"]["namespace"] = json!(ns);
-    job["metadata"]["creationTimestamp"] = json!(now());
-    job["status"] = json!({"startTime": now(), "active": 1});
-    let mut labels = job["spec"]["template"]["metadata"]["labels"].clone();
-    labels["batch.kubernetes.io/job-name"] = json!(name);
-    let pod_name = format!("{name}-pod");
-    let pod = json!({"apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": pod_name, "namespace": ns, "labels": labels, "creationTimestamp": now(),
-            "uid": FakeKube::uid(&mut w)},
-        "spec": job["spec"]["template"]["spec"].clone(),
-        "status": {"phase": "Pending"}});
-    w.pods.insert(pod_name, pod);
-    w.jobs.insert(name, job.clone());
     (StatusCode::CREATED, Json(job)).into_response()
 }
 
-async fn get_job(State(w): State<Shared>, Path((_ns, name)): Path<(String, String)>) -> Response {
-    let mut w = lock(&w);
+async fn get_job(State(c): State<Shared>, Path((_ns, name)): Path<(String, String)>) -> Response {
+    let mut w = c.lock();
     if let Some(r) = unavailable(&mut w) {
         return r;
     }
-    match w.jobs.get(&name) {
-        Some(j) => Json(j.clone()).into_response(),
-        None => status(404, "NotFound", &format!("jobs.batch \"{name}\" not found")),
-    }
+    answer((w.jobs.get(&name).cloned()).ok_or_else(|| Refusal::not_found("jobs.batch", &name)))
 }
 
 async fn delete_job(
-    State(w): State<Shared>,
+    State(c): State<Shared>,
     Path((_ns, name)): Path<(String, String)>,
+    Query(q): Q,
+    body: Bytes,
 ) -> Response {
-    let mut w = lock(&w);
-    let Some(mut job) = w.jobs.remove(&name) else {
-        return status(404, "NotFound", &format!("jobs.batch \"{name}\" not found"));
-    };
-    let uid = job["metadata"]["uid"].clone();
-    w.secrets.retain(|_, s| {
-        !s["metadata"]["ownerReferences"]
-            .as_array()
-            .is_some_and(|o| o.iter().any(|r| r["uid"] == uid))
-    });
-    for pod in w.pods.values_mut() {
-        if pod["metadata"]["labels"]["batch.kubernetes.io/job-name"] == json!(name) {
-            pod["metadata"]["deletionTimestamp"] = json!(now());
-        }
+    let opts = DeleteOptions::read(&body, &q);
+    let mut w = c.lock();
+    if let Err(r) = opts.check(w.jobs.get(&name), "jobs.batch", &name) {
+        return refused(r);
     }
-    job["metadata"]["deletionTimestamp"] = json!(now());
-    Json(job).into_response()
+    let kubelet = c.options.kubelet;
+    answer(cluster::delete_job(
+        &mut w,
+        &name,
+        opts.propagation.as_deref(),
+        kubelet,
+    ))
 }
 
-async fn list_pods(State(w): State<Shared>, Query(q): Q) -> Response {
-    let mut w = lock(&w);
+async fn list_pods(State(c): State<Shared>, Query(q): Q) -> Response {
+    let mut w = c.lock();
     if let Some(r) = unavailable(&mut w) {
         return r;
     }
-    // Pods being deleted linger for `linger_polls` listings, then are gone.
-    let linger = w.linger_polls;
-    w.linger_polls = linger.saturating_sub(1);
-    if linger == 0 {
-        w.pods
-            .retain(|_, p| p["metadata"]["deletionTimestamp"].is_null());
-    }
-    let items = w
-        .pods
-        .values()
-        .filter(|p| matches(p, q.get("labelSelector")))
-        .cloned()
-        .collect();
-    list("PodList", "v1", items)
+    let version = w.version();
+    list("PodList", "v1", w.pods.values(), &q, version)
+}
+
+async fn get_pod(State(c): State<Shared>, Path((_ns, name)): Path<(String, String)>) -> Response {
+    let w = c.lock();
+    answer((w.pods.get(&name).cloned()).ok_or_else(|| Refusal::not_found("pods", &name)))
 }
 
 async fn delete_pod(
-    State(w): State<Shared>,
+    State(c): State<Shared>,
     Path((_ns, name)): Path<(String, String)>,
+    Query(q): Q,
+    body: Bytes,
 ) -> Response {
-    let mut w = lock(&w);
-    match w.pods.get_mut(&name) {
-        Some(p) => {
-            p["metadata"]["deletionTimestamp"] = json!(now());
-            Json(p.clone()).into_response()
-        }
-        None => status(404, "NotFound", &format!("pods \"{name}\" not found")),
+    let opts = DeleteOptions::read(&body, &q);
+    let mut w = c.lock();
+    if let Err(r) = opts.check(w.pods.get(&name), "pods", &name) {
+        return refused(r);
     }
+    let kubelet = c.options.kubelet;
+    answer(cluster::delete_pod(&mut w, &name, opts.grace, kubelet))
 }
 
-async fn create_secret(State(w): State<Shared>, Json(mut s): Json<Value>) -> Response {
-    let mut w = lock(&w);
+async fn patch_pod(
+    State(c): State<Shared>,
+    Path((_ns, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let kind = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let strategic = kind.starts_with("application/strategic-merge-patch+json");
+    if !strategic && !kind.starts_with("application/merge-patch+json") {
+        return status(
+            415,
+            "UnsupportedMediaType",
+            &format!("the body of the request was in an unknown format - accepted media types include: application/merge-patch+json, application/strategic-merge-patch+json (got {kind:?})"),
+        );
+    }
+    let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
+        return status(400, "BadRequest", "the patch is not JSON");
+    };
+    let kubelet = c.options.kubelet;
+    answer(cluster::patch_pod(
+        &mut c.lock(),
+        &name,
+        strategic,
+        &patch,
+        kubelet,
+    ))
+}
+
+async fn create_secret(State(c): State<Shared>, Path(ns): Path<String>, body: Bytes) -> Response {
+    let Ok(mut s) = serde_json::from_slice::<Value>(&body) else {
+        return status(400, "BadRequest", "the body is not a Secret");
+    };
+    let mut w = c.lock();
     let name = s["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
     if w.secrets.contains_key(&name) {
-        return status(
-            409,
-            "AlreadyExists",
-            &format!("secrets \"{name}\" already exists"),
-        );
+        return refused(Refusal::exists("secrets", &name));
     }
-    s["metadata"]["uid"] = json!(FakeKube::uid(&mut w));
+    // The API server keeps `stringData` as `data`.
+    use base64::Engine as _;
+    if let Some(plain) = s["stringData"].as_object().cloned() {
+        for (k, v) in plain {
+            let encoded =
+                base64::engine::general_purpose::STANDARD.encode(v.as_str().unwrap_or_default());
+            s["data"][k] = json!(encoded);
+        }
+        if let Some(o) = s.as_object_mut() {
+            o.remove("stringData");
+        }
+    }
+    if s["type"].is_null() {
+        s["type"] = json!("Opaque");
+    }
+    s["metadata"]["uid"] = json!(w.uid());
+    s["metadata"]["namespace"] = json!(ns);
+    s["metadata"]["creationTimestamp"] = json!(now());
+    s["metadata"]["resourceVersion"] = json!(w.version());
     w.secrets.insert(name, s.clone());
     (StatusCode::CREATED, Json(s)).into_response()
 }
 
-/// Streams the pod's lines from `sinceTime`; with `follow`, until its container terminates.
-async fn pod_log(
-    State(w): State<Shared>,
-    Path((_ns, pod)): Path<(String, String)>,
-    Query(q): Q,
+async fn list_secrets(State(c): State<Shared>, Query(q): Q) -> Response {
+    let mut w = c.lock();
+    let version = w.version();
+    list("SecretList", "v1", w.secrets.values(), &q, version)
+}
+
+async fn get_secret(
+    State(c): State<Shared>,
+    Path((_ns, name)): Path<(String, String)>,
 ) -> Response {
-    if !lock(&w).pods.contains_key(&pod) {
-        return status(404, "NotFound", &format!("pods \"{pod}\" not found"));
-    }
-    let since = q
-        .get("sinceTime")
-        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
-    let follow = q.get("follow").is_some_and(|f| f == "true");
-    let cut = lock(&w).cut_logs_after.take();
-    let state = (w, pod, 0usize, 0usize);
-    let stream = futures::stream::unfold(state, move |(w, pod, mut i, sent)| async move {
-        loop {
-            if cut.is_some_and(|c| sent >= c) {
-                return None;
-            }
-            let (next, done) = {
-                let g = lock(&w);
-                let lines: Vec<_> = g
-                    .logs
-                    .get(&pod)
-                    .cloned()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|(ts, _)| {
-                        since.is_none_or(|s| chrono::DateTime::parse_from_rfc3339(ts).unwrap() >= s)
-                    })
-                    .collect();
-                let p = g.pods.get(&pod);
-                let ended = p.is_none_or(|p| {
-                    !p["status"]["containerStatuses"][0]["state"]["terminated"].is_null()
-                });
-                (lines.get(i).cloned(), ended || !follow)
-            };
-            if let Some((ts, line)) = next {
-                i += 1;
-                let chunk = Ok::<_, std::io::Error>(Bytes::from(format!("{ts} {line}\n")));
-                return Some((chunk, (w, pod, i, sent + 1)));
-            }
-            if done {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    });
-    Body::from_stream(stream).into_response()
+    let w = c.lock();
+    answer((w.secrets.get(&name).cloned()).ok_or_else(|| Refusal::not_found("secrets", &name)))
 }

@@ -225,6 +225,14 @@ impl Client {
         self.get(&format!("/api/v1/runs/{}", seg(id))).await
     }
 
+    /// The run's timeline, oldest first.
+    pub async fn run_events(&self, id: &str) -> Result<Vec<RunEvent>, Error> {
+        let page: RunEvents = self
+            .get(&format!("/api/v1/runs/{}/events", seg(id)))
+            .await?;
+        Ok(page.events)
+    }
+
     /// The run once it has ended, or as it stands after `wait_seconds` (at most 60): a long
     /// poll, not a sleep loop.
     pub async fn wait_run(&self, id: &str, wait_seconds: u64) -> Result<Run, Error> {
@@ -376,6 +384,38 @@ impl Client {
     /// One page of the audit log, newest first.
     pub async fn audit(&self, cursor: Option<&str>) -> Result<Page<AuditEntry>, Error> {
         self.get(&with_cursor("/api/v1/audit", cursor)).await
+    }
+
+    /// Anomalies newest first: `open` filters on whether they still call for attention.
+    pub async fn anomalies(
+        &self,
+        open: Option<bool>,
+        job: Option<&str>,
+        cursor: Option<&str>,
+    ) -> Result<Page<Anomaly>, Error> {
+        let mut q = Vec::new();
+        if let Some(o) = open {
+            q.push(format!("open={o}"));
+        }
+        if let Some(j) = job {
+            q.push(format!("job={}", seg(j)));
+        }
+        if let Some(c) = cursor {
+            q.push(format!("cursor={}", seg(c)));
+        }
+        let path = match q.is_empty() {
+            true => "/api/v1/anomalies".to_owned(),
+            false => format!("/api/v1/anomalies?{}", q.join("&")),
+        };
+        self.get(&path).await
+    }
+
+    /// Closes an anomaly: someone has looked at it.
+    pub async fn close_anomaly(&self, id: i64, reason: Option<&str>) -> Result<Anomaly, Error> {
+        let path = format!("/api/v1/anomalies/{id}/close");
+        let body = serde_json::json!({ "reason": reason });
+        self.send(self.request(Method::POST, &path).json(&body))
+            .await
     }
 }
 

@@ -182,6 +182,9 @@ pub struct JobSpec {
     /// How long a run usually takes; without it the engine learns it from past runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_duration_seconds: Option<i64>,
+    /// How the engine watches the job's runs for anomalies (defaults when left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitoring: Option<crate::Monitoring>,
     /// Let `trigger`-scoped tokens override the command when they trigger a run.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_command_override: bool,
@@ -245,6 +248,8 @@ pub struct Job {
     pub retries: Option<Retries>,
     /// How long a run usually takes, if set.
     pub expected_duration_seconds: Option<i64>,
+    /// How the engine watches the job's runs, defaults filled in.
+    pub monitoring: crate::Monitoring,
     /// Whether `trigger`-scoped tokens may override the command.
     pub allow_command_override: bool,
     /// Seconds between SIGTERM and SIGKILL when a run is stopped.

@@ -4,13 +4,17 @@
 //! Input types reject unknown fields, so that a typo in a job file is an error, not a
 //! silently ignored setting.
 
+mod events;
 mod jobs;
+mod monitoring;
 mod problem;
 mod runs;
 mod stats;
 mod tokens;
 
+pub use events::*;
 pub use jobs::*;
+pub use monitoring::*;
 pub use problem::*;
 pub use runs::*;
 pub use stats::*;

@@ -121,7 +121,7 @@ pub struct RunAttempt {
 }
 
 /// A run of a job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Run {
     /// The run's id.
@@ -160,6 +160,9 @@ pub struct Run {
     pub duration_ms: Option<i64>,
     /// Every attempt so far (in `GET /api/v1/runs/{id}`; lists leave it empty).
     pub attempts: Vec<RunAttempt>,
+    /// Anomalies noticed on the run (`long_running`, `stalled`, `unusually_fast`...), oldest first.
+    #[serde(default)]
+    pub anomalies: Vec<crate::Anomaly>,
 }
 
 /// One line of a run's log, as `?format=jsonl` returns it.

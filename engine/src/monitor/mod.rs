@@ -1,0 +1,153 @@
+//! Monitoring that every job gets without writing any: anomalies noticed on runs — while
+//! they run (`long_running`, `slow_start`, `stalled`, checked by the runner every few
+//! seconds) and when they end (`unusually_fast`, `oom_killed`, `timed_out`,
+//! `failure_streak`, decided in the transaction that records the end). The rules
+//! themselves are in [`rules`]; "usual" is learned from the job's recent successes.
+
+pub mod rules;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use jobdock_types::{Anomaly, Monitoring, RunStatus};
+use sqlx::AnyConnection;
+
+use crate::store::anomalies::{self, NewAnomaly};
+use crate::store::runs::{Outcome, RunRow};
+use crate::store::{now_ms, Store, StoreError};
+use rules::{Finding, Usual};
+
+/// Successes "usual" is learned from.
+const HISTORY: i64 = 20;
+
+async fn usual_of(
+    conn: &mut AnyConnection,
+    job: &str,
+    except_run: &str,
+    m: &Monitoring,
+) -> Result<Option<Usual>, StoreError> {
+    let (took, latency) = anomalies::recent_successes(conn, job, except_run, HISTORY).await?;
+    Ok(Usual::learn(&took, &latency, m.min_samples))
+}
+
+async fn raise(
+    conn: &mut AnyConnection,
+    run_id: &str,
+    attempt: i64,
+    job: &str,
+    f: Finding,
+) -> Result<Option<Anomaly>, StoreError> {
+    let a = NewAnomaly {
+        run_id,
+        attempt,
+        job,
+        kind: f.kind,
+        message: f.message,
+        expected: f.expected,
+        observed: f.observed,
+    };
+    anomalies::raise(conn, a).await
+}
+
+/// Decides the end-of-run anomalies of a run that has just reached `status`, in the
+/// transaction that recorded it; returns those raised.
+pub async fn after_finish(
+    conn: &mut AnyConnection,
+    run: &RunRow,
+    status: RunStatus,
+    outcome: &Outcome,
+) -> Result<Vec<Anomaly>, StoreError> {
+    let m = run.spec.monitoring.unwrap_or_default();
+    let job = run.job_name.as_str();
+    anomalies::close_for_run(conn, &run.id, &format!("the run ended {status}")).await?;
+    let finished = outcome.finished_at.unwrap_or_else(now_ms);
+    let took = outcome.started_at.or(run.started_at).map(|s| finished - s);
+    let mut findings = Vec::new();
+    match status {
+        RunStatus::Succeeded => {
+            let usual = usual_of(conn, job, &run.id, &m).await?;
+            let expected = run.spec.expected_duration_seconds;
+            if let Some(f) =
+                took.and_then(|t| rules::unusually_fast(&m, expected, usual.as_ref(), t))
+            {
+                findings.push(f);
+            } else {
+                anomalies::close_for_job(conn, job, &run.id, "a later run succeeded normally")
+                    .await?;
+            }
+        }
+        RunStatus::Failed | RunStatus::TimedOut | RunStatus::Lost => {
+            if status == RunStatus::TimedOut {
+                findings.push(rules::timed_out(run.spec.timeout_seconds, took));
+            }
+            if outcome.oom_killed {
+                let mb = run.spec.resources.and_then(|r| r.memory_mb);
+                findings.push(rules::oom_killed(mb));
+            }
+            let streak = anomalies::failures_in_a_row(conn, job, m.failure_streak + 1).await?;
+            findings.extend(rules::failure_streak(&m, streak));
+        }
+        _ => {}
+    }
+    let mut raised = Vec::new();
+    for f in findings {
+        raised.extend(raise(conn, &run.id, run.attempt, job, f).await?);
+    }
+    Ok(raised)
+}
+
+/// Checks every running and waiting run for `long_running`, `stalled` and `slow_start`;
+/// returns the anomalies this call raised. `stall_after` is the engine's default.
+pub async fn check_active(
+    store: &Store,
+    stall_after: Duration,
+) -> Result<Vec<Anomaly>, StoreError> {
+    let now = now_ms();
+    let mut usual: HashMap<String, Option<Usual>> = HashMap::new();
+    let mut raised = Vec::new();
+    for run in store.active_runs().await? {
+        let m = run.spec.monitoring.unwrap_or_default();
+        if !usual.contains_key(&run.job) {
+            let (took, latency) = store.recent_successes(&run.job, HISTORY).await?;
+            usual.insert(
+                run.job.clone(),
+                Usual::learn(&took, &latency, m.min_samples),
+            );
+        }
+        let u = usual.get(&run.job).and_then(Option::as_ref);
+        let mut findings = Vec::new();
+        match (run.status, run.started_at) {
+            (RunStatus::Running, Some(started)) => {
+                let expected = run.spec.expected_duration_seconds;
+                findings.extend(rules::long_running(&m, expected, u, now - started));
+                let stall = m
+                    .stall_after_seconds
+                    .unwrap_or(stall_after.as_secs() as i64);
+                let quiet = now - run.last_output_at.unwrap_or(started).max(started);
+                findings.extend(rules::stalled(stall, quiet));
+            }
+            // Only a first attempt: a retry waits for its backoff by design.
+            (RunStatus::Queued | RunStatus::Starting, _) if run.attempt == 1 => {
+                findings.extend(rules::slow_start(&m, u, now - run.created_at));
+            }
+            _ => {}
+        }
+        for f in findings {
+            // Most passes find what an earlier pass raised: a read, not a write.
+            if store.has_anomaly(&run.id, f.kind).await? {
+                continue;
+            }
+            let a = NewAnomaly {
+                run_id: &run.id,
+                attempt: run.attempt,
+                job: &run.job,
+                kind: f.kind,
+                message: f.message,
+                expected: f.expected,
+                observed: f.observed,
+            };
+            raised.extend(store.raise_anomaly(a).await?);
+        }
+    }
+    Ok(raised)
+}
