@@ -1,6 +1,6 @@
 //! `GET /metrics` reflects real runs on Docker: finished runs by job and status, histograms,
-//! runs in flight, API requests by route template; it needs a token unless public; and with
-//! two replicas on PostgreSQL each run is counted by exactly one of them.
+//! runs in flight, anomalies, API requests by route template; it needs a token unless public;
+//! and with two replicas on PostgreSQL each run is counted by exactly one of them.
 
 use std::time::Duration;
 
@@ -261,4 +261,28 @@ async fn two_replicas_count_each_run_exactly_once() {
     assert_eq!(durations(&a) + durations(&b), N as f64);
     let claims = |m: &Exposition| m.sum("jobdock_run_queue_wait_seconds_count", &[]);
     assert_eq!(claims(&a) + claims(&b), N as f64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anomaly_raised_at_a_runs_end_is_counted() {
+    let app = app(false).await;
+    let c = app.admin();
+    let mut s = sh_job("metrics-slowpoke", "sleep 30");
+    s.timeout_seconds = Some(1);
+    s.stop_grace_seconds = Some(1);
+    c.create_job(&s).await.unwrap();
+    let run = run_to_end(&c, "metrics-slowpoke").await;
+    assert_eq!(run.status, RunStatus::TimedOut, "{run:?}");
+    let m = scrape(&app).await;
+    assert_eq!(
+        m.value("jobdock_anomalies_total", &[("kind", "timed_out")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        m.value(
+            "jobdock_runs_finished_total",
+            &[("job", "metrics-slowpoke"), ("status", "timed_out")]
+        ),
+        Some(1.0)
+    );
 }
