@@ -55,6 +55,7 @@ pub async fn build(settings: &Settings, backends: &Backends) -> anyhow::Result<(
         keys: Arc::new(ring),
         backends: Arc::from(backends.names()),
         default_backend: settings.default_backend,
+        metrics: crate::metrics::Metrics::new(),
     };
     match tokens::bootstrap(&ctx, settings.admin_token.as_ref()).await? {
         Bootstrap::AlreadyDone => {}
@@ -77,9 +78,10 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let backends = Backends::detect(&settings).await;
     tracing::info!(backends = ?backends, "backends");
     let (ctx, installation) = build(&settings, &backends).await?;
+    // The runner's backend calls count their errors; readiness asks the backends directly.
     let runner = Runner::new(
         ctx.clone(),
-        backends.clone(),
+        crate::metrics::metered(&backends, &ctx.metrics),
         settings.runner.clone(),
         installation,
     );
@@ -88,6 +90,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         ctx: ctx.clone(),
         runner: runner.clone(),
         backends,
+        metrics_public: settings.metrics_public,
     });
     let handle = axum_server::Handle::new();
     tokio::spawn(shutdown_on_signal(handle.clone()));

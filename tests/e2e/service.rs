@@ -83,6 +83,8 @@ async fn the_openapi_document_covers_every_endpoint() {
         ("/api/v1/audit", &["get"]),
         ("/healthz", &["get"]),
         ("/readyz", &["get"]),
+        ("/metrics", &["get"]),
+        ("/api/v1/jobs/{name}/stats", &["get"]),
     ] {
         let p = paths.get(path).unwrap_or_else(|| panic!("{path} missing"));
         for m in methods {
@@ -98,6 +100,7 @@ async fn the_openapi_document_covers_every_endpoint() {
         "NewToken",
         "CreatedToken",
         "AuditEntry",
+        "JobStats",
     ] {
         assert!(schemas.contains_key(s), "schema {s} missing");
     }

@@ -10,9 +10,11 @@ mod jobs;
 pub mod json;
 mod locks;
 mod logs;
+mod metrics;
 pub mod openapi;
 mod query;
 mod runs;
+mod stats;
 mod tokens;
 
 use std::time::Duration;
@@ -37,6 +39,8 @@ pub struct AppState {
     pub runner: Runner,
     /// The backends, for readiness.
     pub backends: Backends,
+    /// `GET /metrics` answers without a token.
+    pub metrics_public: bool,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -44,6 +48,10 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The whole application.
 pub fn router(state: AppState) -> Router {
     let layers = ServiceBuilder::new()
+        .layer(axum::middleware::from_fn_with_state(
+            state.ctx.metrics.clone(),
+            metrics::track,
+        ))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let path = req
@@ -74,6 +82,8 @@ pub fn router(state: AppState) -> Router {
         .merge(audit::routes())
         .merge(anomalies::routes())
         .merge(openapi::routes())
+        .merge(metrics::routes())
+        .merge(stats::routes())
         .layer(DefaultBodyLimit::max(4 * 1024 * 1024))
         .layer(layers)
         .with_state(state)

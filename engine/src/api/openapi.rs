@@ -11,9 +11,10 @@ use super::AppState;
 #[openapi(
     info(title = "Jobdock", description = "Runs containerised data syncs on demand, on a schedule, on Docker, Swarm, Kubernetes or Nomad."),
     paths(
-        super::health::healthz, super::health::readyz,
+        super::health::healthz, super::health::readyz, super::metrics::metrics,
         super::jobs::create, super::jobs::list, super::jobs::read, super::jobs::replace,
         super::jobs::patch, super::jobs::remove, super::jobs::set_secret, super::jobs::delete_secret,
+        super::stats::job_stats,
         super::runs::trigger, super::runs::list, super::runs::read, super::runs::events, super::runs::cancel, super::runs::rerun, super::logs::logs,
         super::locks::list, super::locks::read, super::locks::set,
         super::tokens::create, super::tokens::list, super::tokens::revoke,

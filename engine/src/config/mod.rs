@@ -11,9 +11,11 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 mod backends;
+mod monitoring;
 
 pub use backends::NomadSettings;
 use backends::{docker_config, kube_config, nomad_settings, runner_config};
+pub use monitoring::MonitoringArgs;
 
 /// Where the engine keeps its state; shared by `serve` and the offline `keys` commands.
 #[derive(Debug, Clone, Args)]
@@ -202,6 +204,9 @@ pub struct ServeArgs {
         value_name = "TOKEN"
     )]
     pub admin_token: Option<String>,
+
+    #[command(flatten)]
+    pub monitoring: MonitoringArgs,
 }
 
 const SERVE_AFTER_HELP: &str = "\
@@ -239,6 +244,9 @@ struct FileSettings {
     kube_namespace: Option<String>,
     kube_image_pull_secrets: Option<String>,
     kube_pending_timeout_seconds: Option<u64>,
+    metrics_public: Option<bool>,
+    retention_days: Option<i64>,
+    retention_max_runs_per_job: Option<i64>,
 }
 
 /// A setting that is wrong, in words.
@@ -302,6 +310,8 @@ pub struct Settings {
     pub nomad: Option<NomadSettings>,
     /// How runs are made on Kubernetes, when a cluster is configured.
     pub kube: jobdock_backends::kubernetes::KubernetesConfig,
+    /// `GET /metrics` answers without a token.
+    pub metrics_public: bool,
 }
 
 fn read_file(args: &StoreArgs) -> Result<FileSettings, ConfigError> {
@@ -410,6 +420,8 @@ impl Settings {
                     "default_backend `{backend}` is not one of docker, swarm, kubernetes, nomad"
                 ))
             })?;
+        let mut runner = runner_config(args, &file)?;
+        runner.retention = monitoring::retention_config(&args.monitoring, &file)?;
         Ok(Self {
             store,
             listen,
@@ -422,10 +434,11 @@ impl Settings {
                 .unwrap_or_else(|| "info".into()),
             default_backend,
             admin_token: non_empty(&args.admin_token).map(SecretString::from),
-            runner: runner_config(args, &file)?,
+            runner,
             docker: docker_config(args, &file),
             nomad: nomad_settings(args, &file)?,
             kube: kube_config(args, &file),
+            metrics_public: monitoring::metrics_public(&args.monitoring, &file),
         })
     }
 }
@@ -498,5 +511,35 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(err.0.contains("nowhere"), "{err}");
+    }
+
+    #[test]
+    fn retention_and_metrics_settings_are_layered_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("jobdock.toml"),
+            "retention_days = 14\nretention_max_runs_per_job = 50\nmetrics_public = true\n",
+        )
+        .unwrap();
+        let d = dir.path().to_str().unwrap();
+        let s = Settings::from_args(&parse(&["--data-dir", d])).unwrap();
+        assert_eq!(s.runner.retention.policy.days, 14);
+        assert_eq!(s.runner.retention.policy.max_runs_per_job, 50);
+        assert!(s.metrics_public);
+        let s = Settings::from_args(&parse(&["--data-dir", d, "--retention-days", "90"])).unwrap();
+        assert_eq!(s.runner.retention.policy.days, 90);
+
+        let empty = tempfile::tempdir().unwrap();
+        let e = empty.path().to_str().unwrap();
+        let s = Settings::from_args(&parse(&["--data-dir", e])).unwrap();
+        assert_eq!(s.runner.retention.policy.days, 30);
+        assert_eq!(s.runner.retention.policy.max_runs_per_job, 1000);
+        assert!(!s.metrics_public);
+        let err =
+            Settings::from_args(&parse(&["--data-dir", e, "--retention-days", "6"])).unwrap_err();
+        assert!(err.0.contains("at least 7"), "{err}");
+        let err = Settings::from_args(&parse(&["--data-dir", e, "--retention-max-runs-per-job=0"]))
+            .unwrap_err();
+        assert!(err.0.contains("retention_max_runs_per_job"), "{err}");
     }
 }

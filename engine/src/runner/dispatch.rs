@@ -37,6 +37,7 @@ impl Runner {
             match self.claim().await {
                 Ok(claimed) => {
                     for run in claimed {
+                        self.observe_claim(&run);
                         self.spawn_supervisor(run);
                     }
                 }

@@ -1,14 +1,18 @@
 //! Running runs: the dispatch loop claims queued runs, a supervisor task per run launches it,
 //! stores its log, enforces its timeout and cancel, and records how it ended; a heartbeat
 //! keeps this replica's leases, and an adoption loop takes over runs nobody supervises
-//! (after a crash of this replica or another).
+//! (after a crash of this replica or another). A retention loop prunes old runs.
 
 mod dispatch;
 mod launch;
 mod logpump;
+mod observe;
 mod redact;
+mod retention;
 mod schedules;
 mod supervise;
+
+pub use retention::RetentionConfig;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +45,8 @@ pub struct RunnerConfig {
     pub stall_after: Duration,
     /// How often running and waiting runs are checked for anomalies.
     pub monitor_interval: Duration,
+    /// Which old runs are pruned, and how often.
+    pub retention: RetentionConfig,
 }
 
 impl Default for RunnerConfig {
@@ -54,6 +60,7 @@ impl Default for RunnerConfig {
             schedule_catchup: Duration::from_secs(3600),
             stall_after: Duration::from_secs(1800),
             monitor_interval: Duration::from_secs(2),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -164,6 +171,10 @@ impl Runner {
         tokio::spawn(
             async move { r.monitor_loop().await }.instrument(tracing::info_span!("monitor")),
         );
+        let r = self.clone();
+        tokio::spawn(
+            async move { r.retention_loop().await }.instrument(tracing::info_span!("retention")),
+        );
     }
 
     /// Checks running and waiting runs for anomalies every few seconds. Every replica
@@ -174,6 +185,7 @@ impl Runner {
             match crate::monitor::check_active(&self.inner.ctx.store, stall_after).await {
                 Ok(raised) => {
                     for a in raised {
+                        self.inner.ctx.metrics.anomaly_raised(a.kind.as_str());
                         tracing::warn!(run_id = %a.run_id, job = %a.job, kind = %a.kind, "{}", a.message);
                     }
                 }
@@ -323,6 +335,13 @@ impl Runner {
     fn spawn_supervisor(&self, run: crate::store::runs::RunRow) {
         let r = self.clone();
         let span = tracing::info_span!("run", run_id = %run.id, job = %run.job_name, attempt = run.attempt);
-        tokio::spawn(async move { supervise::supervise(r, run).await }.instrument(span));
+        let in_flight = self.inner.ctx.metrics.supervising(&run.backend);
+        tokio::spawn(
+            async move {
+                let _in_flight = in_flight;
+                supervise::supervise(r, run).await
+            }
+            .instrument(span),
+        );
     }
 }

@@ -538,10 +538,12 @@ async fn settle(
     };
     tx.commit().await.map_err(StoreError::from)?;
     if recorded {
+        r.observe_settled(run, status, retry).await;
         r.inner.run_ended.notify_waiters();
         tracing::info!(status = %status, retry, exit_code = ?outcome.exit_code, "attempt ended");
     }
     for a in raised {
+        r.inner.ctx.metrics.anomaly_raised(a.kind.as_str());
         tracing::warn!(kind = %a.kind, "{}", a.message);
     }
     Ok(())

@@ -257,9 +257,12 @@ pub async fn delete(ctx: &Ctx, actor: &Actor, name: &str, force: bool) -> Result
             ids.join(", ")
         )));
     }
+    let mut cancelled_queued = 0;
     for run in &active {
         let reason = format!("cancelled: job `{name}` was deleted");
-        if !store::runs::cancel_queued(&mut tx, &run.id, &reason).await? {
+        if store::runs::cancel_queued(&mut tx, &run.id, &reason).await? {
+            cancelled_queued += 1;
+        } else {
             store::runs::request_cancel(&mut tx, &run.id).await?;
         }
     }
@@ -268,6 +271,10 @@ pub async fn delete(ctx: &Ctx, actor: &Actor, name: &str, force: bool) -> Result
     let detail = json!({ "force": force, "cancelled_runs": cancelled });
     store::audit::record(&mut tx, actor.audit("job.delete", name, detail)).await?;
     tx.commit().await.map_err(StoreError::from)?;
+    for _ in 0..cancelled_queued {
+        ctx.metrics
+            .run_finished(name, jobdock_types::RunStatus::Cancelled, None);
+    }
     Ok(())
 }
 

@@ -6,6 +6,7 @@ pub mod jobs;
 pub mod keys;
 pub mod locks;
 pub mod runs;
+pub mod stats;
 pub mod tokens;
 pub mod validate;
 
@@ -19,7 +20,8 @@ use crate::store::Store;
 use crate::crypto::CryptoError;
 use crate::store::StoreError;
 
-/// What the service functions need: the store, the key ring and the engine's backends.
+/// What the service functions need: the store, the key ring, the engine's backends and
+/// this process's metrics.
 #[derive(Debug, Clone)]
 pub struct Ctx {
     /// The store.
@@ -30,6 +32,8 @@ pub struct Ctx {
     pub backends: Arc<[BackendName]>,
     /// Backend of jobs that name none.
     pub default_backend: BackendName,
+    /// This process's metrics.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Who acts, for the audit log.

@@ -307,6 +307,10 @@ async fn enqueue(
     tx.commit()
         .await
         .map_err(|err| ServiceError::from(StoreError::from(err)))?;
+    ctx.metrics.run_triggered(name, e.kind);
+    if row.status.is_final() {
+        ctx.metrics.run_finished(name, row.status, None);
+    }
     Ok(Triggered::Created(Box::new(to_api(&row, Vec::new()))))
 }
 
@@ -505,5 +509,9 @@ pub async fn cancel(ctx: &Ctx, actor: &Actor, id: &str) -> Result<Run> {
     )
     .await?;
     tx.commit().await.map_err(StoreError::from)?;
+    if ended {
+        ctx.metrics
+            .run_finished(&run.job_name, RunStatus::Cancelled, None);
+    }
     get(ctx, id).await
 }

@@ -14,10 +14,12 @@ pub mod jobs;
 mod leases;
 pub mod locks;
 pub mod logs;
+pub mod retention;
 pub mod runs;
 mod schedules;
 pub mod secrets;
 mod settings;
+pub mod stats;
 pub mod tokens;
 
 use std::path::Path;

@@ -589,6 +589,7 @@ pub async fn finish(
     let event = NewEvent::new(id, attempt, RunEventKind::Finished, message)
         .detail(serde_json::json!({ "status": to.as_str(), "exit_code": o.exit_code }));
     events::record(conn, event).await?;
+    super::stats::record(conn, id).await?;
     Ok(true)
 }
 

@@ -222,3 +222,5 @@ async fn migrations_run_again_without_change(pg: bool) {
     s.migrate().await.unwrap();
     s.ping().await.unwrap();
 }
+
+mod retention;

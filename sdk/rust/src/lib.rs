@@ -171,6 +171,12 @@ impl Client {
         self.send(req).await
     }
 
+    /// A job's statistics: counts, median and p90 duration over its latest successful runs,
+    /// and its latest runs' durations.
+    pub async fn job_stats(&self, name: &str) -> Result<JobStats, Error> {
+        self.get(&format!("/api/v1/jobs/{}/stats", seg(name))).await
+    }
+
     /// Delete a job; with `force`, its active runs are cancelled first.
     pub async fn delete_job(&self, name: &str, force: bool) -> Result<(), Error> {
         let q = if force { "?force=true" } else { "" };

@@ -1,9 +1,11 @@
 //! Shared test fixtures for every crate's tests: container images the tests build themselves,
-//! fresh PostgreSQL databases, and a running `jobdock` binary driven over HTTP.
+//! fresh PostgreSQL databases, a running `jobdock` binary driven over HTTP, and a reader of
+//! its metrics.
 
 pub mod app;
 pub mod docker_proxy;
 pub mod images;
+pub mod metrics;
 pub mod postgres;
 pub mod swarm;
 

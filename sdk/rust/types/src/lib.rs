@@ -9,6 +9,7 @@ mod jobs;
 mod monitoring;
 mod problem;
 mod runs;
+mod stats;
 mod tokens;
 
 pub use events::*;
@@ -16,6 +17,7 @@ pub use jobs::*;
 pub use monitoring::*;
 pub use problem::*;
 pub use runs::*;
+pub use stats::*;
 pub use tokens::*;
 
 use serde::{Deserialize, Serialize};
