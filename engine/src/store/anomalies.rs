@@ -123,30 +123,23 @@ pub async fn close_for_job(
 }
 
 /// The durations and trigger→running latencies (ms) of the job's last `limit` successful
-/// runs, newest first, leaving out `except_run`.
+/// runs, newest first, leaving out `except_run`. Read from the run statistics, which
+/// outlive pruned runs.
 pub async fn recent_successes(
     conn: &mut AnyConnection,
     job: &str,
     except_run: &str,
     limit: i64,
 ) -> Result<(Vec<i64>, Vec<i64>)> {
-    let rows = sqlx::query(
-        "SELECT finished_at - started_at AS took, first_started_at - created_at AS latency \
-         FROM runs WHERE job_name = $1 AND status = 'succeeded' AND id <> $2 \
-         AND started_at IS NOT NULL AND finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT $3",
-    )
-    .bind(job)
-    .bind(except_run)
-    .bind(limit)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut took = Vec::with_capacity(rows.len());
-    let mut latency = Vec::with_capacity(rows.len());
-    for r in &rows {
-        took.push(r.try_get::<i64, _>("took")?.max(0));
-        if let Some(l) = r.try_get::<Option<i64>, _>("latency")? {
-            latency.push(l.max(0));
-        }
+    let stats = super::stats::recent_successes(conn, job, limit + 1).await?;
+    let mine = stats
+        .iter()
+        .filter(|s| s.run_id != except_run)
+        .take(limit as usize);
+    let (mut took, mut latency) = (Vec::new(), Vec::new());
+    for s in mine {
+        took.extend(s.duration_ms.map(|d| d.max(0)));
+        latency.extend(s.start_latency_ms.map(|l| l.max(0)));
     }
     Ok((took, latency))
 }
