@@ -43,6 +43,10 @@ pub enum ApiError {
     /// 422 with the bad fields.
     #[error("invalid request")]
     Invalid(Vec<FieldError>),
+    /// 503: the database is too busy right now (no connection free in time, or a deadlock
+    /// it broke); the call may be retried — with its idempotency key for a trigger.
+    #[error("the engine is busy; retry in a moment")]
+    Busy(#[source] anyhow::Error),
     /// 500: never shown to the caller, logged with the request id.
     #[error("internal error: {0}")]
     Internal(#[source] anyhow::Error),
@@ -68,6 +72,7 @@ impl ApiError {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -120,6 +125,11 @@ impl IntoResponse for ApiError {
             p.title = "Unauthorized".into();
         }
         let mut resp = status.into_response();
+        if let Self::Busy(e) = &self {
+            tracing::warn!(error = %format!("{e:#}"), "request refused while the database is busy");
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if let Self::Internal(e) = &self {
             resp.extensions_mut()
                 .insert(InternalCause(std::sync::Arc::new(format!("{e:#}"))));
@@ -149,8 +159,21 @@ impl From<ServiceError> for ApiError {
             ServiceError::Invalid(f) => Self::Invalid(f),
             ServiceError::Forbidden(m) => Self::Forbidden(m),
             ServiceError::Store(StoreError::NotFound) => Self::NotFound("not found".into()),
+            ServiceError::Store(StoreError::Database(ref d)) if busy(d) => {
+                Self::Busy(anyhow::Error::new(e))
+            }
             e => Self::Internal(anyhow::Error::new(e)),
         }
+    }
+}
+
+/// A database error that says "too busy now", not "broken": no pooled connection came free
+/// in time, or PostgreSQL broke a deadlock or a serialization conflict.
+fn busy(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(d) => matches!(d.code().as_deref(), Some("40001" | "40P01")),
+        _ => false,
     }
 }
 
@@ -205,4 +228,22 @@ fn rejection_detail(status: StatusCode, method: &axum::http::Method) -> Option<S
         StatusCode::PAYLOAD_TOO_LARGE => "the request body is too large".into(),
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_database_is_a_503_to_retry_and_anything_else_a_500() {
+        let busy = ApiError::from(StoreError::Database(sqlx::Error::PoolTimedOut));
+        let resp = busy.into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        let broken = ApiError::from(StoreError::Database(sqlx::Error::PoolClosed));
+        assert_eq!(
+            broken.into_response().status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
 }
