@@ -57,6 +57,8 @@ pub struct Pump<'a> {
     pub redactor: &'a Redactor,
     /// Most bytes stored per run.
     pub cap: i64,
+    /// This replica's lease owner id: batches are written only while it holds the run.
+    pub owner: &'a str,
 }
 
 /// A line read but not yet stored; `keep` is false for a line past the cap, which is
@@ -204,6 +206,7 @@ impl Pump<'_> {
             }
         }
         totals.mark = Some(buf.mark.clone());
+        totals.owner = Some(self.owner.to_owned());
         let due = last
             || buf
                 .progress_at
@@ -304,6 +307,9 @@ mod tests {
             reason: None,
         };
         let run = runs::insert(&mut tx, new).await.unwrap();
+        assert!(runs::mark_starting(&mut tx, &run.id, "me", i64::MAX)
+            .await
+            .unwrap());
         tx.commit().await.unwrap();
         run.id
     }
@@ -323,6 +329,7 @@ mod tests {
             attempt,
             redactor: &Redactor::new(&[]),
             cap: 1 << 20,
+            owner: "me",
         };
         let from = Position {
             bytes: now.log_bytes,
@@ -369,5 +376,48 @@ mod tests {
         let mark = store.run(&run_id).await.unwrap().log_mark;
         assert_eq!(mark.stdout.cursor.as_deref(), Some("19"));
         assert_eq!(mark.cursor_attempt, Some(2));
+    }
+
+    /// Once another replica has adopted the run, this one's batches are refused: two
+    /// supervisors never both store a line.
+    #[tokio::test]
+    async fn a_pump_whose_lease_moved_on_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("t.db")).await.unwrap();
+        let run_id = run_row(&store).await;
+        assert!(store.adopt(&run_id, "other", i64::MAX, true).await.unwrap());
+        let scripted = Arc::new(Scripted::default());
+        scripted
+            .reads
+            .lock()
+            .unwrap()
+            .push_back(vec![line(1, "a", 2)]);
+        let backend: Arc<dyn Backend> = scripted;
+        let now = store.run(&run_id).await.unwrap();
+        let handle = RunHandle {
+            run_id: run_id.clone(),
+            attempt: 1,
+            backend_ref: "r".into(),
+        };
+        let pump = Pump {
+            store: &store,
+            backend: &backend,
+            handle: &handle,
+            run_id: &run_id,
+            attempt: 1,
+            redactor: &Redactor::new(&[]),
+            cap: 1 << 20,
+            owner: "me",
+        };
+        let from = Position {
+            bytes: now.log_bytes,
+            mark: now.log_mark,
+        };
+        let refused = pump.run(from).await;
+        assert!(
+            matches!(refused, Err(PumpError::Store(StoreError::Fenced))),
+            "{refused:?}"
+        );
+        assert!(store.logs(&run_id, 0, 10).await.unwrap().is_empty());
     }
 }

@@ -412,6 +412,7 @@ async fn pump_logs(
             attempt: run.attempt,
             redactor: &redactor,
             cap: r.inner.config.log_cap_bytes,
+            owner: &r.inner.owner,
         };
         let result = tokio::select! {
             res = pump.run(pos) => res,
@@ -419,6 +420,10 @@ async fn pump_logs(
         };
         match result {
             Ok(()) => return,
+            Err(PumpError::Store(StoreError::Fenced)) => {
+                tracing::warn!("another replica took the run over; this one stops storing its log");
+                return;
+            }
             Err(PumpError::Backend(e)) => tracing::debug!(error = %e, "log stream broke; resuming"),
             Err(PumpError::Store(e)) => {
                 tracing::warn!(error = %e, "could not store log lines; retrying")
@@ -444,6 +449,13 @@ async fn record(
     container: Option<(&Arc<dyn Backend>, &RunHandle)>,
 ) -> anyhow::Result<()> {
     let store = &r.inner.ctx.store;
+    // A supervisor whose lease another replica took over (it was too slow to renew it)
+    // leaves the end to that replica, which stores the log and removes the container.
+    let now = store.run(&run.id).await?;
+    if !now.status.is_final() && now.lease_owner.as_deref() != Some(r.inner.owner.as_str()) {
+        tracing::warn!("another replica supervises the run now; leaving its end to it");
+        return Ok(());
+    }
     let gone = !matches!(ended, Ended::Lost { gone: false, .. });
     let (status, mut outcome) = classify(run, ended);
     outcome.finished_at.get_or_insert_with(now_ms);

@@ -99,6 +99,10 @@ pub struct BatchTotals {
     pub mark: Option<LogMark>,
     /// The last progress the script reported in this batch (`::jobdock::progress <text>`).
     pub progress: Option<String>,
+    /// The lease owner the batch is written for: when the run's lease has moved to another
+    /// replica (which adopted it), the batch is refused with [`super::StoreError::Fenced`],
+    /// so that two supervisors never both store the same output.
+    pub owner: Option<String>,
 }
 
 impl Store {
@@ -110,10 +114,15 @@ impl Store {
         totals: BatchTotals,
     ) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        let row = sqlx::query("SELECT log_lines, attempt FROM runs WHERE id = $1")
+        let row = sqlx::query("SELECT log_lines, attempt, lease_owner FROM runs WHERE id = $1")
             .bind(run_id)
             .fetch_one(&mut *tx)
             .await?;
+        if let Some(owner) = &totals.owner {
+            if row.try_get::<Option<String>, _>("lease_owner")?.as_ref() != Some(owner) {
+                return Err(super::StoreError::Fenced);
+            }
+        }
         let first: i64 = row.try_get::<i64, _>("log_lines")? + 1;
         let attempt: i64 = row.try_get("attempt")?;
         if first == 1 {

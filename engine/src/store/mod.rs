@@ -53,6 +53,9 @@ pub enum StoreError {
     /// A uniqueness rule was broken; the string names what clashed.
     #[error("already exists: {0}")]
     Conflict(&'static str),
+    /// The run's lease has moved to another supervisor: this one must stop writing for it.
+    #[error("the run is supervised elsewhere now")]
+    Fenced,
     /// Stored data could not be read back (a bug or a hand-edited database).
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
