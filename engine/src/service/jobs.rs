@@ -54,6 +54,7 @@ pub fn to_api(row: &JobRow, secret_names: Vec<String>) -> Job {
         registry: s.registry.clone(),
         labels: s.labels.clone(),
         description: s.description.clone(),
+        alerts: s.alerts.clone(),
         created_at: row.created(),
         updated_at: row.updated(),
     }

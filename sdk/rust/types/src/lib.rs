@@ -4,11 +4,13 @@
 //! Input types reject unknown fields, so that a typo in a job file is an error, not a
 //! silently ignored setting.
 
+mod alerts;
 mod jobs;
 mod problem;
 mod runs;
 mod tokens;
 
+pub use alerts::*;
 pub use jobs::*;
 pub use problem::*;
 pub use runs::*;
