@@ -7,6 +7,7 @@
 //! store's test suite against both databases. The few statements that must differ are
 //! chosen by [`Dialect`].
 
+pub mod alerts;
 pub mod audit;
 pub mod jobs;
 mod leases;

@@ -479,6 +479,7 @@ pub async fn finish(
         },
     )
     .await?;
+    super::alerts::enqueue_run_end(conn, id).await?;
     Ok(true)
 }
 
