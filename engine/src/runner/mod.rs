@@ -1,8 +1,10 @@
 //! Running runs: the dispatch loop claims queued runs, a supervisor task per run launches it,
 //! stores its log, enforces its timeout and cancel, and records how it ended; a heartbeat
-//! keeps this replica's leases, and an adoption loop takes over runs nobody supervises
-//! (after a crash of this replica or another).
+//! keeps this replica's leases, an adoption loop takes over runs nobody supervises (after a
+//! crash of this replica or another), and an alert loop delivers the alert outbox.
 
+mod alerts;
+mod deliver;
 mod dispatch;
 mod launch;
 mod logpump;
@@ -21,6 +23,8 @@ use crate::backends::Backends;
 use crate::service::Ctx;
 use crate::store::{now_ms, Dialect};
 
+pub use alerts::AlertConfig;
+
 /// Settings of the runner.
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -36,6 +40,8 @@ pub struct RunnerConfig {
     pub backend_caps: std::collections::HashMap<String, i64>,
     /// A schedule tick missed while the engine was down fires at start-up if younger.
     pub schedule_catchup: Duration,
+    /// How alerts are delivered.
+    pub alerts: AlertConfig,
 }
 
 impl Default for RunnerConfig {
@@ -47,6 +53,7 @@ impl Default for RunnerConfig {
             poll_interval: Duration::from_millis(500),
             backend_caps: [("docker".to_string(), 50)].into(),
             schedule_catchup: Duration::from_secs(3600),
+            alerts: AlertConfig::default(),
         }
     }
 }
@@ -67,6 +74,8 @@ struct Inner {
     wake: Notify,
     /// Notified whenever this replica records the end of a run (long polls wait on it).
     run_ended: Notify,
+    /// Notified when an alert was enqueued outside a run's end (a test alert).
+    alerts_due: Notify,
     /// Set when a job changed, so that schedules are re-read at once.
     jobs_changed: std::sync::atomic::AtomicBool,
     shutdown: CancellationToken,
@@ -97,6 +106,7 @@ impl Runner {
                 installation_id,
                 wake: Notify::new(),
                 run_ended: Notify::new(),
+                alerts_due: Notify::new(),
                 jobs_changed: std::sync::atomic::AtomicBool::new(false),
                 shutdown: CancellationToken::new(),
             }),
@@ -150,6 +160,8 @@ impl Runner {
         tokio::spawn(
             async move { r.schedule_loop().await }.instrument(tracing::info_span!("schedules")),
         );
+        let r = self.clone();
+        tokio::spawn(async move { r.alert_loop().await }.instrument(tracing::info_span!("alerts")));
     }
 
     fn lease_until(&self) -> i64 {

@@ -318,6 +318,18 @@ impl Store {
             .collect()
     }
 
+    /// Frees every alert claim. Only for a single engine (SQLite) at start, when every claim
+    /// is its own from before a restart.
+    pub async fn release_alert_claims(&self) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE alert_outbox SET claimed_by = NULL, claimed_until = NULL \
+             WHERE status = 'pending' AND claimed_by IS NOT NULL",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// One alert.
     pub async fn alert(&self, id: &str) -> Result<OutboxRow> {
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM alert_outbox WHERE id = $1"))
