@@ -3,6 +3,7 @@
 
 mod audit;
 pub mod auth;
+mod channels;
 pub mod error;
 mod health;
 mod jobs;
@@ -70,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .merge(locks::routes())
         .merge(logs::routes())
         .merge(tokens::routes())
+        .merge(channels::routes())
         .merge(audit::routes())
         .merge(openapi::routes())
         .layer(DefaultBodyLimit::max(4 * 1024 * 1024))
