@@ -2,6 +2,8 @@
 //! directory (and, for the PostgreSQL variants, a fresh database) and drives it over HTTP
 //! through `jobdock-client`, or through the CLI.
 
+mod alerts;
+mod alerts_api;
 mod auth;
 mod backends;
 mod cli;

@@ -1,10 +1,12 @@
 //! Shared test fixtures for every crate's tests: container images the tests build themselves,
-//! fresh PostgreSQL databases, and a running `jobdock` binary driven over HTTP.
+//! fresh PostgreSQL databases, a running `jobdock` binary driven over HTTP, and a local
+//! receiver of alerts.
 
 pub mod app;
 pub mod docker_proxy;
 pub mod images;
 pub mod postgres;
 pub mod swarm;
+pub mod webhook;
 
 pub use app::{TestApp, TestAppBuilder};
