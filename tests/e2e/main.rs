@@ -3,6 +3,8 @@
 //! through `jobdock-client`, or through the CLI.
 
 mod anomalies;
+mod alerts;
+mod alerts_api;
 mod auth;
 mod backends;
 mod cli;

@@ -4,6 +4,7 @@
 mod anomalies;
 mod audit;
 pub mod auth;
+mod channels;
 pub mod error;
 mod health;
 mod jobs;
@@ -79,6 +80,7 @@ pub fn router(state: AppState) -> Router {
         .merge(locks::routes())
         .merge(logs::routes())
         .merge(tokens::routes())
+        .merge(channels::routes())
         .merge(audit::routes())
         .merge(anomalies::routes())
         .merge(openapi::routes())

@@ -18,6 +18,8 @@ use super::AppState;
         super::runs::trigger, super::runs::list, super::runs::read, super::runs::events, super::runs::cancel, super::runs::rerun, super::logs::logs,
         super::locks::list, super::locks::read, super::locks::set,
         super::tokens::create, super::tokens::list, super::tokens::revoke,
+        super::channels::create, super::channels::list, super::channels::read,
+        super::channels::patch, super::channels::remove, super::channels::deliveries, super::channels::test,
         super::audit::list,
         super::anomalies::list, super::anomalies::close,
         openapi_json,

@@ -57,6 +57,7 @@ pub(super) fn runner_config(
         }
         c.lease_ttl = Duration::from_secs(s);
     }
+    c.alerts = super::alerts::alert_config(args, file)?;
     Ok(c)
 }
 

@@ -10,6 +10,7 @@ use clap::{Args, ValueEnum};
 use secrecy::SecretString;
 use serde::Deserialize;
 
+mod alerts;
 mod backends;
 mod monitoring;
 
@@ -195,6 +196,26 @@ pub struct ServeArgs {
     )]
     pub kube_pending_timeout_seconds: Option<u64>,
 
+    /// Attempts at delivering an alert, the first included, before it is given up.
+    /// [file: alert_max_attempts] [default: 8]
+    #[arg(long, env = "JOBDOCK_ALERT_MAX_ATTEMPTS", value_name = "N")]
+    pub alert_max_attempts: Option<u32>,
+
+    /// How long an alert's receiver may take to answer, in seconds.
+    /// [file: alert_timeout_seconds] [default: 10]
+    #[arg(long, env = "JOBDOCK_ALERT_TIMEOUT_SECONDS", value_name = "SECONDS")]
+    pub alert_timeout_seconds: Option<u64>,
+
+    /// Delay before an alert's first retry, in milliseconds; later retries wait 3, 12, 60,
+    /// 180 and then 360 times as long. [file: alert_retry_base_ms] [default: 10000]
+    #[arg(long, env = "JOBDOCK_ALERT_RETRY_BASE_MS", value_name = "MS")]
+    pub alert_retry_base_ms: Option<u64>,
+
+    /// The engine's address as its users reach it, e.g. `https://jobdock.example.com`;
+    /// alerts link to runs under it. [file: public_url]
+    #[arg(long, env = "JOBDOCK_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
+
     /// The first admin token, used verbatim when no token exists yet (stored as a hash).
     /// Without it, `serve` creates one and prints it once.
     #[arg(
@@ -247,6 +268,10 @@ struct FileSettings {
     metrics_public: Option<bool>,
     retention_days: Option<i64>,
     retention_max_runs_per_job: Option<i64>,
+    alert_max_attempts: Option<u32>,
+    alert_timeout_seconds: Option<u64>,
+    alert_retry_base_ms: Option<u64>,
+    public_url: Option<String>,
 }
 
 /// A setting that is wrong, in words.
@@ -494,6 +519,32 @@ mod tests {
             Settings::from_args(&parse(&["--data-dir", d, "--listen", "127.0.0.1:7000"])).unwrap();
         assert_eq!(s.listen.port(), 7000);
         assert!(matches!(s.store.database, Database::Sqlite(ref p) if p.ends_with("jobdock.db")));
+    }
+
+    #[test]
+    fn alert_settings_come_from_flags_or_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("jobdock.toml"),
+            "alert_max_attempts = 3\npublic_url = \"https://jd.example.com/\"\n",
+        )
+        .unwrap();
+        let d = dir.path().to_str().unwrap();
+        let s =
+            Settings::from_args(&parse(&["--data-dir", d, "--alert-retry-base-ms", "50"])).unwrap();
+        let a = &s.runner.alerts;
+        assert_eq!(a.max_attempts, 3);
+        assert_eq!(a.retry_base, std::time::Duration::from_millis(50));
+        assert_eq!(a.timeout, std::time::Duration::from_secs(10));
+        assert_eq!(a.public_url.as_deref(), Some("https://jd.example.com"));
+        for bad in [
+            ["--alert-max-attempts", "0"],
+            ["--public-url", "jd.example.com"],
+        ] {
+            let err = Settings::from_args(&parse(&["--data-dir", d, bad[0], bad[1]])).unwrap_err();
+            let key = bad[0].trim_start_matches("--").replace('-', "_");
+            assert!(err.0.contains(&key), "{err}");
+        }
     }
 
     #[test]

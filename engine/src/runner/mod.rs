@@ -1,8 +1,11 @@
 //! Running runs: the dispatch loop claims queued runs, a supervisor task per run launches it,
 //! stores its log, enforces its timeout and cancel, and records how it ended; a heartbeat
-//! keeps this replica's leases, and an adoption loop takes over runs nobody supervises
-//! (after a crash of this replica or another). A retention loop prunes old runs.
+//! keeps this replica's leases, an adoption loop takes over runs nobody supervises (after a
+//! crash of this replica or another), an alert loop delivers the alert outbox, and a
+//! retention loop prunes old runs.
 
+mod alerts;
+mod deliver;
 mod dispatch;
 mod launch;
 mod logpump;
@@ -24,6 +27,8 @@ use tracing::Instrument;
 use crate::backends::Backends;
 use crate::service::Ctx;
 use crate::store::{now_ms, Dialect};
+
+pub use alerts::AlertConfig;
 
 /// Settings of the runner.
 #[derive(Debug, Clone)]
@@ -47,6 +52,8 @@ pub struct RunnerConfig {
     pub monitor_interval: Duration,
     /// Which old runs are pruned, and how often.
     pub retention: RetentionConfig,
+    /// How alerts are delivered.
+    pub alerts: AlertConfig,
 }
 
 impl Default for RunnerConfig {
@@ -61,6 +68,7 @@ impl Default for RunnerConfig {
             stall_after: Duration::from_secs(1800),
             monitor_interval: Duration::from_secs(2),
             retention: RetentionConfig::default(),
+            alerts: AlertConfig::default(),
         }
     }
 }
@@ -81,6 +89,8 @@ struct Inner {
     wake: Notify,
     /// Notified whenever this replica records the end of a run (long polls wait on it).
     run_ended: Notify,
+    /// Notified when an alert was enqueued outside a run's end (a test alert).
+    alerts_due: Notify,
     /// Set when a job changed, so that schedules are re-read at once.
     jobs_changed: std::sync::atomic::AtomicBool,
     /// What each queued run was last recorded as waiting for, by this replica.
@@ -113,6 +123,7 @@ impl Runner {
                 installation_id,
                 wake: Notify::new(),
                 run_ended: Notify::new(),
+                alerts_due: Notify::new(),
                 jobs_changed: std::sync::atomic::AtomicBool::new(false),
                 waiting_noted: Default::default(),
                 shutdown: CancellationToken::new(),
@@ -167,6 +178,8 @@ impl Runner {
         tokio::spawn(
             async move { r.schedule_loop().await }.instrument(tracing::info_span!("schedules")),
         );
+        let r = self.clone();
+        tokio::spawn(async move { r.alert_loop().await }.instrument(tracing::info_span!("alerts")));
         let r = self.clone();
         tokio::spawn(
             async move { r.monitor_loop().await }.instrument(tracing::info_span!("monitor")),

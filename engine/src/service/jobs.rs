@@ -55,6 +55,7 @@ pub fn to_api(row: &JobRow, secret_names: Vec<String>) -> Job {
         registry: s.registry.clone(),
         labels: s.labels.clone(),
         description: s.description.clone(),
+        alerts: s.alerts.clone(),
         created_at: row.created(),
         updated_at: row.updated(),
     }
@@ -113,6 +114,7 @@ pub async fn create(ctx: &Ctx, actor: &Actor, spec: JobSpec) -> Result<Job> {
         spec.secrets.as_ref().unwrap_or(&BTreeMap::new()),
     )?;
     let mut tx = ctx.store.begin_write().await?;
+    super::alerts::check_subscriptions(&mut tx, ctx, &spec).await?;
     let row = store::jobs::insert(&mut tx, NewJob { spec: &spec })
         .await
         .map_err(job_err(&spec.name))?;
@@ -228,6 +230,7 @@ async fn write(
         .map_err(job_err(name))?;
     let spec = normalise(next(&current.spec)?, ctx);
     check(&spec, ctx)?;
+    super::alerts::check_subscriptions(&mut tx, ctx, &spec).await?;
     let row = store::jobs::update(&mut tx, &current.id, &spec).await?;
     let mut detail = json!({ "image": spec.image });
     if let Some(secrets) = &spec.secrets {

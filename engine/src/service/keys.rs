@@ -63,7 +63,10 @@ pub async fn load(
     source: &MasterKeySource,
     may_create: bool,
 ) -> Result<(KeyRing, KeyOrigin), KeyError> {
-    let samples = store.sealing_key_samples().await?;
+    let mut samples = store.sealing_key_samples().await?;
+    for (channel_id, sealed) in store.channel_sealing_key_samples().await? {
+        samples.push((super::channels::sealing_context(&channel_id), sealed));
+    }
     let (ring, origin) = match source {
         MasterKeySource::Inline(k) => (KeyRing::parse(k)?, KeyOrigin::Configured),
         MasterKeySource::File(p) => (KeyRing::read_file(p)?, KeyOrigin::Configured),
@@ -84,8 +87,8 @@ pub async fn load(
             (KeyRing::create_file(p)?, KeyOrigin::Created)
         }
     };
-    for (job, sealed) in &samples {
-        ring.open(job, sealed)
+    for (context, sealed) in &samples {
+        ring.open(context, sealed)
             .map_err(|e| KeyError::Wrong(e.to_string()))?;
     }
     Ok((ring, origin))
@@ -101,15 +104,17 @@ pub async fn rotate(store: &Store, ring: &KeyRing) -> Result<usize, KeyError> {
         let resealed = ring.seal(job_name, &sealed.key, plain.expose_secret())?;
         store::secrets::put(&mut tx, job_id, &resealed).await?;
     }
+    let channels = super::channels::reseal(&mut tx, ring).await?;
+    let resealed = stale.len() + channels;
     store::audit::record(
         &mut tx,
         Actor::default().audit(
             "keys.rotate",
             ring.primary_id(),
-            json!({ "resealed": stale.len() }),
+            json!({ "resealed": resealed }),
         ),
     )
     .await?;
     tx.commit().await.map_err(StoreError::from)?;
-    Ok(stale.len())
+    Ok(resealed)
 }

@@ -1,7 +1,9 @@
-//! The rules of the engine, below the HTTP layer: validation, secrets, tokens, audit.
+//! The rules of the engine, below the HTTP layer: validation, secrets, tokens, alerts, audit.
 //! Handlers, the scheduler and the CLI's offline commands all pass through here, so that a
 //! rule lives in one place.
 
+pub mod alerts;
+pub mod channels;
 pub mod jobs;
 pub mod keys;
 pub mod locks;

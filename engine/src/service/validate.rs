@@ -257,6 +257,19 @@ pub fn job_spec(spec: &JobSpec, backends: &[BackendName]) -> Result<(), Vec<Fiel
     if let Some(d) = &spec.description {
         e.check("description", no_nul(d, MAX_DESCRIPTION));
     }
+    for (i, a) in spec.alerts.iter().enumerate() {
+        e.check(format!("alerts[{i}].channel"), job_name(&a.channel));
+        if spec.alerts[..i].iter().any(|b| b.channel == a.channel) {
+            e.check(
+                format!("alerts[{i}].channel"),
+                Err(format!(
+                    "`{}` is named twice; list its events once",
+                    a.channel
+                )),
+            );
+        }
+        super::channels::check_events(&a.on, &format!("alerts[{i}].on"), &mut e.0);
+    }
     if e.0.is_empty() {
         Ok(())
     } else {

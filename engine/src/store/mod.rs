@@ -8,6 +8,7 @@
 //! chosen by [`Dialect`].
 
 pub mod anomalies;
+pub mod alerts;
 pub mod audit;
 pub mod events;
 pub mod jobs;

@@ -590,6 +590,7 @@ pub async fn finish(
         .detail(serde_json::json!({ "status": to.as_str(), "exit_code": o.exit_code }));
     events::record(conn, event).await?;
     super::stats::record(conn, id).await?;
+    super::alerts::enqueue_run_end(conn, id).await?;
     Ok(true)
 }
 

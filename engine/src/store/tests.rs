@@ -8,7 +8,7 @@ use super::*;
 
 /// A store on a fresh database; the guard keeps the PostgreSQL database (or the SQLite
 /// directory) alive for the test.
-async fn store(pg: bool) -> (Store, Box<dyn std::any::Any>) {
+pub(super) async fn store(pg: bool) -> (Store, Box<dyn std::any::Any>) {
     if pg {
         let db = TestDb::create().await;
         (Store::connect(&db.url).await.unwrap(), Box::new(db))

@@ -9,6 +9,8 @@
 //! # Ok(()) }
 //! ```
 
+mod channels;
+
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -1,6 +1,6 @@
 //! Shared test fixtures for every crate's tests: container images the tests build themselves,
-//! fresh PostgreSQL databases, a running `jobdock` binary driven over HTTP, and a reader of
-//! its metrics.
+//! fresh PostgreSQL databases, a running `jobdock` binary driven over HTTP, a reader of its
+//! metrics, and a local receiver of alerts.
 
 pub mod app;
 pub mod docker_proxy;
@@ -8,5 +8,6 @@ pub mod images;
 pub mod metrics;
 pub mod postgres;
 pub mod swarm;
+pub mod webhook;
 
 pub use app::{TestApp, TestAppBuilder};

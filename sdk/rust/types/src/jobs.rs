@@ -209,6 +209,9 @@ pub struct JobSpec {
     /// What the job does, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Channels told about this job's runs, and on which events.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<crate::AlertSubscription>,
 }
 
 /// A registered job, as the API returns it: the definition with defaults filled in,
@@ -266,6 +269,9 @@ pub struct Job {
     pub labels: BTreeMap<String, String>,
     /// What the job does.
     pub description: Option<String>,
+    /// Channels told about this job's runs, and on which events.
+    #[serde(default)]
+    pub alerts: Vec<crate::AlertSubscription>,
     /// When the job was registered.
     pub created_at: DateTime<Utc>,
     /// When its definition or secrets last changed.

@@ -5,6 +5,7 @@
 //! silently ignored setting.
 
 mod events;
+mod alerts;
 mod jobs;
 mod monitoring;
 mod problem;
@@ -13,6 +14,7 @@ mod stats;
 mod tokens;
 
 pub use events::*;
+pub use alerts::*;
 pub use jobs::*;
 pub use monitoring::*;
 pub use problem::*;

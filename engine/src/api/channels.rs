@@ -1,0 +1,163 @@
+//! `/api/v1/channels`: notification channels, their deliveries, and test alerts. Changing a
+//! channel needs an admin token; reading, a read token. Channels serve every job, so a token
+//! restricted to some jobs may list them but not change them or read their deliveries (which
+//! tell of other jobs' runs).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use jobdock_types::{Channel, CreatedChannel, Delivery, NewChannel, Page, Problem};
+
+use super::auth::{Admin, Caller, NeedScope, Read};
+use super::error::ApiError;
+use super::json::ApiJson;
+use super::query::{ApiQuery, PageQuery};
+use super::AppState;
+use crate::service::{alerts, channels};
+
+/// The routes of this module. The path names `{channel}`, not `{name}`: a channel is not a
+/// job, so a token's job patterns do not apply to its name.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/channels", get(list).post(create))
+        .route(
+            "/api/v1/channels/{channel}",
+            get(read).patch(patch).delete(remove),
+        )
+        .route("/api/v1/channels/{channel}/deliveries", get(deliveries))
+        .route("/api/v1/channels/{channel}/test", post(test))
+}
+
+/// Refuses a token restricted to some jobs.
+fn every_job<S: NeedScope>(caller: &Caller<S>) -> Result<(), ApiError> {
+    if caller.principal.reaches_all_jobs() {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            "channels serve every job; this token is restricted to some jobs".into(),
+        ))
+    }
+}
+
+/// Create a channel. A webhook's signing secret is in this answer only.
+#[utoipa::path(post, path = "/api/v1/channels", tag = "channels", request_body = NewChannel,
+    responses((status = 201, body = CreatedChannel), (status = 409, body = Problem), (status = 422, body = Problem)))]
+pub async fn create(
+    caller: Caller<Admin>,
+    State(s): State<AppState>,
+    ApiJson(new): ApiJson<NewChannel>,
+) -> Result<impl IntoResponse, ApiError> {
+    every_job(&caller)?;
+    let created = channels::create(&s.ctx, &caller.actor, new).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// A page of channels (for the OpenAPI document).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ChannelPage {
+    items: Vec<Channel>,
+    next_cursor: Option<String>,
+}
+
+/// List channels, ordered by name.
+#[utoipa::path(get, path = "/api/v1/channels", tag = "channels", params(PageQuery),
+    responses((status = 200, body = ChannelPage)))]
+pub async fn list(
+    _caller: Caller<Read>,
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Json<Page<Channel>>, ApiError> {
+    Ok(Json(
+        channels::list(&s.ctx, q.cursor.as_deref(), q.limit()?).await?,
+    ))
+}
+
+/// One channel (its URL as scheme and host only).
+#[utoipa::path(get, path = "/api/v1/channels/{channel}", tag = "channels", params(("channel" = String, Path)),
+    responses((status = 200, body = Channel), (status = 404, body = Problem)))]
+pub async fn read(
+    _caller: Caller<Read>,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Channel>, ApiError> {
+    Ok(Json(channels::get(&s.ctx, &name).await?))
+}
+
+/// Change a channel with a JSON merge patch (RFC 7396): `url`, `signing_secret`,
+/// `description`, `subscribe`.
+#[utoipa::path(patch, path = "/api/v1/channels/{channel}", tag = "channels", params(("channel" = String, Path)),
+    request_body(content = Object, content_type = "application/merge-patch+json"),
+    responses((status = 200, body = Channel), (status = 404, body = Problem), (status = 422, body = Problem)))]
+pub async fn patch(
+    caller: Caller<Admin>,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(patch): ApiJson<serde_json::Value>,
+) -> Result<Json<Channel>, ApiError> {
+    every_job(&caller)?;
+    Ok(Json(
+        channels::patch(&s.ctx, &caller.actor, &name, patch).await?,
+    ))
+}
+
+/// Delete a channel and its undelivered alerts. Refused while a job's `alerts` names it.
+#[utoipa::path(delete, path = "/api/v1/channels/{channel}", tag = "channels", params(("channel" = String, Path)),
+    responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn remove(
+    caller: Caller<Admin>,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    every_job(&caller)?;
+    channels::delete(&s.ctx, &caller.actor, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A page of deliveries (for the OpenAPI document).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct DeliveryPage {
+    items: Vec<Delivery>,
+    next_cursor: Option<String>,
+}
+
+/// The channel's alerts, newest first, each with every attempt at delivering it.
+#[utoipa::path(get, path = "/api/v1/channels/{channel}/deliveries", tag = "channels",
+    params(("channel" = String, Path), PageQuery),
+    responses((status = 200, body = DeliveryPage), (status = 404, body = Problem)))]
+pub async fn deliveries(
+    caller: Caller<Read>,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Json<Page<Delivery>>, ApiError> {
+    every_job(&caller)?;
+    let limit = q.limit()?;
+    let cursor = q
+        .cursor
+        .as_deref()
+        .map(|c| c.parse::<i64>())
+        .transpose()
+        .map_err(|_| ApiError::invalid("cursor", "is not a cursor of this list"))?;
+    Ok(Json(
+        alerts::deliveries(&s.ctx, &name, cursor, limit).await?,
+    ))
+}
+
+/// Send a test alert through the channel: it is delivered, retried and recorded like any
+/// other. Answers 202 with the pending delivery.
+#[utoipa::path(post, path = "/api/v1/channels/{channel}/test", tag = "channels", params(("channel" = String, Path)),
+    responses((status = 202, body = Delivery), (status = 404, body = Problem)))]
+pub async fn test(
+    caller: Caller<Admin>,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    every_job(&caller)?;
+    let delivery = alerts::send_test(&s.ctx, &caller.actor, &name).await?;
+    s.runner.alerts_due();
+    Ok((StatusCode::ACCEPTED, Json(delivery)))
+}
