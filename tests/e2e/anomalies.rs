@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use jobdock_client::Client;
-use jobdock_types::{Anomaly, AnomalyKind, Monitoring, Run, RunStatus};
+use jobdock_testkit::webhook::Receiver;
+use jobdock_types::{
+    AlertKind, AlertSubscription, Anomaly, AnomalyKind, Monitoring, Run, RunStatus,
+};
 use serde_json::json;
 
 use crate::{app, run_to_end, sh_job};
@@ -30,16 +33,27 @@ fn kinds(run: &Run) -> Vec<AnomalyKind> {
 }
 
 /// After five runs of about a second, a run that sleeps much longer is `long_running`
-/// while it still runs, and a success that exits at once is `unusually_fast`.
+/// while it still runs — and a local webhook receiver gets a correctly signed alert of it —
+/// and a success that exits at once is `unusually_fast`; `/metrics` counts both.
 #[tokio::test]
 async fn a_jobs_usual_duration_is_learned_and_departures_from_it_are_raised() {
-    let app = app(false).await;
+    let receiver = Receiver::start(&[]).await;
+    let app = crate::alerts::engine().start().await;
     let c = app.admin();
+    let channel = c
+        .create_channel(&crate::alerts::webhook("oncall", &receiver.url("/hook")))
+        .await
+        .unwrap();
+    let secret = channel.signing_secret.expect("a generated signing secret");
     let mut job = sh_job("nightly-load", "sleep 1");
     job.monitoring = Some(Monitoring {
         long_running_min_extra_seconds: 2,
         ..Monitoring::default()
     });
+    job.alerts = vec![AlertSubscription {
+        channel: "oncall".into(),
+        on: vec![AlertKind::Anomaly],
+    }];
     c.create_job(&job).await.unwrap();
     for _ in 0..5 {
         let run = run_to_end(&c, "nightly-load").await;
@@ -78,6 +92,22 @@ async fn a_jobs_usual_duration_is_learned_and_departures_from_it_are_raised() {
         "{events:?}"
     );
 
+    // The alert reaches the receiver while the run still runs, signed.
+    let got = receiver.wait_for(1, 60).await;
+    crate::alerts::verify(&secret, &got[0]);
+    let body = got[0].json();
+    assert_eq!(body["event"], "anomaly", "{body}");
+    assert_eq!(body["run_id"], long.id.as_str(), "{body}");
+    assert!(
+        body["summary"].as_str().unwrap().contains("long_running"),
+        "{body}"
+    );
+    assert_eq!(
+        c.get_run(&long.id).await.unwrap().status,
+        RunStatus::Running,
+        "alerted before the run ended"
+    );
+
     // Its end closes it.
     c.cancel_run(&long.id).await.unwrap();
     let ended = c
@@ -99,6 +129,26 @@ async fn a_jobs_usual_duration_is_learned_and_departures_from_it_are_raised() {
         "{}",
         fast.anomalies[0].message
     );
+    let metrics = crate::metrics::scrape(&app).await;
+    for kind in ["long_running", "unusually_fast"] {
+        assert_eq!(
+            metrics.value("jobdock_anomalies_total", &[("kind", kind)]),
+            Some(1.0),
+            "{kind}"
+        );
+    }
+    receiver.wait_for(2, 60).await;
+    let kinds: Vec<String> = receiver
+        .received()
+        .iter()
+        .map(|r| {
+            r.json()["details"]["anomaly"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(kinds, ["long_running", "unusually_fast"], "one alert each");
 }
 
 /// A run that writes nothing for longer than its job allows is `stalled`; one that writes
@@ -137,6 +187,11 @@ async fn a_silent_run_is_stalled_and_a_heartbeat_keeps_a_run_from_it() {
     let beat_now = c.get_run(&beat.id).await.unwrap();
     assert_eq!(beat_now.status, RunStatus::Running);
     assert!(beat_now.anomalies.is_empty(), "{beat_now:?}");
+    let metrics = crate::metrics::scrape(&app).await;
+    assert_eq!(
+        metrics.value("jobdock_anomalies_total", &[("kind", "stalled")]),
+        Some(1.0)
+    );
     for id in [&beat.id, &quiet.id] {
         c.cancel_run(id).await.unwrap();
     }

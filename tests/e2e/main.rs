@@ -2,9 +2,9 @@
 //! directory (and, for the PostgreSQL variants, a fresh database) and drives it over HTTP
 //! through `jobdock-client`, or through the CLI.
 
-mod anomalies;
 mod alerts;
 mod alerts_api;
+mod anomalies;
 mod auth;
 mod backends;
 mod cli;

@@ -30,7 +30,7 @@ async fn scrape_raw(app: &TestApp, token: Option<&str>) -> (u16, String, String)
 }
 
 /// The admin's view of the app's metrics.
-async fn scrape(app: &TestApp) -> Exposition {
+pub async fn scrape(app: &TestApp) -> Exposition {
     let (status, _, body) = scrape_raw(app, Some(jobdock_testkit::app::ADMIN_TOKEN)).await;
     assert_eq!(status, 200, "{body}");
     Exposition::parse(&body)

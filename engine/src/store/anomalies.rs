@@ -6,6 +6,7 @@
 use jobdock_types::{Anomaly, AnomalyKind, RunEventKind};
 use sqlx::{AnyConnection, Row};
 
+use super::alerts::{AlertEvent, AlertKind};
 use super::events::{self, NewEvent};
 use super::{from_ms, now_ms, Result, Store, StoreError};
 
@@ -84,6 +85,24 @@ pub async fn raise(conn: &mut AnyConnection, a: NewAnomaly<'_>) -> Result<Option
     )
     .detail(serde_json::json!({ "kind": a.kind.as_str(), "anomaly_id": anomaly.id }));
     events::record(conn, event).await?;
+    let alert = AlertEvent {
+        kind: AlertKind::Anomaly,
+        job: a.job.to_owned(),
+        run_id: a.run_id.to_owned(),
+        occurred_at_ms: anomaly.raised_at.timestamp_millis(),
+        summary: format!(
+            "{} on run {} of {}: {}",
+            a.kind, a.run_id, a.job, anomaly.message
+        ),
+        details: serde_json::json!({
+            "anomaly_id": anomaly.id,
+            "anomaly": a.kind.as_str(),
+            "message": anomaly.message,
+            "expected": anomaly.expected,
+            "observed": anomaly.observed,
+        }),
+    };
+    super::alerts::enqueue_alerts(conn, &alert).await?;
     Ok(Some(anomaly))
 }
 

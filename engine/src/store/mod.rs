@@ -7,8 +7,8 @@
 //! store's test suite against both databases. The few statements that must differ are
 //! chosen by [`Dialect`].
 
-pub mod anomalies;
 pub mod alerts;
+pub mod anomalies;
 pub mod audit;
 pub mod events;
 pub mod jobs;

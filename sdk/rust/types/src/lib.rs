@@ -4,8 +4,8 @@
 //! Input types reject unknown fields, so that a typo in a job file is an error, not a
 //! silently ignored setting.
 
-mod events;
 mod alerts;
+mod events;
 mod jobs;
 mod monitoring;
 mod problem;
@@ -13,8 +13,8 @@ mod runs;
 mod stats;
 mod tokens;
 
-pub use events::*;
 pub use alerts::*;
+pub use events::*;
 pub use jobs::*;
 pub use monitoring::*;
 pub use problem::*;
