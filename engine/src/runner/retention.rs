@@ -79,6 +79,20 @@ impl Runner {
                 tokio::time::sleep(BETWEEN_STEPS).await;
             }
         }
+        // Alerts delivered or given up are kept as long as runs are.
+        let before = now - policy.days * 86_400_000;
+        loop {
+            if self.inner.shutdown.is_cancelled() {
+                return Ok(deleted);
+            }
+            let mut tx = store.begin_write().await?;
+            let n = crate::store::alerts::outbox::prune(&mut tx, before, 500).await?;
+            tx.commit().await?;
+            if n == 0 {
+                break;
+            }
+            tokio::time::sleep(BETWEEN_STEPS).await;
+        }
         Ok(deleted)
     }
 

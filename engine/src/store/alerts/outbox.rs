@@ -340,3 +340,25 @@ impl Store {
         decode(&row)
     }
 }
+
+/// Deletes up to `limit` alerts that were delivered or given up and happened before
+/// `before_ms`, with their attempts; returns how many went. Pending alerts always stay.
+pub async fn prune(conn: &mut AnyConnection, before_ms: i64, limit: i64) -> Result<u64> {
+    sqlx::query(
+        "DELETE FROM alert_attempts WHERE outbox_id IN (SELECT id FROM alert_outbox \
+         WHERE status IN ('delivered', 'failed') AND occurred_at < $1 ORDER BY seq LIMIT $2)",
+    )
+    .bind(before_ms)
+    .bind(limit)
+    .execute(&mut *conn)
+    .await?;
+    let done = sqlx::query(
+        "DELETE FROM alert_outbox WHERE id IN (SELECT id FROM alert_outbox \
+         WHERE status IN ('delivered', 'failed') AND occurred_at < $1 ORDER BY seq LIMIT $2)",
+    )
+    .bind(before_ms)
+    .bind(limit)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected())
+}

@@ -37,6 +37,7 @@ both!(
     a_broken_outbox_never_fails_a_run_end,
     deliveries_page_newest_first,
     channels_are_unique_and_know_their_subscribers,
+    old_settled_alerts_are_pruned_and_pending_ones_stay,
 );
 
 use AlertKind::{Anomaly, Failure, Recovery, Success, Timeout};
@@ -561,4 +562,49 @@ async fn channels_are_unique_and_know_their_subscribers(pg: bool) {
         s.deliveries(&id, None, 10).await.unwrap().is_empty(),
         "its alerts went with it"
     );
+}
+
+async fn old_settled_alerts_are_pruned_and_pending_ones_stay(pg: bool) {
+    let (s, _g) = store(pg).await;
+    let ch = add_channel(&s, "ops", None).await;
+    let ids = insert_alerts(&s, &ch, 3).await;
+    assert_eq!(
+        s.claim_alerts("me", now_ms() + 60_000, 10)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    let done = AttemptResult {
+        at: now_ms(),
+        http_status: Some(200),
+        error: None,
+        duration_ms: 5,
+    };
+    for id in &ids[..2] {
+        assert!(s
+            .record_alert_attempt(id, "me", &done, Next::Delivered)
+            .await
+            .unwrap());
+    }
+    let prune = |before: i64| {
+        let s = s.clone();
+        async move {
+            let mut tx = s.begin_write().await.unwrap();
+            let n = outbox::prune(&mut tx, before, 1).await.unwrap();
+            tx.commit().await.unwrap();
+            n
+        }
+    };
+    assert_eq!(prune(now_ms() - 60_000).await, 0, "younger than the cut");
+    assert_eq!(prune(now_ms() + 1).await, 1, "in batches of the limit");
+    assert_eq!(prune(now_ms() + 1).await, 1);
+    assert_eq!(prune(now_ms() + 1).await, 0, "the pending one stays");
+    assert!(s.alert(&ids[2]).await.is_ok());
+    assert!(s.alert(&ids[0]).await.is_err());
+    assert!(s
+        .delivery_attempts(&ids[..2].to_vec())
+        .await
+        .unwrap()
+        .is_empty());
 }
