@@ -602,9 +602,5 @@ async fn old_settled_alerts_are_pruned_and_pending_ones_stay(pg: bool) {
     assert_eq!(prune(now_ms() + 1).await, 0, "the pending one stays");
     assert!(s.alert(&ids[2]).await.is_ok());
     assert!(s.alert(&ids[0]).await.is_err());
-    assert!(s
-        .delivery_attempts(&ids[..2].to_vec())
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(s.delivery_attempts(&ids[..2]).await.unwrap().is_empty());
 }
