@@ -281,3 +281,47 @@ async fn bad_monitoring_settings_and_filters_name_the_field() {
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["errors"][0]["field"], "kind", "{body}");
 }
+
+/// A run that waits far longer than the job's runs usually take to start — here behind a
+/// lock another job holds — is `slow_start` while it still waits.
+#[tokio::test]
+async fn a_run_waiting_far_longer_than_usual_to_start_is_a_slow_start() {
+    let app = app(false).await;
+    let c = app.admin();
+    let mut job = sh_job("orders", "echo ok");
+    job.lock_keys = vec!["erp".into()];
+    job.monitoring = Some(Monitoring {
+        slow_start_min_extra_seconds: 2,
+        ..Monitoring::default()
+    });
+    c.create_job(&job).await.unwrap();
+    let mut holder = sh_job("invoices", "echo holding; sleep 120");
+    holder.lock_keys = vec!["erp".into()];
+    c.create_job(&holder).await.unwrap();
+    for _ in 0..5 {
+        assert_eq!(run_to_end(&c, "orders").await.status, RunStatus::Succeeded);
+    }
+
+    let (held, _) = c
+        .trigger("invoices", &Default::default(), None)
+        .await
+        .unwrap();
+    crate::wait_for_log(&c, &held.id, "holding", 60).await;
+    let (waiting, _) = c
+        .trigger("orders", &Default::default(), None)
+        .await
+        .unwrap();
+    let (run, a) = anomaly_on(&c, &waiting.id, AnomalyKind::SlowStart, 60).await;
+    assert_eq!(run.status, RunStatus::Queued, "raised while it still waits");
+    assert!(a.message.contains("not running"), "{}", a.message);
+    c.cancel_run(&held.id).await.unwrap();
+    let ended = c
+        .wait_until_final(&waiting.id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(ended.status, RunStatus::Succeeded);
+    assert!(
+        !ended.anomalies[0].open,
+        "closed by the run's end: {ended:?}"
+    );
+}

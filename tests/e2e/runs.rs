@@ -57,7 +57,13 @@ async fn success_and_failure_report_exit_codes_and_logs() {
 async fn an_oom_kill_is_reported_as_such() {
     let app = app(false).await;
     let c = app.admin();
-    let mut s = sh_job("hungry", "exec dd if=/dev/zero of=/dev/null bs=64M count=1");
+    // Alive a moment before it runs out of memory: a container killed within milliseconds
+    // of its start can die before containerd watches its cgroup for OOM events, and then
+    // nothing reports the OOM kill (seen under load). Real scripts take longer to start.
+    let mut s = sh_job(
+        "hungry",
+        "sleep 1; exec dd if=/dev/zero of=/dev/null bs=64M count=1",
+    );
     s.resources = Some(Resources {
         cpus: Some(0.5),
         memory_mb: Some(16),

@@ -40,7 +40,10 @@ pub async fn exit_code_is_reported(ctx: Ctx) -> Result<()> {
 /// A run that allocates past its memory limit is killed and reported as OOM-killed.
 pub async fn oom_kill_is_reported(ctx: Ctx) -> Result<()> {
     // `exec`: the allocating process must be the container's main one, as in a real job.
-    let mut spec = ctx.spec("exec dd if=/dev/zero of=/dev/null bs=64M count=1");
+    // Alive a moment before it runs out of memory: a container killed within milliseconds
+    // of its start can die before containerd watches its cgroup for OOM events, and then
+    // nothing reports the OOM kill (seen under load). Real scripts take longer to start.
+    let mut spec = ctx.spec("sleep 1; exec dd if=/dev/zero of=/dev/null bs=64M count=1");
     spec.resources.memory_bytes = Some(16 << 20);
     let (_, exit, _) = ctx.run_to_end(&spec).await?;
     ensure!(exit.oom_killed, "not reported as OOM: {exit:?}");
