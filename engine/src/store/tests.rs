@@ -33,6 +33,7 @@ macro_rules! both {
         }
     )*};
 }
+pub(crate) use both;
 
 both!(
     job_names_are_unique_among_live_jobs,

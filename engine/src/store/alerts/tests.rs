@@ -10,23 +10,8 @@ use super::channels::{self, ChannelFields};
 use super::outbox::{AttemptResult, Next};
 use super::*;
 use crate::store::runs::{self, NewRun, Outcome};
-use crate::store::tests::store;
+use crate::store::tests::{both, store};
 use crate::store::{jobs, NewJob, Store, StoreError};
-
-macro_rules! both {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test]
-            async fn sqlite() {
-                super::$name(false).await
-            }
-            #[tokio::test]
-            async fn postgres() {
-                super::$name(true).await
-            }
-        }
-    )*};
-}
 
 both!(
     events_reach_the_channels_that_want_them_once,
