@@ -121,7 +121,9 @@ pub async fn close_for_run(conn: &mut AnyConnection, run_id: &str, reason: &str)
     Ok(())
 }
 
-/// Closes the job's open anomalies of other runs: a clean success settles them.
+/// Closes the job's open end-of-run anomalies of other runs (`unusually_fast`,
+/// `oom_killed`, `timed_out`, `failure_streak`): a clean success settles them. Those of runs
+/// still going stay open until their own run ends.
 pub async fn close_for_job(
     conn: &mut AnyConnection,
     job: &str,
@@ -130,7 +132,8 @@ pub async fn close_for_job(
 ) -> Result<u64> {
     let done = sqlx::query(
         "UPDATE anomalies SET closed_at = $1, closed_reason = $2 WHERE job_name = $3 \
-         AND run_id <> $4 AND closed_at IS NULL",
+         AND run_id <> $4 AND closed_at IS NULL \
+         AND kind NOT IN ('long_running', 'slow_start', 'stalled')",
     )
     .bind(now_ms())
     .bind(reason)

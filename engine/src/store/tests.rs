@@ -36,6 +36,7 @@ macro_rules! both {
 pub(crate) use both;
 
 both!(
+    anomalies_are_raised_once_and_a_success_closes_only_ended_ones,
     job_names_are_unique_among_live_jobs,
     secrets_are_replaced_and_found_by_sealing_key,
     tokens_are_found_by_hash_until_revoked,
@@ -225,3 +226,69 @@ async fn migrations_run_again_without_change(pg: bool) {
 }
 
 mod retention;
+
+async fn anomalies_are_raised_once_and_a_success_closes_only_ended_ones(pg: bool) {
+    use jobdock_types::{AnomalyKind, RunStatus};
+    let (s, _g) = store(pg).await;
+    let spec = spec("j");
+    let mut tx = s.begin_write().await.unwrap();
+    let job = jobs::insert(&mut tx, NewJob { spec: &spec }).await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let new = runs::NewRun {
+            job_id: &job.id,
+            job_name: "j",
+            status: RunStatus::Queued,
+            spec: &spec,
+            max_attempts: 1,
+            backend: "docker",
+            trigger_kind: "api",
+            triggered_by: None,
+            idempotency_key: None,
+            request_hash: None,
+            reason: None,
+        };
+        ids.push(runs::insert(&mut tx, new).await.unwrap().id);
+    }
+    let raise = |run: usize, kind| anomalies::NewAnomaly {
+        run_id: &ids[run],
+        attempt: 1,
+        job: "j",
+        kind,
+        message: format!("{kind} happened"),
+        expected: Some(1.0),
+        observed: Some(9.5),
+    };
+    let first = anomalies::raise(&mut tx, raise(0, AnomalyKind::LongRunning)).await;
+    assert!(first.unwrap().is_some());
+    let again = anomalies::raise(&mut tx, raise(0, AnomalyKind::LongRunning)).await;
+    assert!(again.unwrap().is_none(), "one of a kind per run");
+    let ended = anomalies::raise(&mut tx, raise(1, AnomalyKind::TimedOut)).await;
+    assert_eq!(ended.unwrap().unwrap().observed, Some(9.5));
+    let closed = anomalies::close_for_job(&mut tx, "j", "another-run", "a later success")
+        .await
+        .unwrap();
+    assert_eq!(closed, 1, "only the ended run's anomaly");
+    tx.commit().await.unwrap();
+    let open = s
+        .anomalies(
+            anomalies::AnomalyFilter {
+                open: Some(true),
+                ..Default::default()
+            },
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!(
+        (open[0].kind, open[0].run_id.as_str()),
+        (AnomalyKind::LongRunning, ids[0].as_str())
+    );
+    let events = s.events(&ids[0]).await.unwrap();
+    let raised: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == jobdock_types::RunEventKind::Anomaly)
+        .collect();
+    assert_eq!(raised.len(), 1, "{events:?}");
+}
