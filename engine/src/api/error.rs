@@ -168,11 +168,15 @@ impl From<ServiceError> for ApiError {
 }
 
 /// A database error that says "too busy now", not "broken": no pooled connection came free
-/// in time, or PostgreSQL broke a deadlock or a serialization conflict.
+/// in time; PostgreSQL broke a deadlock or a serialization conflict (40P01, 40001); or it
+/// refused a connection for having too many (53300) or while starting up (57P03).
 fn busy(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::PoolTimedOut => true,
-        sqlx::Error::Database(d) => matches!(d.code().as_deref(), Some("40001" | "40P01")),
+        sqlx::Error::Database(d) => matches!(
+            d.code().as_deref(),
+            Some("40001" | "40P01" | "53300" | "57P03")
+        ),
         _ => false,
     }
 }
