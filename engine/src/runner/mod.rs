@@ -10,6 +10,7 @@ mod dispatch;
 mod launch;
 mod logpump;
 mod observe;
+mod record;
 mod redact;
 mod retention;
 mod schedules;
