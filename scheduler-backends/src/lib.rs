@@ -153,6 +153,18 @@ pub struct LaunchSpec {
     pub registry_auth: Option<RegistryAuth>,
     /// Deadline counted from the container's start, enforced by the scheduler itself where it can.
     pub timeout: Option<Duration>,
+    /// The log driver of the run's container (Docker and Swarm); `None` = the daemon's default.
+    /// The engine keeps the output itself, so `none` saves the host's disk at no loss.
+    pub log_driver: Option<LogDriver>,
+}
+
+/// A Docker log driver and its options, e.g. `json-file` with `max-size: 1m`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogDriver {
+    /// The driver's name (`json-file`, `local`, `journald`, `syslog`, `none`, ...).
+    pub name: String,
+    /// Its options, as `docker run --log-opt` takes them.
+    pub options: BTreeMap<String, String>,
 }
 
 impl LaunchSpec {
@@ -237,7 +249,9 @@ impl LogStream {
 /// One line of a run's output.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogLine {
-    /// When the container wrote it.
+    /// When the container wrote it, as near as the backend can tell: the scheduler's own
+    /// stamp where its log gives one, else when the line reached the backend (a Docker
+    /// container's attached streams carry no stamps).
     pub ts: DateTime<Utc>,
     /// Which stream.
     pub stream: LogStream,
@@ -247,6 +261,38 @@ pub struct LogLine {
     /// timestamps of the container's own (Nomad: the byte offset after the line). Opaque to
     /// the engine, which stores it and hands it back in [`LogFrom`] to resume exactly there.
     pub cursor: Option<String>,
+}
+
+/// Output a backend knows it could not deliver: the log has a hole at this place.
+///
+/// A backend reports one where its scheduler no longer holds output the engine had not read
+/// yet (a log driver that rotated it away, or one that cannot be read back), so that a
+/// missing stretch is never silent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogGap {
+    /// Output after this time may be missing; `None` = from the start.
+    pub after: Option<DateTime<Utc>>,
+    /// Output before this time may be missing; `None` = up to the end of what was read.
+    pub before: Option<DateTime<Utc>>,
+    /// Bytes known to be missing, when the backend can tell.
+    pub missing_bytes: Option<u64>,
+    /// Why, in words, for the log and the run's timeline.
+    pub reason: String,
+}
+
+/// One item of a run's output stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogItem {
+    /// A line of output.
+    Line(LogLine),
+    /// Output the backend could not deliver, at this place in the stream.
+    Gap(LogGap),
+}
+
+impl From<LogLine> for LogItem {
+    fn from(line: LogLine) -> Self {
+        Self::Line(line)
+    }
 }
 
 /// Where a log read starts.
@@ -358,8 +404,9 @@ pub enum BackendError {
     },
 }
 
-/// A stream of log lines (stdout and stderr interleaved, in the order written).
-pub type LogStreamBox = BoxStream<'static, Result<LogLine, BackendError>>;
+/// A stream of log lines (stdout and stderr interleaved, in the order written), with the
+/// gaps a backend knows of in their places.
+pub type LogStreamBox = BoxStream<'static, Result<LogItem, BackendError>>;
 
 /// A scheduler that can run Jobdock's containers.
 ///
@@ -419,5 +466,6 @@ pub(crate) fn sample_launch_spec() -> LaunchSpec {
         labels: BTreeMap::new(),
         registry_auth: None,
         timeout: None,
+        log_driver: None,
     }
 }

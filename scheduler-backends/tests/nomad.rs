@@ -449,8 +449,13 @@ async fn a_new_backend_resumes_from_the_cursors() -> Result<()> {
         let restarted = NomadBackend::new(NomadConfig::new(fake.address.clone()))?;
         let mut stream = restarted.logs(&handle, &from);
         let mut rest = Vec::new();
-        while let Some(line) = stream.next().await {
-            rest.push(line?);
+        while let Some(item) = stream.next().await {
+            match item? {
+                jobdock_backends::LogItem::Line(l) => rest.push(l),
+                jobdock_backends::LogItem::Gap(g) => {
+                    bail!("a gap where the files are whole: {g:?}")
+                }
+            }
         }
         let out = texts(&rest, LogStream::Stdout);
         ensure!(

@@ -336,6 +336,7 @@ mod tests {
             duration_ms: None,
             attempts: vec![],
             anomalies: vec![],
+            log_complete: true,
         }
     }
 

@@ -70,5 +70,9 @@ pub fn launch_spec(
         labels: s.labels.clone(),
         registry_auth,
         timeout: s.timeout_seconds.map(|t| Duration::from_secs(t as u64)),
+        log_driver: s.log_driver.as_ref().map(|d| jobdock_backends::LogDriver {
+            name: d.name.clone(),
+            options: d.options.clone(),
+        }),
     })
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use jobdock_backends::{Backend, BackendError, LogFrom, LogStream, RunHandle};
+use jobdock_backends::{Backend, BackendError, LogFrom, LogGap, LogItem, LogStream, RunHandle};
 
 use super::redact::Redactor;
 use crate::store::logs::{BatchTotals, LogMark, NewLine, StreamMark};
@@ -68,15 +68,49 @@ struct Pending {
     source: LogStream,
     cursor: Option<String>,
     keep: bool,
+    /// The engine's own line (a gap's notice): it moves no stream's mark.
+    notice: bool,
 }
 
 struct Buffer {
     pending: Vec<Pending>,
+    /// Why output is missing, when the backend reported a gap since the last write.
+    gap: Option<String>,
     /// The latest progress report not recorded yet, and when one last was.
     progress: Option<String>,
     progress_at: Option<tokio::time::Instant>,
     /// The stored position after the lines written so far.
     mark: LogMark,
+}
+
+/// The line that marks a gap in the log: what is missing, between when, and why.
+fn gap_notice(gap: &LogGap, attempt: i64) -> Pending {
+    let when = |t: Option<DateTime<Utc>>| {
+        t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    };
+    let span = match (when(gap.after), when(gap.before)) {
+        (Some(a), Some(b)) => format!(" between {a} and {b}"),
+        (Some(a), None) => format!(" after {a}"),
+        (None, Some(b)) => format!(" before {b}"),
+        (None, None) => String::new(),
+    };
+    let size = gap
+        .missing_bytes
+        .map(|b| format!(" ({b} bytes)"))
+        .unwrap_or_default();
+    let ts = gap.before.or(gap.after).unwrap_or_else(Utc::now);
+    Pending {
+        line: NewLine {
+            attempt,
+            ts: ts.timestamp_nanos_opt().unwrap_or(0),
+            stream: "jobdock",
+            line: format!("output missing here{span}{size}: {}", gap.reason),
+        },
+        source: LogStream::Stdout,
+        cursor: None,
+        keep: true,
+        notice: true,
+    }
 }
 
 fn stream_mark(mark: &mut LogMark, stream: LogStream) -> &mut StreamMark {
@@ -109,6 +143,7 @@ impl Pump<'_> {
         let mut bytes = from.bytes;
         let mut buf = Buffer {
             pending: Vec::new(),
+            gap: None,
             progress: None,
             progress_at: None,
             mark: from.mark.clone(),
@@ -127,7 +162,19 @@ impl Pump<'_> {
                 None => stream.next().await,
             };
             let Some(item) = next else { break };
-            let l = item?;
+            let l = match item? {
+                LogItem::Line(l) => l,
+                LogItem::Gap(gap) => {
+                    // The notice takes the gap's place in the log; the lines before it are
+                    // stored first so that it lands after them.
+                    self.flush(&mut buf).await?;
+                    buf.gap = Some(gap.reason.clone());
+                    buf.pending.push(gap_notice(&gap, self.attempt));
+                    self.flush(&mut buf).await?;
+                    deadline = None;
+                    continue;
+                }
+            };
             let ts = l.ts.timestamp_nanos_opt().unwrap_or(0);
             let (mark, seen) = match l.stream {
                 LogStream::Stdout => (&from.mark.stdout, &mut seen_at_mark.0),
@@ -157,6 +204,7 @@ impl Pump<'_> {
                 source: l.stream,
                 cursor: l.cursor,
                 keep,
+                notice: false,
             });
             if buf.pending.len() >= BATCH_LINES {
                 self.flush(&mut buf).await?;
@@ -197,7 +245,9 @@ impl Pump<'_> {
         }
         buf.pending.sort_by_key(|p| p.line.ts);
         for p in buf.pending.drain(..) {
-            stream_mark(&mut buf.mark, p.source).advance(p.line.ts);
+            if !p.notice {
+                stream_mark(&mut buf.mark, p.source).advance(p.line.ts);
+            }
             if p.keep {
                 totals.bytes += p.line.line.len() as i64;
                 lines.push(p.line);
@@ -207,6 +257,7 @@ impl Pump<'_> {
         }
         totals.mark = Some(buf.mark.clone());
         totals.owner = Some(self.owner.to_owned());
+        totals.gap = buf.gap.take();
         let due = last
             || buf
                 .progress_at
@@ -239,7 +290,7 @@ mod tests {
     /// was asked to resume from.
     #[derive(Default)]
     struct Scripted {
-        reads: Mutex<VecDeque<Vec<Result<LogLine, BackendError>>>>,
+        reads: Mutex<VecDeque<Vec<Result<LogItem, BackendError>>>>,
         asked: Mutex<Vec<LogFrom>>,
     }
 
@@ -276,13 +327,17 @@ mod tests {
         }
     }
 
-    fn line(secs: i64, text: &str, cursor: u64) -> Result<LogLine, BackendError> {
-        Ok(LogLine {
-            ts: Utc.timestamp_opt(1_700_000_000 + secs, 0).unwrap(),
+    fn at(secs: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_700_000_000 + secs, 0).unwrap()
+    }
+
+    fn line(secs: i64, text: &str, cursor: u64) -> Result<LogItem, BackendError> {
+        Ok(LogItem::Line(LogLine {
+            ts: at(secs),
             stream: LogStream::Stdout,
             line: text.into(),
             cursor: Some(cursor.to_string()),
-        })
+        }))
     }
 
     async fn run_row(store: &Store) -> String {
@@ -376,6 +431,59 @@ mod tests {
         let mark = store.run(&run_id).await.unwrap().log_mark;
         assert_eq!(mark.stdout.cursor.as_deref(), Some("19"));
         assert_eq!(mark.cursor_attempt, Some(2));
+    }
+
+    /// A gap the backend reports lands in the log at its place, between the lines around it,
+    /// says what is missing and why, and marks the run's log incomplete with a timeline event.
+    #[tokio::test]
+    async fn a_gap_is_stored_at_its_place_and_marks_the_log_incomplete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("t.db")).await.unwrap();
+        let run_id = run_row(&store).await;
+        assert!(store.run(&run_id).await.unwrap().log_complete);
+        let gap = LogGap {
+            after: Some(at(10)),
+            before: Some(at(20)),
+            missing_bytes: None,
+            reason: "the driver rotated it away".into(),
+        };
+        let scripted = Arc::new(Scripted::default());
+        scripted.reads.lock().unwrap().push_back(vec![
+            line(10, "before", 1),
+            Ok(LogItem::Gap(gap)),
+            line(20, "after", 2),
+        ]);
+        let backend: Arc<dyn Backend> = scripted;
+        pump_once(&store, &backend, &run_id, 1).await;
+
+        let stored = store.logs_by_time(&run_id, None, 0, 10).await.unwrap();
+        let texts: Vec<_> = stored
+            .iter()
+            .map(|l| (l.stream.as_str(), l.line.as_str()))
+            .collect();
+        assert_eq!(texts.len(), 3, "{texts:?}");
+        assert_eq!(texts[0], ("stdout", "before"));
+        assert_eq!(texts[1].0, "jobdock");
+        assert!(
+            texts[1]
+                .1
+                .starts_with("output missing here between 2023-11-14T22:13:30.000Z and")
+                && texts[1].1.ends_with(": the driver rotated it away"),
+            "{}",
+            texts[1].1
+        );
+        assert_eq!(texts[2], ("stdout", "after"));
+        let run = store.run(&run_id).await.unwrap();
+        assert!(!run.log_complete);
+        assert_eq!(run.log_mark.stdout.cursor.as_deref(), Some("2"));
+        let events = store.events(&run_id).await.unwrap();
+        assert!(
+            events
+                .iter()
+                .any(|e| e.kind == jobdock_types::RunEventKind::LogGap
+                    && e.message == "the driver rotated it away"),
+            "{events:?}"
+        );
     }
 
     /// Once another replica has adopted the run, this one's batches are refused: two

@@ -52,6 +52,7 @@ pub fn to_api(row: &JobRow, secret_names: Vec<String>) -> Job {
         retry_on: s.retry_on.clone(),
         secret_delivery: s.secret_delivery.unwrap_or_default(),
         network: s.network.clone(),
+        log_driver: s.log_driver.clone(),
         registry: s.registry.clone(),
         labels: s.labels.clone(),
         description: s.description.clone(),

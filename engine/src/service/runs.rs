@@ -409,6 +409,7 @@ pub fn to_api(r: &RunRow, attempts: Vec<AttemptRow>) -> Run {
         duration_ms: r.started_at.map(|s| end.max(s) - s),
         attempts: attempts.iter().map(attempt_api).collect(),
         anomalies: Vec::new(),
+        log_complete: r.log_complete,
     }
 }
 

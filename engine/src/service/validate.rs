@@ -231,6 +231,9 @@ pub fn job_spec(spec: &JobSpec, backends: &[BackendName]) -> Result<(), Vec<Fiel
     if let Some(n) = &spec.network {
         e.check("network", network(n));
     }
+    if let Some(d) = &spec.log_driver {
+        log_driver(&mut e, d, spec.backend);
+    }
     if let Some(r) = &spec.registry {
         e.check(
             "registry.server",
@@ -282,6 +285,41 @@ fn non_blank(s: &str) -> Result<(), String> {
         Err("must not be empty".into())
     } else {
         Ok(())
+    }
+}
+
+/// A Docker log driver: a plain name, options of bounded size, and a backend that has one.
+fn log_driver(e: &mut Errors, d: &jobdock_types::LogDriver, backend: Option<BackendName>) {
+    let docker_like = matches!(
+        backend,
+        None | Some(BackendName::Docker) | Some(BackendName::Swarm)
+    );
+    if !docker_like {
+        e.check(
+            "log_driver",
+            Err("applies to the `docker` and `swarm` backends only".into()),
+        );
+    }
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 128
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./:".contains(c))
+    };
+    if !plain(&d.name) {
+        e.check(
+            "log_driver.name",
+            Err("must be a driver name such as `json-file`, `local` or `none`".into()),
+        );
+    }
+    for (k, v) in &d.options {
+        if !plain(k) {
+            e.check(
+                format!("log_driver.options.{k}"),
+                Err("option names are letters, digits and `-_./:`".into()),
+            );
+        }
+        e.check(format!("log_driver.options.{k}"), no_nul(v, 1024));
     }
 }
 

@@ -99,6 +99,9 @@ pub struct BatchTotals {
     pub mark: Option<LogMark>,
     /// The last progress the script reported in this batch (`::jobdock::progress <text>`).
     pub progress: Option<String>,
+    /// Why output is missing, when a backend reported a gap in this batch: the run's log is
+    /// then no longer complete, and its timeline says so.
+    pub gap: Option<String>,
     /// The lease owner the batch is written for: when the run's lease has moved to another
     /// replica (which adopted it), the batch is refused with [`super::StoreError::Fenced`],
     /// so that two supervisors never both store the same output.
@@ -135,6 +138,14 @@ impl Store {
                 );
                 events::record(&mut tx, event).await?;
             }
+        }
+        if let Some(why) = &totals.gap {
+            let event = NewEvent::new(run_id, attempt, RunEventKind::LogGap, why.clone());
+            events::record(&mut tx, event).await?;
+            sqlx::query("UPDATE runs SET log_complete = 0 WHERE id = $1")
+                .bind(run_id)
+                .execute(&mut *tx)
+                .await?;
         }
         if let Some(text) = &totals.progress {
             let event = NewEvent::new(run_id, attempt, RunEventKind::Progress, text.clone());

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType};
 use secrecy::ExposeSecret;
 
 use super::DockerConfig;
@@ -131,6 +131,10 @@ fn host_config(
                 .unwrap_or_else(|| config.default_network.clone()),
         ),
         mounts,
+        log_config: spec.log_driver.as_ref().map(|d| HostConfigLogConfig {
+            typ: Some(d.name.clone()),
+            config: Some(d.options.clone().into_iter().collect()),
+        }),
         ..Default::default()
     })
 }
@@ -160,6 +164,28 @@ mod tests {
 
     fn spec() -> LaunchSpec {
         crate::sample_launch_spec()
+    }
+
+    #[test]
+    fn passes_the_log_driver_and_its_options() {
+        let mut s = spec();
+        let body = container_body(&s, &DockerConfig::default(), None).unwrap();
+        assert_eq!(
+            body.host_config.unwrap().log_config,
+            None,
+            "the daemon's default"
+        );
+        s.log_driver = Some(crate::LogDriver {
+            name: "json-file".into(),
+            options: [("max-size".to_string(), "1m".to_string())].into(),
+        });
+        let body = container_body(&s, &DockerConfig::default(), None).unwrap();
+        let log = body.host_config.unwrap().log_config.unwrap();
+        assert_eq!(log.typ.as_deref(), Some("json-file"));
+        assert_eq!(
+            log.config.unwrap().get("max-size").map(String::as_str),
+            Some("1m")
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ use secrecy::ExposeSecret;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::attach::{attach, Attachments};
 use super::create::{container_body, container_name, validate};
 use super::errors::{from_docker, is_not_found, is_transport, status_of};
 use super::secrets::{self, Reader};
@@ -27,6 +28,7 @@ use crate::{labels, BackendError, LaunchSpec, RegistryAuth, RunHandle, SecretDel
 pub(crate) async fn launch(
     docker: &Docker,
     config: &DockerConfig,
+    attachments: &Attachments,
     spec: &LaunchSpec,
 ) -> Result<RunHandle, BackendError> {
     validate(spec)?;
@@ -34,7 +36,7 @@ pub(crate) async fn launch(
     let secrets_dir = write_secrets(config, spec, image_user.as_deref()).await?;
     let name = container_name(&spec.run_id, spec.attempt);
     let body = container_body(spec, config, secrets_dir.as_deref())?;
-    let id = match create_or_adopt(docker, spec, &name, body).await {
+    let id = match create_or_adopt(docker, attachments, spec, &name, body).await {
         Ok(Created::New(id)) => id,
         Ok(Created::Existing(handle)) => return Ok(handle),
         Err(e) => {
@@ -43,11 +45,28 @@ pub(crate) async fn launch(
         }
     };
     tracing::info!(container = %id, "container created");
-    if let Err(e) = docker.start_container(&id, None).await {
+    if let Err(e) = start_attached(docker, attachments, &id).await {
         return Err(abandon(docker, &id, secrets_dir, e).await);
     }
     tracing::info!(container = %id, "container started");
     Ok(handle(spec, id))
+}
+
+/// Attaches to the container's output, then starts it: everything it writes reaches the
+/// engine, whatever its log driver keeps. Without the attachment (refused by the daemon) the
+/// container still starts, and its output is read from the driver's files.
+async fn start_attached(
+    docker: &Docker,
+    attachments: &Attachments,
+    id: &str,
+) -> Result<(), bollard::errors::Error> {
+    match attach(docker, id).await {
+        Ok(frames) => attachments.start_live(docker, id, frames),
+        Err(e) => {
+            tracing::warn!(container = %id, error = %e, "could not attach to the container's output")
+        }
+    }
+    docker.start_container(id, None).await
 }
 
 /// What [`create_or_adopt`] found.
@@ -64,6 +83,7 @@ const CREATE_TRIES: u32 = 50;
 /// Creates the container, or adopts the one an earlier launch of this attempt created.
 async fn create_or_adopt(
     docker: &Docker,
+    attachments: &Attachments,
     spec: &LaunchSpec,
     name: &str,
     body: ContainerCreateBody,
@@ -75,7 +95,7 @@ async fn create_or_adopt(
             Err(e) if status_of(&e) == Some(409) => {}
             Err(e) => return Err(from_docker(e)),
         }
-        if let Some(handle) = adopt(docker, spec, name).await? {
+        if let Some(handle) = adopt(docker, attachments, spec, name).await? {
             return Ok(Created::Existing(handle));
         }
         // Docker reserves the name before the container can be inspected (a concurrent
@@ -230,6 +250,7 @@ async fn abandon(
 /// back its handle. `None` when no container of that name can be seen.
 async fn adopt(
     docker: &Docker,
+    attachments: &Attachments,
     spec: &LaunchSpec,
     name: &str,
 ) -> Result<Option<RunHandle>, BackendError> {
@@ -249,8 +270,7 @@ async fn adopt(
         && super::status::parse_time(state.started_at.as_deref()).is_none();
     if never_started {
         tracing::info!(container = %id, "starting a container an earlier launch created");
-        docker
-            .start_container(&id, None)
+        start_attached(docker, attachments, &id)
             .await
             .map_err(from_docker)?;
     } else {

@@ -14,7 +14,7 @@ use futures::stream::{self, BoxStream};
 use futures::StreamExt;
 
 use super::errors::for_handle;
-use crate::{BackendError, LogLine, LogStream, LogStreamBox, RunHandle};
+use crate::{BackendError, LogItem, LogLine, LogStream, LogStreamBox, RunHandle};
 
 /// A line longer than this is handed out in pieces of this size, so that a process writing
 /// without newlines cannot make the engine buffer without bound.
@@ -49,13 +49,25 @@ impl LineAssembler {
         }
     }
 
-    /// Takes one frame of `stream` and returns the lines it completes, in order.
+    /// Takes one timestamped frame of `stream` (as the logs API gives them) and returns the
+    /// lines it completes, in order.
     pub(crate) fn push(&mut self, stream: LogStream, frame: &[u8]) -> Vec<LogLine> {
-        let (ts, mut rest) = match split_timestamp(frame) {
+        let (ts, rest) = match split_timestamp(frame) {
             Some(parts) => parts,
             // Docker always prefixes when asked to; should it not, keep the text anyway.
             None => (Utc::now(), frame),
         };
+        self.push_at(stream, ts, rest)
+    }
+
+    /// Takes a piece of `stream`'s output written at `ts` (an attached stream's frames carry
+    /// no stamp of their own) and returns the lines it completes, in order.
+    pub(crate) fn push_at(
+        &mut self,
+        stream: LogStream,
+        ts: DateTime<Utc>,
+        mut rest: &[u8],
+    ) -> Vec<LogLine> {
         let mut lines = Vec::new();
         while let Some(nl) = rest.iter().position(|b| *b == b'\n') {
             let (ts, bytes) = match self.partial(stream).take() {
@@ -128,7 +140,7 @@ impl LineAssembler {
 }
 
 /// Splits `2024-05-01T10:00:00.123456789Z rest` into the time and the rest.
-fn split_timestamp(frame: &[u8]) -> Option<(DateTime<Utc>, &[u8])> {
+pub(crate) fn split_timestamp(frame: &[u8]) -> Option<(DateTime<Utc>, &[u8])> {
     let head = &frame[..frame.len().min(MAX_TIMESTAMP_LEN)];
     let space = head.iter().position(|b| *b == b' ')?;
     let text = std::str::from_utf8(&frame[..space]).ok()?;
@@ -154,7 +166,10 @@ struct Cursor {
     done: bool,
 }
 
-/// [`crate::Backend::logs`]: follows the container's output until it ends.
+/// Follows the container's output through its log driver from `since` until it ends: the
+/// way to read a container the engine never attached to, by time alone (a log position
+/// stored before the engine attached to its containers). The driver's files can rotate away
+/// lines faster than they are read, which [`super::attach`] avoids.
 pub(crate) fn follow(
     docker: &Docker,
     handle: &RunHandle,
@@ -183,10 +198,10 @@ pub(crate) fn follow(
     stream::unfold(cursor, next_line).boxed()
 }
 
-async fn next_line(mut c: Cursor) -> Option<(Result<LogLine, BackendError>, Cursor)> {
+async fn next_line(mut c: Cursor) -> Option<(Result<LogItem, BackendError>, Cursor)> {
     loop {
         if let Some(line) = c.ready.pop_front() {
-            return Some((Ok(line), c));
+            return Some((Ok(line.into()), c));
         }
         if c.done {
             return None;

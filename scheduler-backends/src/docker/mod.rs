@@ -6,11 +6,14 @@
 //! finding and removing containers (`inventory`).
 
 // `create`, `errors`, `logs` and `status` hold helpers the Swarm backend shares.
+mod attach;
 pub(crate) mod create;
+mod cursor;
 pub(crate) mod errors;
 mod inventory;
 mod launch;
 pub(crate) mod logs;
+mod resume;
 mod secrets;
 pub(crate) mod status;
 
@@ -19,6 +22,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::Docker;
+use futures::StreamExt;
 
 use crate::{
     Backend, BackendError, BackendHealth, BackendKind, Exit, InFlight, LaunchSpec, LogFrom,
@@ -67,6 +71,7 @@ impl Default for DockerConfig {
 pub struct DockerBackend {
     docker: Docker,
     config: DockerConfig,
+    attachments: attach::Attachments,
 }
 
 impl DockerBackend {
@@ -79,7 +84,11 @@ impl DockerBackend {
             .negotiate_version()
             .await
             .map_err(errors::from_docker)?;
-        Ok(Self { docker, config })
+        Ok(Self {
+            docker,
+            config,
+            attachments: attach::Attachments::default(),
+        })
     }
 
     /// The configuration it runs with.
@@ -113,15 +122,37 @@ impl Backend for DockerBackend {
 
     #[tracing::instrument(skip_all, fields(run_id = %spec.run_id, attempt = spec.attempt, job = %spec.job))]
     async fn launch(&self, spec: &LaunchSpec) -> Result<RunHandle, BackendError> {
-        launch::launch(&self.docker, &self.config, spec).await
+        launch::launch(&self.docker, &self.config, &self.attachments, spec).await
     }
 
     async fn state(&self, handle: &RunHandle) -> Result<TaskState, BackendError> {
         status::state(&self.docker, handle).await
     }
 
+    /// The attachment made at launch while it lasts (everything, in order, once, whatever
+    /// the log driver keeps); otherwise the driver's files from the stored position and a
+    /// new attachment ([`resume`]), with a [`crate::LogGap`] where the files no longer
+    /// reach back. A position stored as a time alone (before cursors) is followed by time.
     fn logs(&self, handle: &RunHandle, from: &LogFrom) -> LogStreamBox {
-        logs::follow(&self.docker, handle, from.since)
+        let ordinal = |c: &Option<String>| {
+            c.as_deref()
+                .and_then(|c| c.parse::<cursor::DockerCursor>().ok())
+                .map_or(0, |c| c.ordinal)
+        };
+        let fresh = from.stdout.is_none() && from.stderr.is_none();
+        match self.attachments.take(&handle.backend_ref) {
+            attach::Found::Live(stream) if fresh => return stream,
+            attach::Found::Done { stdout, stderr }
+                if (ordinal(&from.stdout), ordinal(&from.stderr)) == (stdout, stderr) =>
+            {
+                return futures::stream::empty().boxed();
+            }
+            _ if fresh && from.since.is_some() => {
+                return logs::follow(&self.docker, handle, from.since);
+            }
+            _ => {}
+        }
+        resume::resume(&self.docker, &self.attachments, handle, from)
     }
 
     #[tracing::instrument(skip_all, fields(run_id = %handle.run_id, attempt = handle.attempt))]
@@ -136,6 +167,7 @@ impl Backend for DockerBackend {
 
     #[tracing::instrument(skip_all, fields(run_id = %handle.run_id, attempt = handle.attempt))]
     async fn cleanup(&self, handle: &RunHandle) -> Result<(), BackendError> {
+        self.attachments.forget(&handle.backend_ref);
         inventory::cleanup(&self.docker, &self.config, handle).await
     }
 

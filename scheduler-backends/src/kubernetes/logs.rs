@@ -20,7 +20,7 @@ use kube::api::LogParams;
 use tokio::sync::mpsc;
 
 use super::{errors, manifest, status, Kube};
-use crate::{BackendError, LogLine, LogStream, LogStreamBox, RunHandle, TaskState};
+use crate::{BackendError, LogItem, LogLine, LogStream, LogStreamBox, RunHandle, TaskState};
 
 /// The smallest piece containerd cuts a long line into; its `max_container_log_line_size`
 /// is 16 KiB unless configured otherwise.
@@ -87,7 +87,9 @@ pub(crate) fn follow(
             let _ = tx.send(Err(e)).await;
         }
     });
-    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) }).boxed()
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) })
+        .map(|r| r.map(LogItem::from))
+        .boxed()
 }
 
 type Sender = mpsc::Sender<Result<LogLine, BackendError>>;

@@ -25,7 +25,7 @@ use super::frames::{FrameReader, Lines};
 use super::jobspec::TASK;
 use super::stamps::Ledgers;
 use super::status::current;
-use crate::{BackendError, LogFrom, LogLine, LogStream, LogStreamBox, RunHandle};
+use crate::{BackendError, LogFrom, LogItem, LogLine, LogStream, LogStreamBox, RunHandle};
 
 /// How many times in a row a broken log connection is opened again before giving up.
 const MAX_RECONNECTS: u32 = 10;
@@ -79,7 +79,9 @@ pub(crate) fn follow(
         };
         stream::unfold(f, next_line).boxed()
     };
-    stream::select(one(LogStream::Stdout), one(LogStream::Stderr)).boxed()
+    stream::select(one(LogStream::Stdout), one(LogStream::Stderr))
+        .map(|r| r.map(LogItem::from))
+        .boxed()
 }
 
 /// What one step of a follower came to.

@@ -19,7 +19,7 @@ use futures::{FutureExt, StreamExt};
 use super::tasks::{self, not_found};
 use crate::docker::errors::{from_docker, is_not_found};
 use crate::docker::logs::{stream_of, LineAssembler};
-use crate::{BackendError, Exit, LogLine, LogStream, LogStreamBox, RunHandle};
+use crate::{BackendError, Exit, LogItem, LogLine, LogStream, LogStreamBox, RunHandle};
 
 type Frames = BoxStream<'static, Result<LogOutput, bollard::errors::Error>>;
 
@@ -62,7 +62,9 @@ pub(crate) fn follow(
         last_stderr: None,
         done: false,
     };
-    stream::unfold(cursor, next_line).boxed()
+    stream::unfold(cursor, next_line)
+        .map(|r| r.map(LogItem::from))
+        .boxed()
 }
 
 fn frames(

@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use bollard::models::{
     Limit, NetworkAttachmentConfig, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicatedJob,
     TaskSpec, TaskSpecContainerSpec, TaskSpecContainerSpecFile, TaskSpecContainerSpecSecrets,
-    TaskSpecResources, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum,
+    TaskSpecLogDriver, TaskSpecResources, TaskSpecRestartPolicy,
+    TaskSpecRestartPolicyConditionEnum,
 };
 
 use super::SwarmConfig;
@@ -171,6 +172,10 @@ pub(crate) fn service_spec(
                 ..Default::default()
             }),
             networks: networks(spec),
+            log_driver: spec.log_driver.as_ref().map(|d| TaskSpecLogDriver {
+                name: Some(d.name.clone()),
+                options: Some(d.options.clone().into_iter().collect()),
+            }),
             ..Default::default()
         }),
         ..Default::default()

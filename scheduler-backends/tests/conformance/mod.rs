@@ -22,8 +22,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::{FutureExt, StreamExt};
 use jobdock_backends::{
-    Backend, Exit, LaunchSpec, LogFrom, LogLine, LogStream, Resources, RunHandle, SecretDelivery,
-    TaskState,
+    Backend, Exit, LaunchSpec, LogFrom, LogGap, LogItem, LogLine, LogStream, Resources, RunHandle,
+    SecretDelivery, TaskState,
 };
 
 pub use lifecycle::*;
@@ -129,6 +129,7 @@ impl Ctx {
             labels: BTreeMap::from([("dev.jobdock.test".into(), "conformance".into())]),
             registry_auth: None,
             timeout: None,
+            log_driver: None,
         }
     }
 
@@ -157,15 +158,30 @@ impl Ctx {
         self.logs_from(handle, &LogFrom::since(since)).await
     }
 
-    /// The whole output from `from` until the run ends, bounded by [`PATIENCE`].
+    /// The whole output from `from` until the run ends, bounded by [`PATIENCE`]. A gap in
+    /// it fails the case: nothing here gives a backend a reason to lose output.
     pub async fn logs_from(&self, handle: &RunHandle, from: &LogFrom) -> Result<Vec<LogLine>> {
+        let (lines, gaps) = self.items_from(handle, from).await?;
+        ensure!(gaps.is_empty(), "the backend reported gaps: {gaps:?}");
+        Ok(lines)
+    }
+
+    /// The whole output from `from` until the run ends, and the gaps the backend reported.
+    pub async fn items_from(
+        &self,
+        handle: &RunHandle,
+        from: &LogFrom,
+    ) -> Result<(Vec<LogLine>, Vec<LogGap>)> {
         let collect = async {
             let mut stream = self.backend.logs(handle, from);
-            let mut lines = Vec::new();
-            while let Some(line) = stream.next().await {
-                lines.push(line?);
+            let (mut lines, mut gaps) = (Vec::new(), Vec::new());
+            while let Some(item) = stream.next().await {
+                match item? {
+                    LogItem::Line(l) => lines.push(l),
+                    LogItem::Gap(g) => gaps.push(g),
+                }
             }
-            Ok::<_, anyhow::Error>(lines)
+            Ok::<_, anyhow::Error>((lines, gaps))
         };
         tokio::time::timeout(PATIENCE, collect)
             .await
@@ -177,8 +193,8 @@ impl Ctx {
     pub async fn wait_for_line(&self, handle: &RunHandle, text: &str) -> Result<()> {
         let find = async {
             let mut stream = self.backend.logs(handle, &LogFrom::start());
-            while let Some(line) = stream.next().await {
-                if line?.line == text {
+            while let Some(item) = stream.next().await {
+                if matches!(item?, LogItem::Line(l) if l.line == text) {
                     return Ok(());
                 }
             }

@@ -44,6 +44,7 @@ fn spec(installation: &str) -> LaunchSpec {
         labels: BTreeMap::new(),
         registry_auth: None,
         timeout: Some(Duration::from_secs(90)),
+        log_driver: None,
     }
 }
 
@@ -64,7 +65,13 @@ async fn logs(
     let lines = tokio::time::timeout(BOUND, collect)
         .await
         .context("logs hung")?;
-    lines.into_iter().map(|l| l.map_err(Into::into)).collect()
+    lines
+        .into_iter()
+        .map(|item| match item? {
+            jobdock_backends::LogItem::Line(l) => Ok(l),
+            jobdock_backends::LogItem::Gap(g) => anyhow::bail!("unexpected gap: {g:?}"),
+        })
+        .collect()
 }
 
 fn requests(fake: &FakeKube, method: &str, path_part: &str) -> Vec<kube_fake::Seen> {

@@ -165,6 +165,7 @@ mod tests {
             log_bytes: 0,
             log_dropped: 0,
             log_mark: Default::default(),
+            log_complete: true,
         }
     }
 

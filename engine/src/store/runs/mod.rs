@@ -82,6 +82,8 @@ pub struct RunRow {
     pub log_dropped: i64,
     /// How far the log is stored, per stream, to resume after a restart.
     pub log_mark: super::logs::LogMark,
+    /// False once a backend reported output it could not deliver.
+    pub log_complete: bool,
 }
 
 /// A stored attempt.
@@ -151,7 +153,7 @@ pub(super) const COLUMNS: &str =
     reason, created_at, first_started_at, started_at, finished_at, next_attempt_at, \
     cancel_requested, lease_owner, lease_expires_at, log_lines, log_bytes, log_dropped, \
     last_out_ts, last_out_n, last_err_ts, last_err_n, log_out_cursor, log_err_cursor, \
-    log_cursor_attempt";
+    log_cursor_attempt, log_complete";
 
 fn status(s: String) -> Result<RunStatus> {
     s.parse().map_err(StoreError::Corrupt)
@@ -202,6 +204,7 @@ pub(crate) fn decode(r: &sqlx::any::AnyRow) -> Result<RunRow> {
             },
             cursor_attempt: r.try_get("log_cursor_attempt")?,
         },
+        log_complete: r.try_get::<i64, _>("log_complete")? != 0,
     })
 }
 

@@ -25,6 +25,9 @@ pub enum RunEventKind {
     FirstOutput,
     /// The script reported progress (a `::jobdock::progress <text>` line).
     Progress,
+    /// The backend could not deliver some of the output: the log says where and why, and
+    /// the run's `log_complete` is false.
+    LogGap,
     /// Someone asked for the run to be cancelled.
     CancelRequested,
     /// An anomaly was raised (`detail.kind` says which).
@@ -37,7 +40,7 @@ pub enum RunEventKind {
 
 impl RunEventKind {
     /// Every kind.
-    pub const ALL: [RunEventKind; 12] = [
+    pub const ALL: [RunEventKind; 13] = [
         Self::Queued,
         Self::Skipped,
         Self::Waiting,
@@ -46,6 +49,7 @@ impl RunEventKind {
         Self::Started,
         Self::FirstOutput,
         Self::Progress,
+        Self::LogGap,
         Self::CancelRequested,
         Self::Anomaly,
         Self::RetryScheduled,
@@ -63,6 +67,7 @@ impl RunEventKind {
             Self::Started => "started",
             Self::FirstOutput => "first_output",
             Self::Progress => "progress",
+            Self::LogGap => "log_gap",
             Self::CancelRequested => "cancel_requested",
             Self::Anomaly => "anomaly",
             Self::RetryScheduled => "retry_scheduled",

@@ -117,6 +117,18 @@ pub enum SecretDelivery {
     Files,
 }
 
+/// A Docker log driver and its options, e.g. `{name: json-file, options: {max-size: 1m}}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct LogDriver {
+    /// The driver: `json-file`, `local`, `journald`, `syslog`, `none`, ...
+    pub name: String,
+    /// Its options, as `docker run --log-opt` takes them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
+}
+
 /// Credentials for pulling the job's image from a private registry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -200,6 +212,11 @@ pub struct JobSpec {
     /// Network of the container: `bridge` (default), `host`, `none` or a network's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// The Docker log driver of the job's containers (`docker` and `swarm` backends); the
+    /// daemon's default when left out. The engine stores every line itself, so `none`
+    /// saves the host's disk without losing output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_driver: Option<LogDriver>,
     /// Credentials for a private registry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry: Option<RegistryAuth>,
@@ -263,6 +280,9 @@ pub struct Job {
     pub secret_delivery: SecretDelivery,
     /// Network of the container, if not the backend's default.
     pub network: Option<String>,
+    /// The Docker log driver of its containers, if not the daemon's default.
+    #[serde(default)]
+    pub log_driver: Option<LogDriver>,
     /// Credentials for a private registry (the password stays a secret).
     pub registry: Option<RegistryAuth>,
     /// Free-form labels.

@@ -160,6 +160,11 @@ pub struct Run {
     pub duration_ms: Option<i64>,
     /// Every attempt so far (in `GET /api/v1/runs/{id}`; lists leave it empty).
     pub attempts: Vec<RunAttempt>,
+    /// False when the engine knows output is missing from the stored log: a backend could
+    /// not deliver part of it (the log marks the place and the timeline has a `log_gap`
+    /// event). Output dropped past the log cap does not count: the log ends saying so.
+    #[serde(default = "yes")]
+    pub log_complete: bool,
     /// Anomalies noticed on the run (`long_running`, `stalled`, `unusually_fast`...), oldest first.
     #[serde(default)]
     pub anomalies: Vec<crate::Anomaly>,
@@ -212,4 +217,8 @@ pub struct Lock {
 pub struct LockCapacity {
     /// How many runs may hold the lock at once.
     pub capacity: i64,
+}
+
+fn yes() -> bool {
+    true
 }
