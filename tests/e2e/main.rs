@@ -11,6 +11,7 @@ mod cli;
 mod cli_runs;
 mod daemon;
 mod jobs;
+mod logs_volume;
 mod metrics;
 mod monitoring;
 mod parallelism;
