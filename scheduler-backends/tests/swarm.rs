@@ -364,3 +364,14 @@ async fn keep_failed_keeps_only_failed_services() -> Result<()> {
     })
     .await
 }
+
+/// The task's container is attached to as soon as it exists, so a chatty run's output
+/// arrives whole although its driver rotates every megabyte.
+#[tokio::test]
+async fn every_line_arrives_under_rotation() -> Result<()> {
+    conformance::run(
+        target().await?,
+        conformance::every_line_arrives_under_rotation,
+    )
+    .await
+}

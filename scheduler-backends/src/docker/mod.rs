@@ -6,7 +6,7 @@
 //! finding and removing containers (`inventory`).
 
 // `create`, `errors`, `logs` and `status` hold helpers the Swarm backend shares.
-mod attach;
+pub(crate) mod attach;
 pub(crate) mod create;
 mod cursor;
 pub(crate) mod errors;
@@ -97,6 +97,38 @@ impl DockerBackend {
     }
 }
 
+/// A container's output from `from`: the attachment made at launch while it lasts
+/// (everything, in order, once, whatever the log driver keeps); otherwise the driver's files
+/// from the stored position and a new attachment ([`resume`]), with a [`crate::LogGap`]
+/// where the files no longer reach back. A position stored as a time alone (before cursors)
+/// is followed by time.
+pub(crate) fn container_logs(
+    docker: &Docker,
+    attachments: &attach::Attachments,
+    handle: &RunHandle,
+    from: &LogFrom,
+) -> LogStreamBox {
+    let ordinal = |c: &Option<String>| {
+        c.as_deref()
+            .and_then(|c| c.parse::<cursor::DockerCursor>().ok())
+            .map_or(0, |c| c.ordinal)
+    };
+    let fresh = from.stdout.is_none() && from.stderr.is_none();
+    match attachments.take(&handle.backend_ref) {
+        attach::Found::Live(stream) if fresh => return stream,
+        attach::Found::Done { stdout, stderr }
+            if (ordinal(&from.stdout), ordinal(&from.stderr)) == (stdout, stderr) =>
+        {
+            return futures::stream::empty().boxed();
+        }
+        _ if fresh && from.since.is_some() => {
+            return logs::follow(docker, handle, from.since);
+        }
+        _ => {}
+    }
+    resume::resume(docker, attachments, handle, from)
+}
+
 #[async_trait]
 impl Backend for DockerBackend {
     fn kind(&self) -> BackendKind {
@@ -129,30 +161,8 @@ impl Backend for DockerBackend {
         status::state(&self.docker, handle).await
     }
 
-    /// The attachment made at launch while it lasts (everything, in order, once, whatever
-    /// the log driver keeps); otherwise the driver's files from the stored position and a
-    /// new attachment ([`resume`]), with a [`crate::LogGap`] where the files no longer
-    /// reach back. A position stored as a time alone (before cursors) is followed by time.
     fn logs(&self, handle: &RunHandle, from: &LogFrom) -> LogStreamBox {
-        let ordinal = |c: &Option<String>| {
-            c.as_deref()
-                .and_then(|c| c.parse::<cursor::DockerCursor>().ok())
-                .map_or(0, |c| c.ordinal)
-        };
-        let fresh = from.stdout.is_none() && from.stderr.is_none();
-        match self.attachments.take(&handle.backend_ref) {
-            attach::Found::Live(stream) if fresh => return stream,
-            attach::Found::Done { stdout, stderr }
-                if (ordinal(&from.stdout), ordinal(&from.stderr)) == (stdout, stderr) =>
-            {
-                return futures::stream::empty().boxed();
-            }
-            _ if fresh && from.since.is_some() => {
-                return logs::follow(&self.docker, handle, from.since);
-            }
-            _ => {}
-        }
-        resume::resume(&self.docker, &self.attachments, handle, from)
+        container_logs(&self.docker, &self.attachments, handle, from)
     }
 
     #[tracing::instrument(skip_all, fields(run_id = %handle.run_id, attempt = handle.attempt))]

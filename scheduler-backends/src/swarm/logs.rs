@@ -1,4 +1,16 @@
-//! A service's output as a stream of whole lines that ends when the run ends.
+//! A run's output: through its task's container when the task runs on the node the engine
+//! talks to, else through the service's log.
+//!
+//! The swarm creates and starts the task's container itself, so the engine cannot attach
+//! before it starts as the Docker backend does. It attaches as soon as the container exists
+//! and takes what the container wrote before that from the log driver's files, with the
+//! Docker backend's catch-up ([`crate::docker::container_logs`]): exact while the driver
+//! still holds the container's first output, and a reported gap when it rotated it away
+//! first (a container writing more than the driver keeps within its first moment).
+//!
+//! The service's log reads the same driver files with no way to attach, so a task on
+//! another node keeps the old limit: a reader slower than the container loses what the
+//! driver rotates away, unseen. That stream is built as follows.
 //!
 //! The swarm's followed log never ends, not even once the job's task has finished (it waits
 //! for tasks to come). So the stream follows the log while the task runs, and once
@@ -17,9 +29,11 @@ use futures::stream::{self, BoxStream};
 use futures::{FutureExt, StreamExt};
 
 use super::tasks::{self, not_found};
+use crate::docker::attach::Attachments;
+use crate::docker::container_logs;
 use crate::docker::errors::{from_docker, is_not_found};
 use crate::docker::logs::{stream_of, LineAssembler};
-use crate::{BackendError, Exit, LogItem, LogLine, LogStream, LogStreamBox, RunHandle};
+use crate::{BackendError, Exit, LogFrom, LogItem, LogLine, LogStream, LogStreamBox, RunHandle};
 
 type Frames = BoxStream<'static, Result<LogOutput, bollard::errors::Error>>;
 
@@ -40,7 +54,66 @@ struct Cursor {
     done: bool,
 }
 
-/// [`crate::Backend::logs`]: follows the service's output until the run ends.
+/// [`crate::Backend::logs`].
+pub(crate) fn logs(
+    docker: &Docker,
+    attachments: &Attachments,
+    handle: &RunHandle,
+    from: &LogFrom,
+) -> LogStreamBox {
+    if from.stdout.is_none() && from.stderr.is_none() && from.since.is_some() {
+        // A position stored as a time alone, before cursors: by time, as it was read.
+        return follow(docker, handle, from.since);
+    }
+    let (docker, attachments, handle, from) = (
+        docker.clone(),
+        attachments.clone(),
+        handle.clone(),
+        from.clone(),
+    );
+    let through = async move {
+        match local_container(&docker, &handle).await {
+            Ok(Some(id)) => {
+                let container = RunHandle {
+                    backend_ref: id,
+                    ..handle
+                };
+                container_logs(&docker, &attachments, &container, &from)
+            }
+            Ok(None) => follow(&docker, &handle, from.since),
+            Err(e) => stream::once(async move { Err(e) }).boxed(),
+        }
+    };
+    stream::once(through).flatten().boxed()
+}
+
+/// The task's container once the swarm has created it, when it is on this node; `None`
+/// when the task ended without one or runs elsewhere.
+async fn local_container(
+    docker: &Docker,
+    handle: &RunHandle,
+) -> Result<Option<String>, BackendError> {
+    loop {
+        let found = tasks::find(docker, handle)
+            .await?
+            .ok_or_else(|| not_found(handle))?;
+        if let Some(task) = &found.task {
+            if let Some(id) = tasks::container_of(task) {
+                return match docker.inspect_container(id, None).await {
+                    Ok(_) => Ok(Some(id.to_owned())),
+                    Err(e) if is_not_found(&e) => Ok(None),
+                    Err(e) => Err(from_docker(e)),
+                };
+            }
+            if tasks::is_final(task) {
+                return Ok(None);
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Follows the service's output until the run ends.
 pub(crate) fn follow(
     docker: &Docker,
     handle: &RunHandle,

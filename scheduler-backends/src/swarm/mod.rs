@@ -14,8 +14,10 @@
 //! - **Stop and cleanup** act on the task's container directly, as removing a job's service
 //!   neither stops nor removes it (moby/moby#44312): both reach only the node we talk to.
 //!   The swarm keeps the ended task's record after cleanup (moby/moby#42789).
-//! - **Logs** come from the service's log; see `logs` for how the stream ends. Swarm has no
-//!   deadline of its own, so [`LaunchSpec::timeout`] is left to the engine.
+//! - **Logs** come from the task's container, attached to as soon as it exists and caught up
+//!   from its log driver's files, as the Docker backend resumes (see `logs`); from the
+//!   service's log when the task runs on another node. Swarm has no deadline of its own, so
+//!   [`LaunchSpec::timeout`] is left to the engine.
 //!
 //! Modules: the service spec (`spec`), secrets (`secrets`), launching once (`launch`),
 //! state and waiting (`tasks`), output (`logs`), finding, stopping and removing (`inventory`).
@@ -55,6 +57,7 @@ pub struct SwarmConfig {
 pub struct SwarmBackend {
     docker: Docker,
     config: SwarmConfig,
+    attachments: crate::docker::attach::Attachments,
 }
 
 impl SwarmBackend {
@@ -66,7 +69,11 @@ impl SwarmBackend {
         let docker = docker.negotiate_version().await.map_err(from_docker)?;
         let info = docker.info().await.map_err(from_docker)?;
         let manager = info.swarm.and_then(|s| s.control_available) == Some(true);
-        Ok(manager.then_some(SwarmBackend { docker, config }))
+        Ok(manager.then_some(SwarmBackend {
+            docker,
+            config,
+            attachments: Default::default(),
+        }))
     }
 
     /// The configuration it runs with.
@@ -113,7 +120,7 @@ impl Backend for SwarmBackend {
     }
 
     fn logs(&self, handle: &RunHandle, from: &LogFrom) -> LogStreamBox {
-        logs::follow(&self.docker, handle, from.since)
+        logs::logs(&self.docker, &self.attachments, handle, from)
     }
 
     #[tracing::instrument(skip_all, fields(run_id = %handle.run_id, attempt = handle.attempt))]

@@ -10,6 +10,7 @@
 mod lifecycle;
 mod output;
 mod secrets;
+mod volume;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -29,6 +30,8 @@ use jobdock_backends::{
 pub use lifecycle::*;
 pub use output::*;
 pub use secrets::*;
+#[allow(unused_imports)]
+pub use volume::*;
 
 /// Generous bound for anything a healthy scheduler does in seconds; it only keeps a broken
 /// backend from hanging the suite.
