@@ -23,7 +23,7 @@ use bollard::Docker;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::cursor::DockerCursor;
@@ -31,10 +31,32 @@ use super::errors::from_docker;
 use super::logs::{split_timestamp, stream_of, LineAssembler};
 use crate::{BackendError, LogGap, LogItem, LogLine, LogStream, LogStreamBox};
 
-/// Items buffered between the attached connection and the engine's reader: enough to
-/// smooth out a store write, small enough that a container waits rather than the engine
-/// buffering without bound.
+/// Items, and bytes of output, buffered between the attached connection and the engine's
+/// reader: enough to smooth out a store write, small enough that a container waits rather
+/// than the engine buffering without bound (lines can be a megabyte long).
 const BUFFERED_ITEMS: usize = 1024;
+const BUFFERED_BYTES: usize = 4 << 20;
+
+/// An item on its way to the reader, holding its share of the byte budget until taken.
+type Held = (Result<LogItem, BackendError>, OwnedSemaphorePermit);
+
+/// The writing end of the buffer between a container's output and its reader.
+pub(crate) struct Outlet {
+    tx: mpsc::Sender<Held>,
+    budget: Arc<Semaphore>,
+}
+
+/// A buffer bounded in items and bytes: its writing end, and the reader's stream.
+pub(crate) fn pipe() -> (Outlet, mpsc::Receiver<Held>) {
+    let (tx, rx) = mpsc::channel(BUFFERED_ITEMS);
+    let budget = Arc::new(Semaphore::new(BUFFERED_BYTES));
+    (Outlet { tx, budget }, rx)
+}
+
+/// The reader's side of [`pipe`]: each item gives back its bytes as it is taken.
+pub(crate) fn reader(rx: mpsc::Receiver<Held>) -> LogStreamBox {
+    ReceiverStream::new(rx).map(|(item, _bytes)| item).boxed()
+}
 
 /// How long an attachment made at launch waits to be taken by a reader. Until then the
 /// container is held back once the buffer is full; past it the attachment is dropped and
@@ -64,7 +86,7 @@ enum Entry {
     /// Made at launch and not taken yet: the reader's end of its output, and the line
     /// counts once the container's output has ended (all of it is then in the buffer).
     Waiting {
-        rx: mpsc::Receiver<Result<LogItem, BackendError>>,
+        rx: mpsc::Receiver<Held>,
         ended: Option<[u64; 2]>,
     },
     /// Read to its end: how many lines each stream had, so that asking again from there
@@ -98,7 +120,7 @@ impl Attachments {
     /// Starts reading `frames` (attached before container `id` started) into a buffer that
     /// the attempt's first reader takes with [`Self::take`].
     pub(crate) fn start_live(&self, docker: &Docker, id: &str, frames: Frames) {
-        let (tx, rx) = mpsc::channel(BUFFERED_ITEMS);
+        let (tx, rx) = pipe();
         self.lock()
             .insert(id.to_owned(), Entry::Waiting { rx, ended: None });
         let mut emitter = Emitter::new(tx, [0, 0], Anchor::Unknown, docker, id, self.clone());
@@ -125,7 +147,7 @@ impl Attachments {
                 if let Some([stdout, stderr]) = ended {
                     map.insert(id.to_owned(), Entry::Done { stdout, stderr });
                 }
-                Found::Live(ReceiverStream::new(rx).boxed())
+                Found::Live(reader(rx))
             }
             Some(Entry::Done { stdout, stderr }) => {
                 map.insert(id.to_owned(), Entry::Done { stdout, stderr });
@@ -180,7 +202,7 @@ impl Anchor {
 /// The reader's side of a container's output: reassembles lines, numbers them per stream,
 /// and hands them out with their cursors.
 pub(crate) struct Emitter {
-    tx: mpsc::Sender<Result<LogItem, BackendError>>,
+    tx: Outlet,
     pub(crate) assembler: LineAssembler,
     /// Lines handed out so far, stdout and stderr.
     ordinals: [u64; 2],
@@ -202,7 +224,7 @@ fn index(stream: LogStream) -> usize {
 
 impl Emitter {
     pub(crate) fn new(
-        tx: mpsc::Sender<Result<LogItem, BackendError>>,
+        tx: Outlet,
         ordinals: [u64; 2],
         anchor: Anchor,
         docker: &Docker,
@@ -250,7 +272,16 @@ impl Emitter {
     }
 
     async fn send(&self, item: Result<LogItem, BackendError>) -> Result<(), Closed> {
-        self.tx.send(item).await.map_err(|_| Closed)
+        let bytes = match &item {
+            Ok(LogItem::Line(l)) => l.line.len(),
+            _ => 0,
+        };
+        let permits = bytes.clamp(1, BUFFERED_BYTES) as u32;
+        let held = Arc::clone(&self.tx.budget)
+            .acquire_many_owned(permits)
+            .await
+            .map_err(|_| Closed)?;
+        self.tx.tx.send((item, held)).await.map_err(|_| Closed)
     }
 
     /// Copies an attached connection's frames until the container's output ends, stamping

@@ -18,10 +18,8 @@ use bollard::query_parameters::LogsOptionsBuilder;
 use bollard::Docker;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
-use super::attach::{attach, Anchor, Attachments, Closed, Emitter, Frames};
+use super::attach::{attach, pipe, reader, Anchor, Attachments, Closed, Emitter, Frames};
 use super::cursor::DockerCursor;
 use super::errors::{for_handle, is_not_found, status_of};
 use super::logs::{split_timestamp, stream_of};
@@ -71,9 +69,14 @@ pub(crate) fn resume(
     handle: &RunHandle,
     from: &LogFrom,
 ) -> LogStreamBox {
-    let (tx, rx) = mpsc::channel(1024);
+    let (tx, rx) = pipe();
     let stored = Stored::of(from);
-    let anchor = stored.anchor.map_or(Anchor::Absent, Anchor::Known);
+    // Read from the start, the first record the files hold anchors the ordinals handed out.
+    let anchor = match (stored.from_start, stored.anchor) {
+        (true, _) => Anchor::Unknown,
+        (false, Some(a)) => Anchor::Known(a),
+        (false, None) => Anchor::Absent,
+    };
     let mut emitter = Emitter::new(
         tx,
         stored.ordinals,
@@ -88,7 +91,7 @@ pub(crate) fn resume(
             emitter.fail(e).await;
         }
     });
-    ReceiverStream::new(rx).boxed()
+    reader(rx)
 }
 
 async fn catch_up(
