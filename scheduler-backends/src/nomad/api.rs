@@ -105,6 +105,16 @@ pub(crate) struct JobInfo {
     pub stop: bool,
 }
 
+/// One entry of `GET /v1/client/fs/ls/:alloc`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub(crate) struct AllocFileInfo {
+    /// The file's name.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
 /// One frame of a log stream; a heartbeat is an empty object.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]

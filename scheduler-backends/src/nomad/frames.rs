@@ -3,6 +3,12 @@
 //! `GET /v1/client/fs/logs/:alloc` answers a sequence of JSON objects `{File, Offset,
 //! Data}` (base64 data; `{}` is a heartbeat). [`FrameReader`] cuts complete objects out of
 //! the bytes as they arrive; [`Lines`] reassembles lines across frames for one stream.
+//!
+//! Logmon rotates a stream into files `<task>.<stream>.<n>` and removes the oldest, and a
+//! read's `offset` counts from the oldest file still kept, so a byte's lasting address is
+//! its file and its offset in that file. A line's cursor carries both beside the byte count
+//! this backend keeps (`<bytes>@<file>:<offset>`); a cursor of an older engine is the count
+//! alone.
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
@@ -12,6 +18,58 @@ use super::stamps::Ledger;
 use crate::docker::MAX_LINE_BYTES;
 use crate::{LogLine, LogStream};
 
+/// The data of one frame and where it lies: the log file's index and the offset in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Frame {
+    /// Logmon's index of the file, from the frame's `File` (`alloc/logs/run.stdout.3`).
+    pub file: Option<u64>,
+    /// Where in that file the data starts.
+    pub offset: u64,
+    /// The output.
+    pub data: Vec<u8>,
+}
+
+/// A byte's lasting address in one stream's log: logmon's file index and the offset in it.
+pub(crate) type FilePos = (u64, u64);
+
+/// A stream's position as a cursor keeps it: the bytes this backend counted, and where
+/// the next byte lies in the log files when that is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Place {
+    /// Bytes of the stream read from its start.
+    pub bytes: u64,
+    /// The file and offset of the next byte.
+    pub file: Option<FilePos>,
+}
+
+impl Place {
+    /// Reads a cursor: `<bytes>@<file>:<offset>`, or `<bytes>` alone.
+    pub(crate) fn parse(cursor: &str) -> Option<Self> {
+        let (bytes, file) = match cursor.split_once('@') {
+            Some((bytes, file)) => (bytes, Some(file)),
+            None => (cursor, None),
+        };
+        let file = match file {
+            Some(f) => {
+                let (i, o) = f.split_once(':')?;
+                Some((i.parse().ok()?, o.parse().ok()?))
+            }
+            None => None,
+        };
+        Some(Self {
+            bytes: bytes.parse().ok()?,
+            file,
+        })
+    }
+
+    fn cursor(self) -> String {
+        match self.file {
+            Some((i, o)) => format!("{}@{i}:{o}", self.bytes),
+            None => self.bytes.to_string(),
+        }
+    }
+}
+
 /// Buffers the body's bytes and hands out the data of each complete frame.
 #[derive(Debug, Default)]
 pub(crate) struct FrameReader {
@@ -19,8 +77,8 @@ pub(crate) struct FrameReader {
 }
 
 impl FrameReader {
-    /// Adds `bytes` and returns the data of the frames now complete (heartbeats skipped).
-    pub(crate) fn push(&mut self, bytes: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    /// Adds `bytes` and returns the frames now complete (heartbeats skipped).
+    pub(crate) fn push(&mut self, bytes: &[u8]) -> Result<Vec<Frame>, String> {
         self.buf.extend_from_slice(bytes);
         let mut frames = Vec::new();
         let mut de = serde_json::Deserializer::from_slice(&self.buf).into_iter::<StreamFrame>();
@@ -35,7 +93,12 @@ impl FrameReader {
                     let data = base64::engine::general_purpose::STANDARD
                         .decode(frame.data.as_bytes())
                         .map_err(|e| format!("log frame of {} is not base64: {e}", frame.file))?;
-                    frames.push(data);
+                    let file = frame.file.rsplit('.').next().and_then(|n| n.parse().ok());
+                    frames.push(Frame {
+                        file,
+                        offset: frame.offset.max(0) as u64,
+                        data,
+                    });
                 }
                 Some(Err(e)) if e.is_eof() => break,
                 Some(Err(e)) => return Err(format!("log stream is not framed JSON: {e}")),
@@ -63,6 +126,9 @@ pub(crate) struct Lines {
     open: Vec<u8>,
     /// The offset of the open line's first byte.
     line_start: u64,
+    /// The file of the bytes being read, and its offset minus ours (file offset = ours +
+    /// the difference), when the frames say.
+    file: Option<(u64, i128)>,
 }
 
 impl Lines {
@@ -74,7 +140,14 @@ impl Lines {
             since,
             open: Vec::new(),
             line_start: offset,
+            file: None,
         }
+    }
+
+    /// Says that the bytes pushed next, from our `offset` on, lie in file `index` from
+    /// `file_offset` on.
+    pub(crate) fn in_file(&mut self, index: u64, file_offset: u64, offset: u64) {
+        self.file = Some((index, i128::from(file_offset) - i128::from(offset)));
     }
 
     /// Takes the bytes of one frame, which start at `offset`, and returns the lines they end.
@@ -118,11 +191,17 @@ impl Lines {
         }
         let line = String::from_utf8(bytes)
             .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        let place = Place {
+            bytes: end,
+            file: self
+                .file
+                .map(|(i, diff)| (i, (i128::from(end) + diff).max(0) as u64)),
+        };
         lines.push(LogLine {
             ts,
             stream: self.stream,
             line,
-            cursor: Some(end.to_string()),
+            cursor: Some(place.cursor()),
         });
     }
 }
@@ -146,7 +225,9 @@ mod tests {
         let (head, tail) = body.split_at(body.len() / 2 + 3);
         let mut got = r.push(head.as_bytes()).unwrap();
         got.extend(r.push(tail.as_bytes()).unwrap());
-        assert_eq!(got, [b"ab".to_vec(), b"c\n".to_vec()]);
+        let data: Vec<_> = got.iter().map(|f| f.data.clone()).collect();
+        assert_eq!(data, [b"ab".to_vec(), b"c\n".to_vec()]);
+        assert_eq!((got[0].file, got[0].offset), (Some(0), 0));
         assert!(r.push(b"{\"Data\": 5}").is_err());
     }
 
@@ -191,6 +272,36 @@ mod tests {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].line, "b");
         assert_eq!(got[0].stream, LogStream::Stderr);
+    }
+
+    #[test]
+    fn cursors_name_the_file_and_offset_where_the_frames_say() {
+        let mut ledger = Ledger::default();
+        ledger.record(0, 8, Utc::now());
+        let mut lines = Lines::new(LogStream::Stdout, 0, None);
+        lines.in_file(3, 100, 0);
+        let got = lines.push(
+            b"ab
+cd
+", 0, &ledger,
+        );
+        let cursors: Vec<_> = got.iter().map(|l| l.cursor.clone().unwrap()).collect();
+        assert_eq!(cursors, ["3@3:103", "6@3:106"]);
+        for c in &cursors {
+            assert_eq!(
+                Place::parse(c).map(|p| p.cursor()).as_deref(),
+                Some(c.as_str())
+            );
+        }
+        assert_eq!(
+            Place::parse("42"),
+            Some(Place {
+                bytes: 42,
+                file: None
+            }),
+            "an older engine's cursor"
+        );
+        assert_eq!(Place::parse("4@x:1"), None);
     }
 
     #[test]

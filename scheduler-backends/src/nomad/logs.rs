@@ -9,6 +9,12 @@
 //! cursor, `since` drops lines stamped at or before it (exact within one process, whose
 //! stamps are remembered). A connection that breaks is resumed from the byte offset
 //! reached, so nothing is lost or repeated.
+//!
+//! Logmon rotates the output into numbered files and removes the oldest (a task's `logs {
+//! max_files, max_file_size }`). Each frame says which file and where in it, so a reader
+//! that falls behind by more than the kept files sees the jump and reports a [`LogGap`]
+//! there (with the bytes missing when they are in one file), and a resumed read whose
+//! file has been removed reports one before the first byte it gets.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -19,13 +25,14 @@ use futures::stream::{self, BoxStream};
 use futures::StreamExt;
 use reqwest::Method;
 
+use super::api::AllocFileInfo;
 use super::client::{escape, Client};
 use super::errors::{from_nomad, NomadError};
-use super::frames::{FrameReader, Lines};
+use super::frames::{FilePos, Frame, FrameReader, Lines, Place};
 use super::jobspec::TASK;
 use super::stamps::Ledgers;
 use super::status::current;
-use crate::{BackendError, LogFrom, LogItem, LogLine, LogStream, LogStreamBox, RunHandle};
+use crate::{BackendError, LogFrom, LogGap, LogItem, LogStream, LogStreamBox, RunHandle};
 
 /// How many times in a row a broken log connection is opened again before giving up.
 const MAX_RECONNECTS: u32 = 10;
@@ -43,9 +50,12 @@ struct Follower {
     body: Option<BoxStream<'static, reqwest::Result<Bytes>>>,
     reader: FrameReader,
     lines: Lines,
-    /// Bytes of the log consumed so far: where a new connection resumes.
+    /// Bytes of the log consumed so far: where a new connection resumes when `pos` is not
+    /// known (a cursor of an older engine).
     offset: u64,
-    ready: VecDeque<LogLine>,
+    /// The file and offset of the next byte, once known.
+    pos: Option<FilePos>,
+    ready: VecDeque<LogItem>,
     failures: u32,
     done: bool,
 }
@@ -59,10 +69,17 @@ pub(crate) fn follow(
 ) -> LogStreamBox {
     let one = |stream| {
         // A stream with a cursor resumes at that byte; `since` then plays no part.
-        let (offset, since) = match from.cursor(stream).and_then(|c| c.parse::<u64>().ok()) {
-            Some(offset) => (offset, None),
-            None => (0, from.since),
+        let (place, since) = match from.cursor(stream).and_then(Place::parse) {
+            Some(place) => (place, None),
+            None => (
+                Place {
+                    bytes: 0,
+                    file: None,
+                },
+                from.since,
+            ),
         };
+        let offset = place.bytes;
         let f = Follower {
             client: client.clone(),
             handle: handle.clone(),
@@ -73,15 +90,14 @@ pub(crate) fn follow(
             reader: FrameReader::default(),
             lines: Lines::new(stream, offset, since),
             offset,
+            pos: place.file,
             ready: VecDeque::new(),
             failures: 0,
             done: false,
         };
         stream::unfold(f, next_line).boxed()
     };
-    stream::select(one(LogStream::Stdout), one(LogStream::Stderr))
-        .map(|r| r.map(LogItem::from))
-        .boxed()
+    stream::select(one(LogStream::Stdout), one(LogStream::Stderr)).boxed()
 }
 
 /// What one step of a follower came to.
@@ -92,7 +108,7 @@ enum Step {
     Fail(BackendError),
 }
 
-async fn next_line(mut f: Follower) -> Option<(Result<LogLine, BackendError>, Follower)> {
+async fn next_line(mut f: Follower) -> Option<(Result<LogItem, BackendError>, Follower)> {
     loop {
         if let Some(line) = f.ready.pop_front() {
             return Some((Ok(line), f));
@@ -143,10 +159,56 @@ impl Follower {
         }
     }
 
+    /// Where Nomad's `offset` (counted from the oldest file kept) finds our next byte; a
+    /// gap first when that byte's file has been removed.
+    async fn start_offset(&mut self, alloc: &str) -> Result<u64, NomadError> {
+        let Some((index, offset)) = self.pos else {
+            return Ok(self.offset);
+        };
+        let path = format!("/v1/client/fs/ls/{}", escape(alloc));
+        let files: Vec<AllocFileInfo> = self.client.get(&path, &[("path", "alloc/logs")]).await?;
+        let prefix = format!("{TASK}.{}.", self.stream.as_str());
+        let mut kept: Vec<(u64, u64)> = files
+            .iter()
+            .filter_map(|f| Some((f.name.strip_prefix(&prefix)?.parse().ok()?, f.size)))
+            .collect();
+        kept.sort_unstable();
+        match kept.first() {
+            Some(&(oldest, _)) if oldest > index => {
+                let gap = rotated(self.stream, index, Some(oldest), None);
+                self.gap(gap);
+                Ok(0)
+            }
+            _ => Ok(kept
+                .iter()
+                .filter(|(i, _)| *i < index)
+                .map(|(_, size)| size)
+                .sum::<u64>()
+                + offset),
+        }
+    }
+
+    /// Reports a gap: the line begun before it ends there, and nothing is matched against
+    /// the file position any more until the frames give a new one.
+    fn gap(&mut self, gap: LogGap) {
+        let open = self
+            .ledgers
+            .with(&self.handle.backend_ref, self.stream, |l| {
+                self.lines.finish(l)
+            });
+        self.ready.extend(open.into_iter().map(LogItem::Line));
+        self.ready.push_back(LogItem::Gap(gap));
+        self.pos = None;
+    }
+
     /// Opens the log from where we are.
     async fn connect(&mut self) -> Step {
         let alloc = self.alloc_id.clone().unwrap_or_default();
-        let offset = self.offset.to_string();
+        let offset = match self.start_offset(&alloc).await {
+            Ok(offset) => offset.to_string(),
+            Err(e @ NomadError::Transport(_)) => return self.retry(from_nomad(e)).await,
+            Err(e) => return Step::Fail(from_nomad(e)),
+        };
         let req = self
             .client
             .request(
@@ -201,7 +263,10 @@ impl Follower {
         };
         self.failures = 0;
         let now = Utc::now();
-        for data in frames {
+        for frame in frames {
+            let Some(data) = self.place(frame) else {
+                continue;
+            };
             let (offset, len) = (self.offset, data.len() as u64);
             let lines = self
                 .ledgers
@@ -209,10 +274,47 @@ impl Follower {
                     ledger.record(offset, len, now);
                     self.lines.push(&data, offset, ledger)
                 });
-            self.ready.extend(lines);
+            self.ready.extend(lines.into_iter().map(LogItem::Line));
             self.offset += len;
         }
         Step::More
+    }
+
+    /// Checks that a frame goes on where the last one ended, in the same file or at the
+    /// start of the next: bytes read again (a connection resumed early) are dropped, a jump
+    /// is a gap. Returns the bytes to take, and tells the assembler where they lie.
+    fn place(&mut self, frame: Frame) -> Option<Vec<u8>> {
+        let Frame {
+            file,
+            mut offset,
+            mut data,
+        } = frame;
+        if let (None, 0, Some(file)) = (self.pos, self.offset, file) {
+            // The first bytes of a read from the start: logmon removed the files before it.
+            if file > 0 || offset > 0 {
+                let missing = (file == 0).then_some(offset);
+                self.gap(rotated(self.stream, 0, Some(file), missing));
+            }
+        }
+        if let (Some((index, at)), Some(file)) = (self.pos, file) {
+            let follows = (file == index && offset == at) || (file == index + 1 && offset == 0);
+            if file == index && offset < at {
+                let had = (at - offset) as usize;
+                if had >= data.len() {
+                    return None;
+                }
+                data.drain(..had);
+                offset = at;
+            } else if !follows {
+                let missing = (file == index).then(|| offset - at);
+                self.gap(rotated(self.stream, index, Some(file), missing));
+            }
+        }
+        if let Some(file) = file {
+            self.lines.in_file(file, offset, self.offset);
+            self.pos = Some((file, offset + data.len() as u64));
+        }
+        Some(data)
     }
 
     /// Nomad closes a follow stream once the task is dead; if it closed early, reconnect.
@@ -231,7 +333,7 @@ impl Follower {
                     .with(&self.handle.backend_ref, self.stream, |l| {
                         self.lines.finish(l)
                     });
-                self.ready.extend(last);
+                self.ready.extend(last.into_iter().map(LogItem::Line));
                 Step::More
             }
             Err(e) => self.retry(e).await,
@@ -247,5 +349,27 @@ impl Follower {
         let backoff = Duration::from_millis(100 * u64::from(self.failures.min(20)));
         tokio::time::sleep(backoff).await;
         Step::More
+    }
+}
+
+/// Output logmon removed before the engine read it: from file `from` (the rest of it) up to
+/// file `to` (exclusive; `None` = unknown).
+fn rotated(stream: LogStream, from: u64, to: Option<u64>, missing: Option<u64>) -> LogGap {
+    let files = match to {
+        Some(to) if to > from + 1 => format!(
+            "log files {from} to {} of {stream}",
+            to - 1,
+            stream = stream.as_str()
+        ),
+        _ => format!("log file {from} of {}", stream.as_str()),
+    };
+    LogGap {
+        after: None,
+        before: Some(Utc::now()),
+        missing_bytes: missing,
+        reason: format!(
+            "Nomad rotated away {files} before the engine read it (the task keeps `max_files` \
+             files of `max_file_size`)"
+        ),
     }
 }

@@ -35,6 +35,12 @@ pub struct Options {
     pub frame_bytes: usize,
     /// Break the first log connection of each stream after this many data frames.
     pub drop_logs_after_frames: Option<usize>,
+    /// Log rotation as logmon does it: a new file `<task>.<stream>.<n+1>` once the current
+    /// one holds this many bytes, keeping the newest `log_max_files` (Nomad's defaults are
+    /// 10 MB and 10 files).
+    pub log_file_bytes: u64,
+    /// See `log_file_bytes`.
+    pub log_max_files: u64,
 }
 
 impl Default for Options {
@@ -43,6 +49,8 @@ impl Default for Options {
             token: None,
             frame_bytes: 4096,
             drop_logs_after_frames: None,
+            log_file_bytes: 10 << 20,
+            log_max_files: 10,
         }
     }
 }
@@ -152,6 +160,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/job/{id}/allocations", get(allocations))
         .route("/v1/client/allocation/{id}/signal", post(signal))
         .route("/v1/client/fs/logs/{id}", get(logs::serve))
+        .route("/v1/client/fs/ls/{id}", get(logs::list))
         .route(
             "/v1/var/{*path}",
             get(read_var).put(put_var).delete(delete_var),

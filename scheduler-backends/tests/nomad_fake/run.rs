@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
 
 use super::{Alloc, Shared};
 
@@ -76,7 +75,8 @@ pub(crate) async fn run(s: Arc<Shared>, alloc_id: String) {
         finish(&s, &alloc_id, "failed", failure, false);
         return;
     }
-    match start(&task, &dir, &var).await {
+    let rotation = (s.options.log_file_bytes, s.options.log_max_files);
+    match start(&task, &dir, &var, rotation).await {
         Ok((child, copies)) => supervise(s, alloc_id, &task, child, copies).await,
         Err(e) => {
             let failure = event("Driver Failure", json!({ "DriverError": e.to_string() }));
@@ -127,6 +127,7 @@ async fn start(
     task: &Value,
     dir: &Path,
     items: &Value,
+    rotation: (u64, u64),
 ) -> std::io::Result<(tokio::process::Child, Copies)> {
     let logs = dir.join("alloc/logs");
     std::fs::create_dir_all(&logs)?;
@@ -161,13 +162,14 @@ async fn start(
         .stderr
         .take()
         .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>);
-    for (pipe, name) in [(out, "run.stdout.0"), (err, "run.stderr.0")] {
-        let mut file = tokio::fs::File::create(logs.join(name)).await?;
-        if let Some(mut pipe) = pipe {
-            copies.push(tokio::spawn(async move {
-                tokio::io::copy(&mut pipe, &mut file).await?;
-                file.flush().await
-            }));
+    for (pipe, kind) in [(out, "stdout"), (err, "stderr")] {
+        // Logmon's first files exist before the task runs, as Nomad has them.
+        std::fs::File::create(logs.join(format!("run.{kind}.0")))?;
+        let logs = logs.clone();
+        if let Some(pipe) = pipe {
+            copies.push(tokio::spawn(super::logs::logmon(
+                pipe, logs, kind, rotation,
+            )));
         }
     }
     Ok((child, copies))
