@@ -18,8 +18,9 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use async_trait::async_trait;
 use conformance::{texts, Ctx, Inspector, Target};
+use futures::StreamExt;
 use jobdock_backends::kubernetes::{KubernetesBackend, KubernetesConfig};
-use jobdock_backends::{LogStream, RunHandle};
+use jobdock_backends::{LogFrom, LogItem, LogStream, RunHandle};
 use kube_fake::{FakeKube, Options};
 use serde_json::Value;
 
@@ -217,3 +218,67 @@ real_cluster_tests!(
     real_file_secrets_are_delivered_privately => file_secrets_are_delivered_privately,
     real_identity_labels_are_set => identity_labels_are_set,
 );
+
+/// The kubelet rotates the log every 64 KiB and serves only the current file: a read that
+/// resumes from a line written before the rotations hears of the gap first, then gets the
+/// current file's lines, in order and once, to the end.
+#[tokio::test]
+async fn a_resumed_read_after_rotation_reports_the_gap() -> Result<()> {
+    let (fake, target) = fake_target().await?;
+    fake.world().container_log_max_size = Some(64 * 1024);
+    conformance::run(target, |ctx: Ctx| async move {
+        const N: u64 = 20_000;
+        let script = format!(
+            "echo first; sleep 1; awk 'BEGIN {{ for (i = 1; i <= {N}; i++) printf \"out %07d\\n\", i }}'"
+        );
+        let handle = ctx.backend.launch(&ctx.spec(&script)).await?;
+        let mut stream = ctx.backend.logs(&handle, &LogFrom::start());
+        let first = match stream.next().await.context("no output")?? {
+            LogItem::Line(l) => l,
+            LogItem::Gap(g) => anyhow::bail!("a gap in a fresh read: {g:?}"),
+        };
+        ensure!(first.line == "first", "{first:?}");
+        drop(stream);
+        ctx.wait(&handle).await?;
+
+        let had = LogFrom {
+            since: Some(first.ts),
+            stdout: first.cursor.clone(),
+            stderr: None,
+        };
+        let (rest, gaps) = ctx.items_from(&handle, &had).await?;
+        ensure!(gaps.len() == 1, "{gaps:?}");
+        ensure!(
+            gaps[0].after == Some(first.ts) && gaps[0].before > Some(first.ts),
+            "{gaps:?}"
+        );
+        let (out, _) = conformance::numbers(&rest)?;
+        let from = *out.first().context("nothing after the gap")?;
+        ensure!(from > 1, "the current file cannot hold the first lines");
+        conformance::exactly(&out, from, N, 1).context("stdout after the gap")?;
+        Ok(())
+    })
+    .await
+}
+
+/// Without rotation in the way, a resumed read gets exactly the lines after its point, and
+/// no gap.
+#[tokio::test]
+async fn a_resumed_read_within_the_current_file_has_no_gap() -> Result<()> {
+    let (fake, target) = fake_target().await?;
+    fake.world().container_log_max_size = Some(10 << 20);
+    conformance::run(target, |ctx: Ctx| async move {
+        let script = "i=0; while [ $i -lt 30 ]; do i=$((i+1)); echo \"line $i\"; done";
+        let (handle, _, all) = ctx.run_to_end(&ctx.spec(script)).await?;
+        let had = LogFrom {
+            since: Some(all[9].ts),
+            stdout: all[9].cursor.clone(),
+            stderr: None,
+        };
+        let (rest, gaps) = ctx.items_from(&handle, &had).await?;
+        ensure!(gaps.is_empty(), "{gaps:?}");
+        ensure!(texts(&rest, LogStream::Stdout) == texts(&all[10..], LogStream::Stdout));
+        Ok(())
+    })
+    .await
+}

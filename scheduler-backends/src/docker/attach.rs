@@ -285,7 +285,9 @@ impl Emitter {
     }
 
     /// Copies an attached connection's frames until the container's output ends, stamping
-    /// each piece when it arrives. A clean end is remembered in the registry.
+    /// each piece when it arrives. A clean end is remembered in the registry; a connection
+    /// that ends while the container still runs (a daemon going away, a proxy between)
+    /// is an error, and the reader resumes from what it stored.
     pub(crate) async fn forward(&mut self, mut frames: Frames) -> Result<(), Closed> {
         while let Some(frame) = frames.next().await {
             match frame {
@@ -302,10 +304,35 @@ impl Emitter {
                 }
             }
         }
+        if let Err(e) = self.ended().await {
+            self.fail(e).await;
+            return Err(Closed);
+        }
         let rest = self.assembler.finish();
         self.lines(rest).await?;
         self.registry.done(&self.id, self.ordinals);
         Ok(())
+    }
+
+    /// Whether the container has really ended, now that its attachment has.
+    async fn ended(&self) -> Result<(), BackendError> {
+        use bollard::models::ContainerStateStatusEnum as Status;
+        let info = match self.docker.inspect_container(&self.id, None).await {
+            Ok(info) => info,
+            // Removed: nothing more can come.
+            Err(e) if super::errors::is_not_found(&e) => return Ok(()),
+            Err(e) => return Err(from_docker(e)),
+        };
+        let status = info.state.and_then(|s| s.status);
+        match status {
+            Some(Status::RUNNING | Status::PAUSED | Status::RESTARTING) => {
+                Err(BackendError::Unavailable(format!(
+                    "the attachment to container {} ended while it still runs",
+                    self.id
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 }
 

@@ -4,13 +4,20 @@
 //! came from, so every line is reported as [`LogStream::Stdout`]. Each line starts with the
 //! kubelet's RFC 3339 time stamp, which drives `since` (exclusive) and resuming: a stream
 //! that ends while the container still runs is reopened from the last line's time
-//! (`sinceTime`, whole seconds) and lines at or before it are skipped. Lines written in the
+//! (`sinceTime`, whole seconds) and lines at or before it are skipped; a line's stamp is
+//! also its cursor, so the engine resumes after it. Lines written in the
 //! same nanosecond as the last one read before a drop could be skipped; kubelet stamps make
 //! that all but impossible.
 //!
 //! The kubelet serves what the container runtime recorded, record by record: a line the
 //! runtime cut into pieces comes with a stamp before each piece (see [`join_pieces`]), and
 //! the text is whatever bytes the container wrote (read as lossy UTF-8).
+//!
+//! The kubelet rotates a container's log file at `containerLogMaxSize` (10 Mi by default)
+//! and serves only the current file: a read that resumes from a time before the current
+//! file's first record has lost what lay between, and says so with a [`LogGap`] first. A
+//! follower the kubelet moves on to the current file after a rotation skips any file
+//! rotated in between; the API shows no trace of that, so it cannot be reported.
 
 use std::borrow::Cow;
 
@@ -20,7 +27,9 @@ use kube::api::LogParams;
 use tokio::sync::mpsc;
 
 use super::{errors, manifest, status, Kube};
-use crate::{BackendError, LogItem, LogLine, LogStream, LogStreamBox, RunHandle, TaskState};
+use crate::{
+    BackendError, LogFrom, LogGap, LogItem, LogLine, LogStream, LogStreamBox, RunHandle, TaskState,
+};
 
 /// The smallest piece containerd cuts a long line into; its `max_container_log_line_size`
 /// is 16 KiB unless configured otherwise.
@@ -73,36 +82,55 @@ pub(crate) fn join_pieces(text: &[u8]) -> Cow<'_, [u8]> {
     Cow::Owned(joined)
 }
 
-/// Follows the run's pod output from `since` (exclusive) until the run ends.
-pub(crate) fn follow(
-    kube: &Kube,
-    handle: &RunHandle,
-    since: Option<DateTime<Utc>>,
-) -> LogStreamBox {
+/// Follows the run's pod output from `from` until the run ends: after the line whose
+/// cursor (its stamp) `from` gives, else after `since`.
+pub(crate) fn follow(kube: &Kube, handle: &RunHandle, from: &LogFrom) -> LogStreamBox {
     let (tx, rx) = mpsc::channel(256);
     let kube = kube.clone();
     let handle = handle.clone();
+    let had = from
+        .cursor(LogStream::Stdout)
+        .and_then(|c| DateTime::parse_from_rfc3339(c).ok())
+        .map(|t| t.with_timezone(&Utc));
+    let start = match had {
+        Some(line) => Start::After(line),
+        None => Start::Since(from.since),
+    };
     tokio::spawn(async move {
-        if let Err(e) = pump(&kube, &handle, since, &tx).await {
+        if let Err(e) = pump(&kube, &handle, start, &tx).await {
             let _ = tx.send(Err(e)).await;
         }
     });
-    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) })
-        .map(|r| r.map(LogItem::from))
-        .boxed()
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) }).boxed()
 }
 
-type Sender = mpsc::Sender<Result<LogLine, BackendError>>;
+type Sender = mpsc::Sender<Result<LogItem, BackendError>>;
+
+/// Where a read starts.
+#[derive(Debug, Clone, Copy)]
+enum Start {
+    /// After the line stamped so, which the reader has: if the kubelet no longer serves
+    /// it, what followed it may be gone, and the read says so.
+    After(DateTime<Utc>),
+    /// After this time (exclusive), or from the start; nothing is known to precede it.
+    Since(Option<DateTime<Utc>>),
+}
 
 /// Reads the pod's log, reopening it after drops, until the container has terminated and
 /// everything up to its end has been read.
 async fn pump(
     kube: &Kube,
     handle: &RunHandle,
-    mut cursor: Option<DateTime<Utc>>,
+    start: Start,
     tx: &Sender,
 ) -> Result<(), BackendError> {
+    let (mut cursor, had_line) = match start {
+        Start::After(t) => (Some(t), true),
+        Start::Since(t) => (t, false),
+    };
     let mut read_any = false;
+    // The start of the kubelet's current log file, once reported as the end of a gap.
+    let mut told: Option<DateTime<Utc>> = None;
     loop {
         let state = match status::state(kube, handle).await {
             Ok(s) => s,
@@ -147,6 +175,14 @@ async fn pump(
         }
         let terminated = status::terminated(&pod);
         let name = pod.metadata.name.clone().unwrap_or_default();
+        // Only after a line the reader has does a later start of the file mean a loss.
+        if let (Some(from), true) = (cursor, had_line || read_any) {
+            if let Some(gap) = rotated_away(kube, &name, from, &mut told).await {
+                if tx.send(Ok(LogItem::Gap(gap))).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
         match read(kube, &name, &mut cursor, !terminated, tx).await {
             Ok(more) => read_any |= more,
             Err(Stop::Closed) => return Ok(()),
@@ -166,6 +202,38 @@ async fn pump(
             return Ok(());
         }
     }
+}
+
+/// A gap when the kubelet's current log file begins after `from`: the files before it,
+/// holding what was written between, are no longer served. Each file start is reported
+/// once (in `told`).
+async fn rotated_away(
+    kube: &Kube,
+    pod: &str,
+    from: DateTime<Utc>,
+    told: &mut Option<DateTime<Utc>>,
+) -> Option<LogGap> {
+    let lp = LogParams {
+        container: Some(manifest::CONTAINER.into()),
+        timestamps: true,
+        limit_bytes: Some(256),
+        ..LogParams::default()
+    };
+    let head = kube.pods.logs(pod, &lp).await.ok()?;
+    let (first, _) = parse_line(head.lines().next()?.as_bytes())?;
+    if first <= from || *told == Some(first) {
+        return None;
+    }
+    *told = Some(first);
+    Some(LogGap {
+        after: Some(from),
+        before: Some(first),
+        missing_bytes: None,
+        reason: "the kubelet rotated the container's log file (containerLogMaxSize) before \
+                 the engine read it, and serves only the current file; what the container \
+                 wrote between these times is missing"
+            .into(),
+    })
 }
 
 enum Stop {
@@ -217,13 +285,16 @@ async fn read(
             continue;
         }
         *cursor = Some(ts);
+        // A line's stamp is where a read resumes after it.
         let line = LogLine {
             ts,
             stream: LogStream::Stdout,
             line,
-            cursor: None,
+            cursor: Some(ts.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)),
         };
-        tx.send(Ok(line)).await.map_err(|_| Stop::Closed)?;
+        tx.send(Ok(LogItem::Line(line)))
+            .await
+            .map_err(|_| Stop::Closed)?;
         sent = true;
     }
     Ok(sent)

@@ -147,7 +147,7 @@ impl Backend for KubernetesBackend {
     }
 
     fn logs(&self, handle: &RunHandle, from: &LogFrom) -> LogStreamBox {
-        logs::follow(&self.kube, handle, from.since)
+        logs::follow(&self.kube, handle, from)
     }
 
     #[tracing::instrument(skip_all, fields(run_id = %handle.run_id, attempt = handle.attempt))]

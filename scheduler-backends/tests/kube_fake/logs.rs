@@ -3,6 +3,11 @@
 //! `timestamps=true`, a newline only after a whole line (a line the runtime cut comes as
 //! pieces, each with its own stamp), records before `sinceTime` skipped, and with
 //! `follow=true` the connection held open until the container has ended.
+//!
+//! Like the kubelet, it reads only the container's current log file: a new connection
+//! starts at the current file's first record, and a follower that reaches the end of a file
+//! that has been rotated goes on with the file that is current then, skipping any rotated
+//! in between. `limitBytes` cuts the answer after that many bytes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,6 +34,10 @@ struct Reader {
     follow: bool,
     /// Break the connection after this many records.
     cut: Option<usize>,
+    /// The log file being read; the current one when the connection opens.
+    file: Option<u64>,
+    /// Bytes the answer may still hold (`limitBytes`).
+    limit: Option<usize>,
 }
 
 /// Why the log cannot be read, as the API server says it.
@@ -87,6 +96,8 @@ pub(crate) async fn serve(
         next: 0,
         sent: 0,
         cut,
+        file: None,
+        limit: q.get("limitBytes").and_then(|l| l.parse().ok()),
     };
     let stream = futures::stream::unfold(reader, |mut r| async move {
         let chunk = r.next_chunk().await?;
@@ -106,7 +117,7 @@ impl Reader {
             if !chunk.is_empty() {
                 return Some(Bytes::from(chunk));
             }
-            if ended || !self.follow {
+            if ended || !self.follow || self.limit == Some(0) {
                 return None;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -120,15 +131,25 @@ impl Reader {
         let w = cluster.lock();
         let mut out = Vec::new();
         let records = w.logs.get(&self.pod).map(Vec::as_slice).unwrap_or_default();
+        let current = records.last().map_or(0, |r| r.file);
+        let reading = *self.file.get_or_insert(current);
         for rec in records.iter().skip(self.next) {
-            if self.cut.is_some_and(|c| self.sent >= c) {
+            if self.cut.is_some_and(|c| self.sent >= c) || self.limit == Some(0) {
                 break;
             }
             self.next += 1;
+            if rec.file > reading {
+                // The file read is over and rotated: on with the current one.
+                self.file = Some(current);
+            }
+            if Some(rec.file) != self.file {
+                continue;
+            }
             let at = DateTime::parse_from_rfc3339(&rec.ts).ok();
             if self.since.is_some_and(|s| at.is_some_and(|at| at < s)) {
                 continue;
             }
+            let start = out.len();
             if self.timestamps {
                 out.extend_from_slice(rec.ts.as_bytes());
                 out.push(b' ');
@@ -138,6 +159,11 @@ impl Reader {
                 out.push(b'\n');
             }
             self.sent += 1;
+            if let Some(limit) = &mut self.limit {
+                let keep = (out.len() - start).min(*limit);
+                out.truncate(start + keep);
+                *limit -= keep;
+            }
         }
         let ended = w
             .pods

@@ -59,6 +59,9 @@ pub struct LogRecord {
     pub text: Vec<u8>,
     /// A piece of a longer line, or a last line without a newline: nothing ends it.
     pub partial: bool,
+    /// The log file it went to: the kubelet rotates a container's log into a new file
+    /// once the current one holds `containerLogMaxSize`.
+    pub file: u64,
 }
 
 /// The fake cluster's objects and knobs.
@@ -74,6 +77,9 @@ pub struct World {
     pub fail_reads: usize,
     /// Cut the first log connection after this many records.
     pub cut_logs_after: Option<usize>,
+    /// The kubelet's `containerLogMaxSize`: a new log file once the current one holds this
+    /// many bytes (none when unset).
+    pub container_log_max_size: Option<usize>,
     /// The kubelet's running containers: pod name to process (group) id.
     pub(crate) processes: BTreeMap<String, u32>,
     next_uid: u64,
@@ -222,11 +228,14 @@ impl FakeKube {
         let pod = self.pod_of(job);
         let mut w = self.world();
         let ts = w.stamp();
-        w.logs.entry(pod).or_default().push(LogRecord {
+        let records = w.logs.entry(pod).or_default();
+        let file = records.last().map_or(0, |r| r.file);
+        records.push(LogRecord {
             ts,
             stream: "stdout",
             text: line.as_bytes().to_vec(),
             partial: false,
+            file,
         });
     }
 

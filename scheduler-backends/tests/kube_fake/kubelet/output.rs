@@ -67,10 +67,25 @@ fn push(cluster: &Cluster, pod: &str, stream: &'static str, text: Vec<u8>, parti
         return;
     }
     let ts = w.stamp();
-    w.logs.entry(pod.to_owned()).or_default().push(LogRecord {
+    let max = w.container_log_max_size;
+    let records = w.logs.entry(pod.to_owned()).or_default();
+    let mut file = records.last().map_or(0, |r| r.file);
+    if let Some(max) = max {
+        let size: usize = records
+            .iter()
+            .rev()
+            .take_while(|r| r.file == file)
+            .map(|r| r.ts.len() + r.text.len() + 10)
+            .sum();
+        if size >= max {
+            file += 1;
+        }
+    }
+    records.push(LogRecord {
         ts,
         stream,
         text,
         partial,
+        file,
     });
 }
