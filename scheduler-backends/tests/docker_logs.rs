@@ -24,24 +24,9 @@ async fn target() -> Result<Target> {
     Ok(Target {
         backend: Arc::new(DockerBackend::connect(DockerConfig::default()).await?),
         image,
-        inspector: Arc::new(NoInspector),
+        inspector: Arc::new(conformance::Unseen),
         merged_streams: false,
     })
-}
-
-struct NoInspector;
-
-#[async_trait::async_trait]
-impl conformance::Inspector for NoInspector {
-    async fn describe(&self, _: &RunHandle) -> Result<String> {
-        Ok(String::new())
-    }
-    async fn labels(&self, _: &RunHandle) -> Result<std::collections::BTreeMap<String, String>> {
-        Ok(Default::default())
-    }
-    async fn names(&self, _: &RunHandle) -> Result<Vec<String>> {
-        Ok(Vec::new())
-    }
 }
 
 /// Reads `count` lines of the container's output and stops reading, as an engine that

@@ -16,21 +16,6 @@ use jobdock_backends::nomad::{NomadBackend, NomadConfig};
 use jobdock_backends::{Backend, LogFrom, LogGap, LogItem, LogLine, LogStream, RunHandle};
 use nomad_fake::{FakeNomad, Options};
 
-struct Unseen;
-
-#[async_trait::async_trait]
-impl conformance::Inspector for Unseen {
-    async fn describe(&self, _: &RunHandle) -> Result<String> {
-        Ok(String::new())
-    }
-    async fn labels(&self, _: &RunHandle) -> Result<std::collections::BTreeMap<String, String>> {
-        Ok(Default::default())
-    }
-    async fn names(&self, _: &RunHandle) -> Result<Vec<String>> {
-        Ok(Vec::new())
-    }
-}
-
 /// A fake rotating every `file_bytes` and keeping `files`, and a target pointed at it.
 async fn rotating(file_bytes: u64, files: u64) -> Result<(FakeNomad, Target)> {
     let fake = FakeNomad::start(Options {
@@ -44,7 +29,7 @@ async fn rotating(file_bytes: u64, files: u64) -> Result<(FakeNomad, Target)> {
     let target = Target {
         backend: Arc::new(backend),
         image: "busybox:1.36".into(),
-        inspector: Arc::new(Unseen),
+        inspector: Arc::new(conformance::Unseen),
         merged_streams: false,
     };
     Ok((fake, target))

@@ -359,18 +359,23 @@ async fn find_anchor(docker: &Docker, id: &str, first: &LogLine) -> Anchor {
     Anchor::Absent
 }
 
-/// The first record the container's log driver holds: its stream, timestamp and text.
-pub(crate) async fn first_record(
-    docker: &Docker,
-    id: &str,
-) -> Result<Option<(LogStream, DateTime<Utc>, Vec<u8>)>, bollard::errors::Error> {
+/// Everything the container's log driver holds now, timestamped, without following.
+pub(crate) fn driver_files(docker: &Docker, id: &str) -> Frames {
     let options = LogsOptionsBuilder::new()
         .follow(false)
         .stdout(true)
         .stderr(true)
         .timestamps(true)
         .build();
-    let mut frames = docker.logs(id, Some(options));
+    docker.logs(id, Some(options)).boxed()
+}
+
+/// The first record the container's log driver holds: its stream, timestamp and text.
+async fn first_record(
+    docker: &Docker,
+    id: &str,
+) -> Result<Option<(LogStream, DateTime<Utc>, Vec<u8>)>, bollard::errors::Error> {
+    let mut frames = driver_files(docker, id);
     while let Some(frame) = frames.next().await {
         let frame = frame?;
         let Some(stream) = stream_of(&frame) else {

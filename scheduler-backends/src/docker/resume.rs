@@ -14,12 +14,13 @@
 use std::time::Duration;
 
 use bollard::models::ContainerStateStatusEnum as Status;
-use bollard::query_parameters::LogsOptionsBuilder;
 use bollard::Docker;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
-use super::attach::{attach, pipe, reader, Anchor, Attachments, Closed, Emitter, Frames};
+use super::attach::{
+    attach, driver_files, pipe, reader, Anchor, Attachments, Closed, Emitter, Frames,
+};
 use super::cursor::DockerCursor;
 use super::errors::{for_handle, is_not_found, status_of};
 use super::logs::{split_timestamp, stream_of};
@@ -183,13 +184,7 @@ async fn read_files(
     stored: Stored,
     emitter: &mut Emitter,
 ) -> Result<(), Closed> {
-    let options = LogsOptionsBuilder::new()
-        .follow(false)
-        .stdout(true)
-        .stderr(true)
-        .timestamps(true)
-        .build();
-    let mut frames = docker.logs(id, Some(options));
+    let mut frames = driver_files(docker, id);
     // Where the stored copy ends, as far as time tells: the older of the two streams.
     let stored_until = stored.ts_ns.iter().flatten().min().copied();
     let mut matching = None;
