@@ -1,5 +1,7 @@
-//! Starting the service: open the store, load the keys, bootstrap the first token, bind the
-//! listener (plain or TLS), serve until SIGTERM/SIGINT, then shut down gracefully.
+//! Starting the service: bind the listener and, on the embedded database, lock it for this
+//! engine alone — before anything else, so that a second engine started by mistake touches
+//! nothing — then open the store, load the keys, bootstrap the first token, serve (plain or
+//! TLS) until SIGTERM/SIGINT, and shut down gracefully.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -73,8 +75,48 @@ pub async fn build(settings: &Settings, backends: &Backends) -> anyhow::Result<(
     Ok((ctx, installation))
 }
 
+/// Holds the embedded database for one engine: an exclusive lock on a file beside it,
+/// released by the operating system when the process ends, however it ends.
+pub struct EngineLock {
+    _file: std::fs::File,
+}
+
+/// Takes the embedded database's lock; an error naming the other engine's lock when it is
+/// taken. Several engines share only PostgreSQL, which needs no lock of this kind.
+pub fn lock_embedded(s: &StoreSettings) -> anyhow::Result<Option<EngineLock>> {
+    let Database::Sqlite(db) = &s.database else {
+        return Ok(None);
+    };
+    config::ensure_dir(&s.data_dir)?;
+    if let Some(parent) = db.parent().filter(|p| !p.as_os_str().is_empty()) {
+        config::ensure_dir(parent)?;
+    }
+    let path = db.with_extension("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(EngineLock { _file: file })),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another engine is using the database {} (it holds {}); stop it first. Several \
+             engines can share only a PostgreSQL database (DATABASE_URL)",
+            db.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
+
 /// Runs `serve` until a shutdown signal.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let listener = std::net::TcpListener::bind(settings.listen)
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let _lock = lock_embedded(&settings.store)?;
     let backends = Backends::detect(&settings).await;
     tracing::info!(backends = ?backends, "backends");
     let (ctx, installation) = build(&settings, &backends).await?;
@@ -94,8 +136,6 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     });
     let handle = axum_server::Handle::new();
     tokio::spawn(shutdown_on_signal(handle.clone()));
-    let listener = std::net::TcpListener::bind(settings.listen)
-        .with_context(|| format!("cannot listen on {}", settings.listen))?;
     listener.set_nonblocking(true)?;
     let addr: SocketAddr = listener.local_addr()?;
     let service = app.into_make_service();

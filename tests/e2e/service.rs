@@ -200,3 +200,72 @@ async fn sigterm_shuts_down_cleanly() {
     assert!(app.terminate(), "exit status 0 after SIGTERM");
     assert!(app.logs().contains("shutting down"));
 }
+
+/// Runs `jobdock serve` with `app`'s data directory and `listen`, expecting it to refuse:
+/// its stderr, or a panic if it is still running after 30 s.
+fn second_engine(app: &jobdock_testkit::TestApp, listen: &str) -> String {
+    let mut child = app
+        .offline_command()
+        .args(["serve", "--listen", listen])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start a second engine");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > until {
+            let _ = child.kill();
+            panic!("the second engine kept running");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A second engine started by mistake on the same data directory refuses before it touches
+/// anything — on another port because the database is locked, on the same port because it
+/// cannot listen — and the running engine goes on storing its run's log to the end.
+#[tokio::test]
+async fn a_second_engine_on_the_same_data_directory_refuses_at_once() {
+    let app = crate::app(false).await;
+    let c = app.admin();
+    let script = "i=1; while [ $i -le 30 ]; do echo tick $i; i=$((i+1)); sleep 0.1; done";
+    c.create_job(&crate::sh_job("steady", script))
+        .await
+        .unwrap();
+    let (run, _) = c
+        .trigger("steady", &Default::default(), None)
+        .await
+        .unwrap();
+    crate::wait_for_log(&c, &run.id, "tick 2", 60).await;
+
+    let locked = second_engine(&app, "127.0.0.1:0");
+    assert!(
+        locked.contains("another engine is using the database"),
+        "{locked}"
+    );
+    assert!(
+        !locked.contains("adopting"),
+        "it touched the runs: {locked}"
+    );
+    let same_port = app.url().trim_start_matches("http://").to_owned();
+    let taken = second_engine(&app, &same_port);
+    assert!(taken.contains("cannot listen on"), "{taken}");
+
+    let done = c
+        .wait_until_final(&run.id, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(done.status, jobdock_types::RunStatus::Succeeded, "{done:?}");
+    let lines: Vec<String> = c
+        .logs(&run.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.line)
+        .collect();
+    let want: Vec<String> = (1..=30).map(|i| format!("tick {i}")).collect();
+    assert_eq!(lines, want);
+}
