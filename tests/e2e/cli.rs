@@ -129,3 +129,31 @@ fn serve_help_documents_every_setting() {
         assert!(help.contains(s), "{s} not in serve --help");
     }
 }
+
+/// A reader that goes away (`jobdock … | head`) ends the command quietly: exit 0, no panic.
+#[tokio::test]
+async fn a_closed_pipe_ends_a_listing_quietly() {
+    let app = crate::app(false).await;
+    for i in 0..3 {
+        app.admin()
+            .create_job(&crate::spec(&format!("piped-{i}")))
+            .await
+            .unwrap();
+    }
+    for args in [&["jobs", "list"][..], &["jobs", "list", "-o", "json"]] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_jobdock"))
+            .args(args)
+            .env("JOBDOCK_URL", app.url())
+            .env("JOBDOCK_TOKEN", jobdock_testkit::app::ADMIN_TOKEN)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reading end closes before the command writes anything.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}

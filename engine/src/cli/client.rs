@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use jobdock_client::types::{Job, JobSpec, NewToken, Scope, TokenInfo};
 use jobdock_client::Client;
 
-use super::output::{print, Format};
+use super::output::{self, print, Format};
 
 /// Where the engine is and how to talk to it; the same flags as every client command.
 #[derive(Debug, Args)]
@@ -205,7 +205,7 @@ pub async fn jobs(a: ClientArgs<JobsCommand>) -> anyhow::Result<ExitCode> {
             let job = c.get_job(name).await?;
             match a.output {
                 Format::Json => print(a.output, &job, &[], vec![]),
-                Format::Table => print!("{}", serde_yaml_ng::to_string(&job)?),
+                Format::Table => output::emit(&serde_yaml_ng::to_string(&job)?),
             }
         }
         JobsCommand::Delete { name, force } => {
@@ -294,7 +294,7 @@ pub async fn tokens(a: ClientArgs<TokensCommand>) -> anyhow::Result<ExitCode> {
                         t.name,
                         t.scope.as_str()
                     );
-                    println!("{}", t.token);
+                    output::emit(&format!("{}\n", t.token));
                 }
             }
         }

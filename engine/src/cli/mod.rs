@@ -85,7 +85,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys(KeysCommand::Generate) => {
-            println!("{}", crate::crypto::KeyRing::generate_key()?);
+            output::emit(&format!("{}\n", crate::crypto::KeyRing::generate_key()?));
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys(KeysCommand::Rotate(args)) => {
@@ -93,10 +93,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let store = crate::startup::open_store(&settings).await?;
             let (ring, _) = crate::service::keys::load(&store, &settings.master_key, false).await?;
             let n = crate::service::keys::rotate(&store, &ring).await?;
-            println!(
-                "re-sealed {n} secret value(s) under master key {}",
+            output::emit(&format!(
+                "re-sealed {n} secret value(s) under master key {}\n",
                 ring.primary_id()
-            );
+            ));
             Ok(ExitCode::SUCCESS)
         }
         Command::Jobs(a) => client::jobs(a).await,

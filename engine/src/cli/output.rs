@@ -16,11 +16,25 @@ pub enum Format {
 /// Prints `value` as JSON, or as a table of `headers` and `rows`.
 pub fn print<T: Serialize>(format: Format, value: &T, headers: &[&str], rows: Vec<Vec<String>>) {
     match format {
-        Format::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(value).expect("API values serialise")
-        ),
-        Format::Table => print!("{}", table(headers, &rows)),
+        Format::Json => {
+            let json = serde_json::to_string_pretty(value).expect("API values serialise");
+            emit(&format!("{json}\n"));
+        }
+        Format::Table => emit(&table(headers, &rows)),
+    }
+}
+
+/// Writes `text` to standard output. A reader that has gone away (`| head`) ends the command
+/// quietly, as other Unix tools do, where `print!` would panic.
+pub fn emit(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to standard output: {e}");
+        std::process::exit(1);
     }
 }
 

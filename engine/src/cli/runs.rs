@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use jobdock_client::Client;
 
 use super::client::Connection;
-use super::output::{print, Format};
+use super::output::{self, print, Format};
 
 /// How `run --wait` and `run --follow` report the run's end; shown by `jobdock run --help`.
 const EXIT_CODES: &str = "\
@@ -286,7 +286,7 @@ pub async fn runs(a: RunsArgs) -> anyhow::Result<ExitCode> {
             let run = c.get_run(run).await?;
             match a.output {
                 Format::Json => print(a.output, &run, &[], vec![]),
-                Format::Table => print!("{}", serde_yaml_ng::to_string(&run)?),
+                Format::Table => output::emit(&serde_yaml_ng::to_string(&run)?),
             }
         }
         RunsCommand::Cancel { run } => {
