@@ -172,8 +172,11 @@ async fn after_kill_9_output_the_driver_rotated_away_is_a_visible_gap() {
         before = before.last()
     );
     exactly(&after, resumed, N, 1, "stdout after the gap");
-    let err_from = err_after.first().copied().unwrap();
-    exactly(&err_after, err_from, N, 10, "stderr after the gap");
+    // The driver may keep no stderr at all: busybox awk writes it in 4 KiB bursts, and
+    // the kept megabytes can fall between two of them.
+    if let Some(&err_from) = err_after.first() {
+        exactly(&err_after, err_from, N, 10, "stderr after the gap");
+    }
 
     let events = c.run_events(&run.id).await.unwrap();
     assert!(
