@@ -60,7 +60,18 @@ pub async fn build(settings: &Settings, backends: &Backends) -> anyhow::Result<(
         metrics: crate::metrics::Metrics::new(),
     };
     match tokens::bootstrap(&ctx, settings.admin_token.as_ref()).await? {
-        Bootstrap::AlreadyDone => {}
+        Bootstrap::AlreadyDone => {
+            if let Some(configured) = &settings.admin_token {
+                if !tokens::is_known(&ctx.store, configured).await? {
+                    tracing::warn!(
+                        "JOBDOCK_ADMIN_TOKEN is ignored: this installation already has tokens \
+                         and it is none of them (it only creates the first one). To recover \
+                         admin access, run `jobdock recover-admin` against the same data \
+                         directory or database"
+                    );
+                }
+            }
+        }
         Bootstrap::FromConfig => {
             tracing::info!("stored JOBDOCK_ADMIN_TOKEN as the first admin token")
         }

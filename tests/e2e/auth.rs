@@ -217,3 +217,41 @@ async fn the_bootstrap_token_survives_restarts_and_a_generated_one_is_printed_on
         "the token must not be logged"
     );
 }
+
+/// Admin access can be recovered where the database is: a `JOBDOCK_ADMIN_TOKEN` that no
+/// longer counts (tokens exist already) says so in the log, and `jobdock recover-admin`
+/// makes a working admin token, printed once and audited.
+#[tokio::test]
+async fn a_lost_admin_token_is_recovered_offline() {
+    let mut app = app(false).await;
+    let forgotten = "a-token-nobody-stored-0123456789";
+    app.restart_with_env(&[("JOBDOCK_ADMIN_TOKEN", forgotten)])
+        .unwrap();
+    assert!(
+        app.logs().contains("JOBDOCK_ADMIN_TOKEN is ignored"),
+        "{}",
+        app.logs()
+    );
+    let refused = app.client(forgotten).list_tokens(None).await;
+    assert!(refused.is_err(), "an ignored token must not work");
+
+    let out = app.offline_command().arg("recover-admin").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let recovered = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(recovered.len() >= 40, "{recovered:?}");
+    let c = app.client(&recovered);
+    let tokens = c
+        .list_tokens(None)
+        .await
+        .expect("the recovered token is an admin");
+    assert!(tokens
+        .items
+        .iter()
+        .any(|t| t.name.starts_with("recovered-admin-")));
+    let audit = c.audit(None).await.unwrap();
+    assert!(audit.items.iter().any(|e| e.action == "token.recover"));
+}

@@ -26,6 +26,11 @@ enum Command {
     /// Manage the master keys that seal secrets (works on the database directly).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Make a new admin token directly in the database, when every admin token is lost.
+    ///
+    /// Run it where the engine's data directory (or `DATABASE_URL`) is; the token is printed
+    /// once and the audit log records the recovery.
+    RecoverAdmin(StoreArgs),
     /// Register, list, show and delete jobs.
     Jobs(client::ClientArgs<client::JobsCommand>),
     /// Set and remove job secrets.
@@ -97,6 +102,18 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 "re-sealed {n} secret value(s) under master key {}\n",
                 ring.primary_id()
             ));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::RecoverAdmin(args) => {
+            let settings = StoreSettings::from_args(&args)?;
+            let store = crate::startup::open_store(&settings).await?;
+            let t = crate::service::tokens::recover_admin(&store).await?;
+            store.close().await;
+            eprintln!(
+                "created admin token {} ({}); its value is shown only now:",
+                t.id, t.name
+            );
+            output::emit(&format!("{}\n", t.token));
             Ok(ExitCode::SUCCESS)
         }
         Command::Jobs(a) => client::jobs(a).await,

@@ -162,3 +162,46 @@ pub async fn bootstrap(ctx: &Ctx, configured: Option<&SecretString>) -> Result<B
         Err(e) => Err(e.into()),
     }
 }
+
+/// Makes a new admin token directly in the store, for an operator who has lost every admin
+/// token (`jobdock recover-admin`, run where the database is). The value is returned once;
+/// the audit log records the recovery.
+pub async fn recover_admin(store: &store::Store) -> Result<CreatedToken> {
+    let value = generate_token();
+    let name = format!(
+        "recovered-admin-{}",
+        chrono::Utc::now().format("%Y%m%d-%H%M%S")
+    );
+    let mut tx = store.begin_write().await?;
+    let row = store::tokens::insert(
+        &mut tx,
+        NewTokenRow {
+            name: &name,
+            scope: Scope::Admin.as_str(),
+            jobs: None,
+            token_hash: &hash_token(&value),
+        },
+    )
+    .await?;
+    store::audit::record(
+        &mut tx,
+        Actor::default().audit("token.recover", &row.id, json!({ "name": row.name })),
+    )
+    .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(CreatedToken {
+        id: row.id.clone(),
+        name: row.name.clone(),
+        scope: Scope::Admin,
+        jobs: None,
+        token: value,
+    })
+}
+
+/// Whether `token` is one of the stored tokens (revoked ones included).
+pub async fn is_known(store: &store::Store, token: &SecretString) -> Result<bool> {
+    Ok(store
+        .token_by_hash(&hash_token(token.expose_secret()))
+        .await?
+        .is_some())
+}
