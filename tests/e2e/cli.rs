@@ -157,3 +157,44 @@ async fn a_closed_pipe_ends_a_listing_quietly() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+/// `jobs get --export` writes a job file that `jobs apply` takes back unchanged, secrets
+/// kept; and applying a file that does not say `paused` leaves a paused schedule paused.
+#[tokio::test]
+async fn an_exported_job_applies_back_unchanged_and_a_pause_survives_apply() {
+    let app = app(false).await;
+    let admin = jobdock_testkit::app::ADMIN_TOKEN;
+    let mut spec = crate::spec("exported");
+    spec.secrets = Some([("API_KEY".to_string(), "s3cr3t-value".to_string())].into());
+    spec.schedule = Some(jobdock_types::Schedule {
+        cron: "0 6 * * 1-5".into(),
+        timezone: "Europe/Amsterdam".into(),
+        paused: true,
+    });
+    spec.env = [("SOURCE".to_string(), "erp".to_string())].into();
+    app.admin().create_job(&spec).await.unwrap();
+
+    let o = app.cli(&["jobs", "get", "exported", "--export"], admin, None);
+    let (exported, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(exported.starts_with("# secrets"), "{exported}");
+    assert!(!exported.contains("s3cr3t-value"), "{exported}");
+    let o = app.cli(&["jobs", "apply", "-f", "-"], admin, Some(&exported));
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = app.cli(&["jobs", "get", "exported", "--export"], admin, None);
+    assert_eq!(text(&o).0, exported, "applied back unchanged");
+    let job = app.admin().get_job("exported").await.unwrap();
+    assert_eq!(job.secret_names, ["API_KEY"], "the stored secret stays");
+
+    let bare = "name: exported\nimage: busybox:1\nschedule:\n  cron: '0 7 * * *'\n";
+    let o = app.cli(&["jobs", "apply", "-f", "-"], admin, Some(bare));
+    let (_, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("stays paused"), "{err}");
+    let job = app.admin().get_job("exported").await.unwrap();
+    let schedule = job.schedule.unwrap();
+    assert!(
+        schedule.paused && schedule.cron == "0 7 * * *",
+        "{schedule:?}"
+    );
+}

@@ -76,6 +76,10 @@ pub enum JobsCommand {
     Get {
         /// The job's name.
         name: String,
+        /// Print its definition as a job file that `jobs apply -f` takes back unchanged
+        /// (secret values stay in the engine; the file lists their names in a comment).
+        #[arg(long)]
+        export: bool,
     },
     /// Delete a job (its runs stay readable).
     Delete {
@@ -139,16 +143,59 @@ pub enum AuditCommand {
 }
 
 fn read_spec(file: &PathBuf) -> anyhow::Result<JobSpec> {
-    let text = if file.as_os_str() == "-" {
+    Ok(read_spec_noting_pause(file)?.0)
+}
+
+/// A job file, and whether it says `schedule.paused` at all (left out, it reads as false).
+fn read_spec_noting_pause(file: &PathBuf) -> anyhow::Result<(JobSpec, bool)> {
+    let text = read_file(file)?;
+    // YAML is a superset of JSON, so one parser reads both.
+    let spec = serde_yaml_ng::from_str(&text)
+        .with_context(|| format!("{} is not a valid job file", file.display()))?;
+    let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text)?;
+    let says_paused = value
+        .get("schedule")
+        .and_then(|s| s.get("paused"))
+        .is_some();
+    Ok((spec, says_paused))
+}
+
+/// A paused schedule stays paused when the applied file does not say `paused` itself:
+/// applying a file must not start a schedule someone stopped.
+fn keep_pause(stored: &Job, spec: &mut JobSpec, says_paused: bool) {
+    let was_paused = stored.schedule.as_ref().is_some_and(|s| s.paused);
+    if let (true, false, Some(schedule)) = (was_paused, says_paused, spec.schedule.as_mut()) {
+        schedule.paused = true;
+        eprintln!(
+            "note: the schedule of {} stays paused (the file does not say `paused`)",
+            spec.name
+        );
+    }
+}
+
+/// A job's definition as a job file: YAML with the defaults written out, and the names of
+/// its secrets in a comment.
+fn export(job: &Job) -> anyhow::Result<String> {
+    let mut text = String::new();
+    if !job.secret_names.is_empty() {
+        text.push_str(&format!(
+            "# secrets (values stay in the engine; set with `jobdock secrets set {} NAME`): {}\n",
+            job.name,
+            job.secret_names.join(", ")
+        ));
+    }
+    text.push_str(&serde_yaml_ng::to_string(&job.to_spec())?);
+    Ok(text)
+}
+
+fn read_file(file: &PathBuf) -> anyhow::Result<String> {
+    Ok(if file.as_os_str() == "-" {
         let mut s = String::new();
         std::io::stdin().read_to_string(&mut s)?;
         s
     } else {
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
-    };
-    // YAML is a superset of JSON, so one parser reads both.
-    serde_yaml_ng::from_str(&text)
-        .with_context(|| format!("{} is not a valid job file", file.display()))
+    })
 }
 
 fn job_rows(jobs: &[Job]) -> Vec<Vec<String>> {
@@ -184,9 +231,12 @@ pub async fn jobs(a: ClientArgs<JobsCommand>) -> anyhow::Result<ExitCode> {
             );
         }
         JobsCommand::Apply { file } => {
-            let spec = read_spec(file)?;
+            let (mut spec, says_paused) = read_spec_noting_pause(file)?;
             let job = match c.get_job(&spec.name).await {
-                Ok(_) => c.replace_job(&spec).await?,
+                Ok(stored) => {
+                    keep_pause(&stored, &mut spec, says_paused);
+                    c.replace_job(&spec).await?
+                }
                 Err(e) if e.status() == Some(404) => c.create_job(&spec).await?,
                 Err(e) => return Err(e.into()),
             };
@@ -201,7 +251,14 @@ pub async fn jobs(a: ClientArgs<JobsCommand>) -> anyhow::Result<ExitCode> {
             let all = c.all_jobs().await?;
             print(a.output, &all, JOB_HEADERS, job_rows(&all));
         }
-        JobsCommand::Get { name } => {
+        JobsCommand::Get { name, export: true } => {
+            let job = c.get_job(name).await?;
+            output::emit(&export(&job)?);
+        }
+        JobsCommand::Get {
+            name,
+            export: false,
+        } => {
             let job = c.get_job(name).await?;
             match a.output {
                 Format::Json => print(a.output, &job, &[], vec![]),

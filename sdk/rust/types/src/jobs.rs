@@ -306,3 +306,39 @@ pub struct SecretValue {
     /// The secret's value; it is never shown again.
     pub value: String,
 }
+
+impl Job {
+    /// The job's definition as a [`JobSpec`] with every default written out, without its
+    /// secrets (their values never leave the engine): what `PUT /api/v1/jobs/{name}` takes
+    /// back unchanged, keeping the stored secrets.
+    pub fn to_spec(&self) -> JobSpec {
+        JobSpec {
+            name: self.name.clone(),
+            image: self.image.clone(),
+            command: self.command.clone(),
+            env: self.env.clone(),
+            secrets: None,
+            backend: Some(self.backend),
+            resources: Some(self.resources),
+            timeout_seconds: self.timeout_seconds,
+            max_parallel: Some(self.max_parallel),
+            max_queued: Some(self.max_queued),
+            lock_keys: self.lock_keys.clone(),
+            on_conflict: Some(self.on_conflict),
+            schedule: self.schedule.clone(),
+            retries: self.retries,
+            expected_duration_seconds: self.expected_duration_seconds,
+            monitoring: Some(self.monitoring),
+            allow_command_override: self.allow_command_override,
+            stop_grace_seconds: Some(self.stop_grace_seconds),
+            retry_on: self.retry_on.clone(),
+            secret_delivery: Some(self.secret_delivery),
+            network: self.network.clone(),
+            log_driver: self.log_driver.clone(),
+            registry: self.registry.clone(),
+            labels: self.labels.clone(),
+            description: self.description.clone(),
+            alerts: self.alerts.clone(),
+        }
+    }
+}
