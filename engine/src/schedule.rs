@@ -12,21 +12,59 @@ use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
 
-/// Parses a 5-field (or 6-field, seconds first) crontab expression.
+/// The fields of a 5-field expression and what each allows.
+const FIELDS: [(&str, &str); 5] = [
+    ("minute", "0-59"),
+    ("hour", "0-23"),
+    ("day of month", "1-31"),
+    ("month", "1-12 or JAN-DEC"),
+    ("day of week", "0-7 (0 and 7 are Sunday) or SUN-SAT"),
+];
+
+/// Parses a 5-field (or 6-field, seconds first) crontab expression, or one of the macros
+/// `@yearly`, `@monthly`, `@weekly`, `@daily`, `@hourly`. A bad expression's error names
+/// the field at fault and what it allows.
 pub fn parse_cron(expr: &str) -> Result<Cron, String> {
-    let fields = expr.split_whitespace().count();
-    if !(fields == 5 || fields == 6) {
-        return Err(format!(
-            "must have 5 fields (minute hour day-of-month month day-of-week) or 6 with seconds \
-             in front; `{expr}` has {fields}"
-        ));
-    }
-    CronParser::builder()
+    let parser = CronParser::builder()
         .seconds(Seconds::Optional)
         .year(Year::Disallowed)
-        .build()
-        .parse(expr)
-        .map_err(|e| format!("is not a valid cron expression: {e}"))
+        .build();
+    let fields: Vec<&str> = expr.split_whitespace().collect();
+    if !(fields.len() == 5 || fields.len() == 6 || expr.trim_start().starts_with('@')) {
+        return Err(format!(
+            "must have 5 fields (minute hour day-of-month month day-of-week), 6 with seconds \
+             in front, or be a macro such as `@daily` or `@hourly`; `{expr}` has {}",
+            fields.len()
+        ));
+    }
+    parser.parse(expr).map_err(|e| {
+        blame_field(&parser, &fields)
+            .unwrap_or_else(|| format!("is not a valid cron expression: {e}"))
+    })
+}
+
+/// Which field of a rejected expression is at fault: the first that fails on its own, with
+/// every other field `*`.
+fn blame_field(parser: &CronParser, fields: &[&str]) -> Option<String> {
+    let named: Vec<(&str, &str)> = match fields.len() {
+        6 => std::iter::once(("second", "0-59")).chain(FIELDS).collect(),
+        5 => FIELDS.to_vec(),
+        _ => return None,
+    };
+    (0..fields.len()).find_map(|i| {
+        let alone: Vec<&str> = (0..fields.len())
+            .map(|j| if j == i { fields[j] } else { "*" })
+            .collect();
+        parser.parse(&alone.join(" ")).err().map(|_| {
+            let (name, allowed) = named[i];
+            format!(
+                "field {} ({name}) `{}` is not valid: it allows {allowed}, as `*`, a list \
+                 `1,2`, a range `1-5` or a step `*/15`",
+                i + 1,
+                fields[i]
+            )
+        })
+    })
 }
 
 /// Parses an IANA time zone name such as `Europe/Amsterdam`.
@@ -60,6 +98,30 @@ mod tests {
 
     fn utc(y: i32, m: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(y, m, d, h, mi, 0).unwrap()
+    }
+
+    #[test]
+    fn macros_are_understood() {
+        let from = utc(2026, 11, 18, 12, 30);
+        assert_eq!(next("@daily", "UTC", from), utc(2026, 11, 19, 0, 0));
+        assert_eq!(next("@hourly", "UTC", from), utc(2026, 11, 18, 13, 0));
+        assert_eq!(next("@weekly", "UTC", from).weekday(), Weekday::Sun);
+        assert_eq!(next("@monthly", "UTC", from), utc(2026, 12, 1, 0, 0));
+    }
+
+    #[test]
+    fn a_bad_field_is_named_with_what_it_allows() {
+        let err = parse_cron("61 * * * *").unwrap_err();
+        assert!(
+            err.starts_with("field 1 (minute) `61` is not valid: it allows 0-59"),
+            "{err}"
+        );
+        let err = parse_cron("0 6 * 13 *").unwrap_err();
+        assert!(err.starts_with("field 4 (month) `13`"), "{err}");
+        let err = parse_cron("0 0 6 * * MON-XYZ").unwrap_err();
+        assert!(err.starts_with("field 6 (day of week)"), "{err}");
+        let err = parse_cron("0 6 * *").unwrap_err();
+        assert!(err.contains("has 4"), "{err}");
     }
 
     #[test]
