@@ -47,6 +47,12 @@ async fn run_wait_exits_with_the_containers_exit_code() {
         out.contains("clirun-fails") && out.contains("failed"),
         "{out}"
     );
+    // A failure says why, with the last lines of its log.
+    assert!(
+        err.contains("failed (exit code 3)") && err.contains("last 1 line(s) of its log:"),
+        "{err}"
+    );
+    assert!(err.contains(" stdout hi"), "{err}");
 
     let o = cli(&app, &["run", "clirun-passes", "--wait", "-o", "json"]);
     let (out, err) = text(&o);
@@ -206,4 +212,52 @@ async fn runs_cancel_stops_a_run_that_run_wait_is_waiting_for() {
     let (out, err) = text(&o);
     assert_eq!(code(&o), 130, "{out}\n{err}");
     assert!(out.contains("cancelled"), "{out}");
+}
+
+/// `logs` of a run that never started says why it is empty; `run --wait` of a queued run
+/// says what it waits for.
+#[tokio::test]
+async fn an_empty_log_and_a_queued_run_say_why() {
+    let app = app(false).await;
+    let c = app.admin();
+    let mut job = sh_job("clirun-blocked", "sleep 30");
+    job.max_parallel = Some(1);
+    c.create_job(&job).await.unwrap();
+    let (first, _) = c
+        .trigger("clirun-blocked", &Default::default(), None)
+        .await
+        .unwrap();
+    crate::wait_for(&c, &first.id, 60, |r| r.status == RunStatus::Running).await;
+    let (queued, _) = c
+        .trigger("clirun-blocked", &Default::default(), None)
+        .await
+        .unwrap();
+    c.cancel_run(&queued.id).await.unwrap();
+    let o = cli(&app, &["logs", &queued.id]);
+    let (out, err) = text(&o);
+    assert_eq!(code(&o), 0, "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("has no output: it ended `cancelled` before its container started"),
+        "{err}"
+    );
+
+    let waiter = spawn_cli(&app, &["run", "clirun-blocked", "--wait"]);
+    // It waits behind the first run; then both are cancelled.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    c.cancel_run(&first.id).await.unwrap();
+    let runs = c
+        .list_runs(Some("clirun-blocked"), None, None)
+        .await
+        .unwrap();
+    for r in runs.items.iter().filter(|r| !r.status.is_final()) {
+        let _ = c.cancel_run(&r.id).await;
+    }
+    let out = waiter.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("queued: waiting for a slot of job `clirun-blocked` (max_parallel 1)")
+            || err.contains("queued: waiting behind an earlier run of job `clirun-blocked`"),
+        "{err}"
+    );
 }

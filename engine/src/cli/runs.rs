@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use chrono::SecondsFormat;
 use clap::{Args, Subcommand};
-use jobdock_client::types::{Run, RunStatus, TriggerRequest};
+use jobdock_client::types::{Run, RunEventKind, RunStatus, TriggerRequest};
 
 use anyhow::Context as _;
 use jobdock_client::Client;
@@ -203,6 +203,69 @@ fn summary(r: &Run) -> String {
     s
 }
 
+/// Lines of the log shown after a run that failed.
+const TAIL_LINES: usize = 20;
+
+/// For a run still queued, what it waits for, as its timeline says once the dispatcher has
+/// looked at it (within a few seconds; a run that starts meanwhile waits for nothing).
+async fn say_what_it_waits_for(c: &Client, run: &Run) {
+    for _ in 0..10 {
+        match c.get_run(&run.id).await {
+            Ok(now) if now.status == RunStatus::Queued => {}
+            _ => return,
+        }
+        let events = c.run_events(&run.id).await.unwrap_or_default();
+        if let Some(w) = events
+            .iter()
+            .rev()
+            .find(|e| e.kind == RunEventKind::Waiting)
+        {
+            eprintln!("queued: {}", w.message);
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+}
+
+/// The last lines of a run's log, on standard error, after a failure's summary; or why
+/// there are none.
+async fn print_tail(c: &Client, run: &Run) {
+    let Ok(log) = c.logs_text(&run.id).await else {
+        return;
+    };
+    let lines: Vec<&str> = log.lines().collect();
+    if lines.is_empty() {
+        eprintln!("{}", why_no_output(run));
+        return;
+    }
+    let from = lines.len().saturating_sub(TAIL_LINES);
+    eprintln!("last {} line(s) of its log:", lines.len() - from);
+    for l in &lines[from..] {
+        eprintln!("  {l}");
+    }
+}
+
+/// Why a run has no log, in words.
+fn why_no_output(run: &Run) -> String {
+    match (run.started_at, run.status.is_final()) {
+        (None, true) => format!(
+            "run {} has no output: it ended `{}` before its container started{}",
+            run.id,
+            run.status.as_str(),
+            run.reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        ),
+        (None, false) => format!(
+            "run {} has no output yet: it is `{}` and its container has not started",
+            run.id,
+            run.status.as_str()
+        ),
+        (Some(_), _) => format!("run {} wrote no output", run.id),
+    }
+}
+
 /// Long-polls until the run has ended; no deadline, as runs may take hours.
 async fn wait_final(c: &Client, id: &str) -> anyhow::Result<Run> {
     loop {
@@ -213,19 +276,21 @@ async fn wait_final(c: &Client, id: &str) -> anyhow::Result<Run> {
     }
 }
 
-/// Copies the log to standard output chunk by chunk as the engine sends it. A closed
-/// standard output (`| head`) ends the copy quietly.
-async fn copy_log(c: &Client, id: &str, format: &str, follow: bool) -> anyhow::Result<()> {
+/// Copies the log to standard output chunk by chunk as the engine sends it; whether there
+/// was any. A closed standard output (`| head`) ends the copy quietly.
+async fn copy_log(c: &Client, id: &str, format: &str, follow: bool) -> anyhow::Result<bool> {
     let mut resp = c.logs_response(id, format, follow).await?;
+    let mut wrote = false;
     while let Some(chunk) = resp.chunk().await.context("the log stream broke")? {
+        wrote |= !chunk.is_empty();
         let mut out = std::io::stdout().lock();
         match out.write_all(&chunk).and_then(|()| out.flush()) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(true),
             Err(e) => return Err(e).context("cannot write to standard output"),
         }
     }
-    Ok(())
+    Ok(wrote)
 }
 
 /// `jobdock run …`
@@ -247,6 +312,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if a.follow {
         eprintln!("run {} of job {}:", run.id, run.job);
+        say_what_it_waits_for(&c, &run).await;
         copy_log(&c, &run.id, "text", true).await?;
         let run = wait_final(&c, &run.id).await?;
         eprintln!("{}", summary(&run));
@@ -254,8 +320,13 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if a.wait {
         eprintln!("waiting for run {} of job {}", run.id, run.job);
+        say_what_it_waits_for(&c, &run).await;
         let run = wait_final(&c, &run.id).await?;
         print(a.output, &run, RUN_HEADERS, run_rows(&run));
+        if run.status != RunStatus::Succeeded {
+            eprintln!("{}", summary(&run));
+            print_tail(&c, &run).await;
+        }
         return Ok(ExitCode::from(exit_code(&run)));
     }
     print(a.output, &run, RUN_HEADERS, run_rows(&run));
@@ -307,7 +378,11 @@ pub async fn runs(a: RunsArgs) -> anyhow::Result<ExitCode> {
 pub async fn logs(a: LogsArgs) -> anyhow::Result<ExitCode> {
     let c = a.conn.client()?;
     let format = if a.jsonl { "jsonl" } else { "text" };
-    copy_log(&c, &a.run, format, a.follow).await?;
+    let wrote = copy_log(&c, &a.run, format, a.follow).await?;
+    if !wrote {
+        let run = c.get_run(&a.run).await?;
+        eprintln!("{}", why_no_output(&run));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
