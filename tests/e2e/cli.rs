@@ -197,4 +197,29 @@ async fn an_exported_job_applies_back_unchanged_and_a_pause_survives_apply() {
         schedule.paused && schedule.cron == "0 7 * * *",
         "{schedule:?}"
     );
+
+    // The table says which schedules are paused, and when the others fire next, in their
+    // own time zone.
+    let mut running = crate::spec("scheduled");
+    running.schedule = Some(jobdock_types::Schedule {
+        cron: "0 6 * * *".into(),
+        timezone: "Europe/Amsterdam".into(),
+        paused: false,
+    });
+    app.admin().create_job(&running).await.unwrap();
+    let (table, _) = text(&app.cli(&["jobs", "list"], admin, None));
+    assert!(table.lines().next().unwrap().contains("NEXT"), "{table}");
+    let line = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap()
+            .to_owned()
+    };
+    assert!(line("exported").contains("0 7 * * * (paused)"), "{table}");
+    let next = line("scheduled");
+    assert!(
+        next.contains(" 06:00 CE") && next.contains("(in "),
+        "{table}"
+    );
 }

@@ -53,6 +53,13 @@ async fn run_wait_exits_with_the_containers_exit_code() {
         "{err}"
     );
     assert!(err.contains(" stdout hi"), "{err}");
+    // The list says why, and when, for people.
+    let (list, _) = text(&cli(&app, &["runs", "list", "--job", "clirun-fails"]));
+    assert!(list.lines().next().unwrap().ends_with("REASON"), "{list}");
+    assert!(
+        list.contains("exited with code 3") && list.contains("s ago"),
+        "{list}"
+    );
 
     let o = cli(&app, &["run", "clirun-passes", "--wait", "-o", "json"]);
     let (out, err) = text(&o);

@@ -207,15 +207,34 @@ fn job_rows(jobs: &[Job]) -> Vec<Vec<String>> {
                 j.backend.as_str().to_string(),
                 j.schedule
                     .as_ref()
-                    .map(|s| s.cron.clone())
+                    .map(|s| match s.paused {
+                        true => format!("{} (paused)", s.cron),
+                        false => s.cron.clone(),
+                    })
                     .unwrap_or_else(|| "-".into()),
+                next_run(j),
                 j.secret_names.len().to_string(),
             ]
         })
         .collect()
 }
 
-const JOB_HEADERS: &[&str] = &["NAME", "IMAGE", "BACKEND", "SCHEDULE", "SECRETS"];
+const JOB_HEADERS: &[&str] = &["NAME", "IMAGE", "BACKEND", "SCHEDULE", "NEXT", "SECRETS"];
+
+/// When the job's schedule fires next, in its own time zone and from now.
+fn next_run(j: &Job) -> String {
+    let (Some(s), Some(next)) = (&j.schedule, j.next_fire_times.first()) else {
+        return "-".into();
+    };
+    let local = match s.timezone.parse::<chrono_tz::Tz>() {
+        Ok(tz) => next
+            .with_timezone(&tz)
+            .format("%Y-%m-%d %H:%M %Z")
+            .to_string(),
+        Err(_) => next.format("%Y-%m-%d %H:%M UTC").to_string(),
+    };
+    format!("{local} ({})", super::output::until(*next))
+}
 
 /// `jobdock jobs …`
 pub async fn jobs(a: ClientArgs<JobsCommand>) -> anyhow::Result<ExitCode> {

@@ -38,6 +38,36 @@ pub fn emit(text: &str) {
     }
 }
 
+/// How long ago `t` was, for people: `12s ago`, `5m ago`, `3h ago`, `2d ago`.
+pub fn ago(t: chrono::DateTime<chrono::Utc>) -> String {
+    format!(
+        "{} ago",
+        span((chrono::Utc::now() - t).num_seconds().max(0))
+    )
+}
+
+/// How soon `t` comes, for people: `in 40s`, `in 14h`.
+pub fn until(t: chrono::DateTime<chrono::Utc>) -> String {
+    format!("in {}", span((t - chrono::Utc::now()).num_seconds().max(0)))
+}
+
+fn span(secs: i64) -> String {
+    match secs {
+        s if s < 90 => format!("{s}s"),
+        s if s < 90 * 60 => format!("{}m", s / 60),
+        s if s < 36 * 3600 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+/// At most `max` characters of `s`, with `…` where it was cut.
+pub fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_owned(),
+    }
+}
+
 /// Aligns columns with spaces. A table crate would add colours and borders we do not want in
 /// output that people also pipe into grep; this is the whole of what is needed.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
@@ -67,6 +97,21 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn times_and_clips_read_like_people_write_them() {
+        let now = chrono::Utc::now();
+        assert_eq!(super::ago(now - chrono::Duration::seconds(12)), "12s ago");
+        assert_eq!(super::ago(now - chrono::Duration::minutes(5)), "5m ago");
+        assert_eq!(super::ago(now - chrono::Duration::hours(3)), "3h ago");
+        assert_eq!(super::ago(now - chrono::Duration::days(2)), "2d ago");
+        assert!(
+            super::until(now + chrono::Duration::hours(14) + chrono::Duration::seconds(5))
+                .starts_with("in 14h")
+        );
+        assert_eq!(super::clip("abcdef", 3), "abc…");
+        assert_eq!(super::clip("abc", 3), "abc");
+    }
+
     #[test]
     fn columns_line_up() {
         let t = super::table(

@@ -5,7 +5,6 @@
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use chrono::SecondsFormat;
 use clap::{Args, Subcommand};
 use jobdock_client::types::{Run, RunEventKind, RunStatus, TriggerRequest};
 
@@ -140,7 +139,7 @@ pub fn exit_code(run: &Run) -> u8 {
 
 const RUN_HEADERS: &[&str] = &["ID", "JOB", "STATUS", "ATTEMPT"];
 const LIST_HEADERS: &[&str] = &[
-    "ID", "JOB", "STATUS", "ATTEMPT", "EXIT", "CREATED", "DURATION",
+    "ID", "JOB", "STATUS", "ATTEMPT", "EXIT", "CREATED", "DURATION", "REASON",
 ];
 
 fn attempt(r: &Run) -> String {
@@ -167,8 +166,12 @@ fn list_rows(runs: &[Run]) -> Vec<Vec<String>> {
                 r.exit_code
                     .map(|c| c.to_string())
                     .unwrap_or_else(|| "-".into()),
-                r.created_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+                output::ago(r.created_at),
                 duration(r.duration_ms),
+                r.reason
+                    .as_deref()
+                    .map(|why| output::clip(why, 60))
+                    .unwrap_or_else(|| "-".into()),
             ]
         })
         .collect()
