@@ -8,6 +8,7 @@ mod anomalies;
 mod auth;
 mod backends;
 mod cli;
+mod cli_ops;
 mod cli_runs;
 mod daemon;
 mod jobs;

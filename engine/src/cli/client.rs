@@ -44,13 +44,13 @@ pub struct ClientArgs<C: Subcommand> {
     conn: Connection,
     /// Output format.
     #[arg(long, short, global = true, value_enum, default_value_t)]
-    output: Format,
+    pub(super) output: Format,
     #[command(subcommand)]
-    command: C,
+    pub(super) command: C,
 }
 
 impl<C: Subcommand> ClientArgs<C> {
-    fn client(&self) -> anyhow::Result<Client> {
+    pub(super) fn client(&self) -> anyhow::Result<Client> {
         self.conn.client()
     }
 }
@@ -80,6 +80,21 @@ pub enum JobsCommand {
         /// (secret values stay in the engine; the file lists their names in a comment).
         #[arg(long)]
         export: bool,
+    },
+    /// Run counts and durations of a job (median, p90, the latest runs).
+    Stats {
+        /// The job's name.
+        name: String,
+    },
+    /// Pause a job's schedule: it fires nothing until resumed (triggers still work).
+    Pause {
+        /// The job's name.
+        name: String,
+    },
+    /// Resume a job's paused schedule.
+    Resume {
+        /// The job's name.
+        name: String,
     },
     /// Delete a job (its runs stay readable).
     Delete {
@@ -188,7 +203,8 @@ fn export(job: &Job) -> anyhow::Result<String> {
     Ok(text)
 }
 
-fn read_file(file: &PathBuf) -> anyhow::Result<String> {
+/// A file's text, or standard input's for `-`.
+pub(super) fn read_file(file: &PathBuf) -> anyhow::Result<String> {
     Ok(if file.as_os_str() == "-" {
         let mut s = String::new();
         std::io::stdin().read_to_string(&mut s)?;
@@ -283,6 +299,35 @@ pub async fn jobs(a: ClientArgs<JobsCommand>) -> anyhow::Result<ExitCode> {
                 Format::Json => print(a.output, &job, &[], vec![]),
                 Format::Table => output::emit(&serde_yaml_ng::to_string(&job)?),
             }
+        }
+        JobsCommand::Stats { name } => {
+            let s = c.job_stats(name).await?;
+            let ms = |v: Option<i64>| v.map(|v| format!("{v} ms")).unwrap_or_else(|| "-".into());
+            let row = vec![
+                s.job.clone(),
+                s.count.to_string(),
+                s.success_count.to_string(),
+                ms(s.median_duration_ms),
+                ms(s.p90_duration_ms),
+                ms(s.median_start_latency_ms),
+            ];
+            let headers = ["JOB", "RUNS", "SUCCEEDED", "MEDIAN", "P90", "START LATENCY"];
+            print(a.output, &s, &headers, vec![row]);
+        }
+        JobsCommand::Pause { name } | JobsCommand::Resume { name } => {
+            let paused = matches!(a.command, JobsCommand::Pause { .. });
+            let job = c.get_job(name).await?;
+            if job.schedule.is_none() {
+                bail!("job {name} has no schedule to pause or resume");
+            }
+            let patch = serde_json::json!({ "schedule": { "paused": paused } });
+            let job = c.patch_job(name, &patch).await?;
+            print(
+                a.output,
+                &job,
+                JOB_HEADERS,
+                job_rows(std::slice::from_ref(&job)),
+            );
         }
         JobsCommand::Delete { name, force } => {
             c.delete_job(name, *force).await?;

@@ -2,6 +2,7 @@
 //! other command is a client of a running engine's API (`JOBDOCK_URL`, `JOBDOCK_TOKEN`).
 
 mod client;
+mod ops;
 mod output;
 mod runs;
 
@@ -39,6 +40,12 @@ enum Command {
     Tokens(client::ClientArgs<client::TokensCommand>),
     /// Show the audit log.
     Audit(client::ClientArgs<client::AuditCommand>),
+    /// Create, list, test and delete alert channels, and see their deliveries.
+    Channels(client::ClientArgs<ops::ChannelsCommand>),
+    /// List anomalies and close them.
+    Anomalies(client::ClientArgs<ops::AnomaliesCommand>),
+    /// List named locks with their holders and waiters, and set their capacity.
+    Locks(client::ClientArgs<ops::LocksCommand>),
     /// Trigger a run of a job; with `--wait` or `--follow`, exit with its exit code.
     Run(runs::RunArgs),
     /// List, show and cancel runs.
@@ -120,6 +127,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Secrets(a) => client::secrets(a).await,
         Command::Tokens(a) => client::tokens(a).await,
         Command::Audit(a) => client::audit(a).await,
+        Command::Channels(a) => ops::channels(a).await,
+        Command::Anomalies(a) => ops::anomalies(a).await,
+        Command::Locks(a) => ops::locks(a).await,
         Command::Run(a) => runs::run(a).await,
         Command::Runs(a) => runs::runs(a).await,
         Command::Logs(a) => runs::logs(a).await,

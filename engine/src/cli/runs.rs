@@ -94,6 +94,17 @@ pub enum RunsCommand {
         /// The run's id.
         run: String,
     },
+    /// What happened to a run, in order: queued, waited (for what), started, progress,
+    /// anomalies, retries, finished.
+    Events {
+        /// The run's id.
+        run: String,
+    },
+    /// Start a new run with the definition this run had.
+    Rerun {
+        /// The run's id.
+        run: String,
+    },
 }
 
 /// `jobdock logs RUN …`
@@ -362,6 +373,25 @@ pub async fn runs(a: RunsArgs) -> anyhow::Result<ExitCode> {
                 Format::Json => print(a.output, &run, &[], vec![]),
                 Format::Table => output::emit(&serde_yaml_ng::to_string(&run)?),
             }
+        }
+        RunsCommand::Events { run } => {
+            let events = c.run_events(run).await?;
+            let rows = events
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                        e.attempt.to_string(),
+                        e.kind.as_str().to_string(),
+                        e.message.clone(),
+                    ]
+                })
+                .collect();
+            print(a.output, &events, &["AT", "ATTEMPT", "EVENT", "WHAT"], rows);
+        }
+        RunsCommand::Rerun { run } => {
+            let new = c.rerun(run).await?;
+            print(a.output, &new, RUN_HEADERS, run_rows(&new));
         }
         RunsCommand::Cancel { run } => {
             let run = c.cancel_run(run).await?;

@@ -1,0 +1,136 @@
+//! The operator's command-line verbs, each against a running engine: channels, anomalies,
+//! locks, a run's timeline and re-run, job statistics, pausing and resuming a schedule.
+
+use std::process::Output;
+use std::time::Duration;
+
+use jobdock_testkit::app::ADMIN_TOKEN;
+use jobdock_testkit::TestApp;
+use jobdock_types::{RunStatus, Schedule};
+
+use crate::{app, run_to_end, sh_job};
+
+fn cli(app: &TestApp, args: &[&str], stdin: Option<&str>) -> (String, String) {
+    let o: Output = app.cli(args, ADMIN_TOKEN, stdin);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    );
+    assert!(o.status.success(), "jobdock {args:?}: {out}\n{err}");
+    (out, err)
+}
+
+#[tokio::test]
+async fn channels_from_the_command_line() {
+    let app = app(false).await;
+    let file = "name: ops-hook\nkind: webhook\nurl: http://127.0.0.1:9/hook\n";
+    let (out, err) = cli(&app, &["channels", "create", "-f", "-"], Some(file));
+    assert!(out.starts_with("NAME") && out.contains("ops-hook"), "{out}");
+    assert!(err.contains("signing secret is shown only now"), "{err}");
+    let (out, _) = cli(&app, &["channels", "list"], None);
+    assert!(
+        out.contains("ops-hook") && out.contains("http://127.0.0.1"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("/hook"),
+        "the URL's path is a credential: {out}"
+    );
+    let (out, _) = cli(&app, &["channels", "test", "ops-hook"], None);
+    assert!(out.contains("test"), "{out}");
+    let (out, _) = cli(&app, &["channels", "deliveries", "ops-hook"], None);
+    assert!(out.starts_with("ID") && out.contains("test"), "{out}");
+    let (_, err) = cli(&app, &["channels", "delete", "ops-hook"], None);
+    assert!(err.contains("deleted channel ops-hook"), "{err}");
+    let (out, _) = cli(&app, &["channels", "list", "-o", "json"], None);
+    assert_eq!(out.trim(), "[]");
+}
+
+#[tokio::test]
+async fn locks_timelines_reruns_stats_and_schedules_from_the_command_line() {
+    let app = app(false).await;
+    let c = app.admin();
+    let mut job = sh_job("ops-locked", "echo locked");
+    job.lock_keys = vec!["ops-shared".into()];
+    job.schedule = Some(Schedule {
+        cron: "@daily".into(),
+        timezone: "UTC".into(),
+        paused: false,
+    });
+    c.create_job(&job).await.unwrap();
+    let run = run_to_end(&c, "ops-locked").await;
+    assert_eq!(run.status, RunStatus::Succeeded);
+
+    let (out, _) = cli(&app, &["locks", "list"], None);
+    assert!(
+        out.starts_with("KEY") && out.contains("ops-shared"),
+        "{out}"
+    );
+    let (out, _) = cli(&app, &["locks", "set", "ops-shared", "3"], None);
+    assert!(out.contains("ops-shared  3"), "{out}");
+
+    let (out, _) = cli(&app, &["runs", "events", &run.id], None);
+    for kind in ["queued", "claimed", "started", "finished"] {
+        assert!(out.contains(kind), "{kind} missing: {out}");
+    }
+    let (out, _) = cli(&app, &["runs", "rerun", &run.id, "-o", "json"], None);
+    let again: jobdock_types::Run = serde_json::from_str(&out).unwrap();
+    assert_ne!(again.id, run.id);
+    c.wait_until_final(&again.id, Duration::from_secs(60))
+        .await
+        .unwrap();
+
+    let (out, _) = cli(&app, &["jobs", "stats", "ops-locked"], None);
+    assert!(
+        out.starts_with("JOB") && out.contains("ops-locked  2"),
+        "{out}"
+    );
+
+    let (out, _) = cli(&app, &["jobs", "pause", "ops-locked"], None);
+    assert!(out.contains("@daily (paused)"), "{out}");
+    assert!(
+        c.get_job("ops-locked")
+            .await
+            .unwrap()
+            .schedule
+            .unwrap()
+            .paused
+    );
+    let (out, _) = cli(&app, &["jobs", "resume", "ops-locked"], None);
+    assert!(out.contains("@daily") && !out.contains("paused"), "{out}");
+}
+
+#[tokio::test]
+async fn anomalies_from_the_command_line() {
+    let app = app(false).await;
+    let c = app.admin();
+    c.create_job(&sh_job("ops-failing", "exit 1"))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        run_to_end(&c, "ops-failing").await;
+    }
+    let (out, _) = cli(
+        &app,
+        &[
+            "anomalies",
+            "list",
+            "--job",
+            "ops-failing",
+            "--open",
+            "true",
+        ],
+        None,
+    );
+    let line = out
+        .lines()
+        .find(|l| l.contains("failure_streak"))
+        .unwrap_or_else(|| panic!("no failure_streak: {out}"));
+    let id = line.split_whitespace().next().unwrap();
+    let (out, _) = cli(
+        &app,
+        &["anomalies", "close", id, "--reason", "looked at it"],
+        None,
+    );
+    assert!(out.contains("false"), "closed: {out}");
+}
