@@ -24,6 +24,7 @@ mod runs_limits;
 mod schedules;
 mod secrets;
 mod service;
+mod tenancy;
 
 use jobdock_testkit::TestApp;
 

@@ -204,6 +204,15 @@ async fn metrics_need_a_read_token_unless_public() {
         scope: Scope::Read,
         jobs: Some(vec!["customer-a-*".into()]),
     };
+    // Metrics carry every job's series: a token restricted to some jobs is refused.
+    let restricted = app.admin().create_token(&new).await.unwrap().token;
+    let (status, _, body) = scrape_raw(&app, Some(&restricted)).await;
+    assert_eq!(status, 403, "{body}");
+    let new = NewToken {
+        name: "prometheus-all".into(),
+        scope: Scope::Read,
+        jobs: None,
+    };
     let read = app.admin().create_token(&new).await.unwrap().token;
     let (status, content_type, _) = scrape_raw(&app, Some(&read)).await;
     assert_eq!((status, content_type.as_str()), (200, OPENMETRICS));

@@ -6,7 +6,7 @@ use axum::{Json, Router};
 use jobdock_types::{AuditEntry, Page};
 use serde::Deserialize;
 
-use super::auth::{Admin, Caller};
+use super::auth::{Admin, Installation};
 use super::error::ApiError;
 use super::query::ApiQuery;
 use super::AppState;
@@ -43,7 +43,7 @@ pub struct AuditPage {
 #[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditQuery),
     responses((status = 200, body = AuditPage)))]
 pub async fn list(
-    _caller: Caller<Admin>,
+    _caller: Installation<Admin>,
     State(s): State<AppState>,
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Json<Page<AuditEntry>>, ApiError> {

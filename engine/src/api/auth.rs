@@ -90,6 +90,29 @@ impl<S: NeedScope> FromRequestParts<AppState> for Caller<S> {
     }
 }
 
+/// A caller with scope `S` whose token reaches every job: the extractor of the endpoints
+/// that cover the whole installation (alert channels and their deliveries, metrics, tokens,
+/// the audit log, lock capacities). A token restricted to some jobs is refused with 403, so
+/// that one customer's token never sees another's jobs, runs or alerts there.
+#[derive(Debug)]
+pub struct Installation<S: NeedScope>(pub Caller<S>);
+
+impl<S: NeedScope> FromRequestParts<AppState> for Installation<S> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let caller = Caller::<S>::from_request_parts(parts, state).await?;
+        if !caller.principal.reaches_all_jobs() {
+            return Err(ApiError::Forbidden(
+                "this endpoint covers every job of the installation; this token is restricted \
+                 to some jobs"
+                    .into(),
+            ));
+        }
+        Ok(Self(caller))
+    }
+}
+
 async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
     if let Some(p) = parts.extensions.get::<Principal>() {
         return Ok(p.clone());

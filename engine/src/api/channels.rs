@@ -10,7 +10,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use jobdock_types::{Channel, CreatedChannel, Delivery, NewChannel, Page, Problem};
 
-use super::auth::{Admin, Caller, NeedScope, Read};
+use super::auth::{Admin, Installation, Read};
 use super::error::ApiError;
 use super::json::ApiJson;
 use super::query::{ApiQuery, PageQuery};
@@ -30,26 +30,14 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/channels/{channel}/test", post(test))
 }
 
-/// Refuses a token restricted to some jobs.
-fn every_job<S: NeedScope>(caller: &Caller<S>) -> Result<(), ApiError> {
-    if caller.principal.reaches_all_jobs() {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden(
-            "channels serve every job; this token is restricted to some jobs".into(),
-        ))
-    }
-}
-
 /// Create a channel. A webhook's signing secret is in this answer only.
 #[utoipa::path(post, path = "/api/v1/channels", tag = "channels", request_body = NewChannel,
     responses((status = 201, body = CreatedChannel), (status = 409, body = Problem), (status = 422, body = Problem)))]
 pub async fn create(
-    caller: Caller<Admin>,
+    Installation(caller): Installation<Admin>,
     State(s): State<AppState>,
     ApiJson(new): ApiJson<NewChannel>,
 ) -> Result<impl IntoResponse, ApiError> {
-    every_job(&caller)?;
     let created = channels::create(&s.ctx, &caller.actor, new).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
@@ -66,7 +54,7 @@ pub struct ChannelPage {
 #[utoipa::path(get, path = "/api/v1/channels", tag = "channels", params(PageQuery),
     responses((status = 200, body = ChannelPage)))]
 pub async fn list(
-    _caller: Caller<Read>,
+    _caller: Installation<Read>,
     State(s): State<AppState>,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<Channel>>, ApiError> {
@@ -79,7 +67,7 @@ pub async fn list(
 #[utoipa::path(get, path = "/api/v1/channels/{channel}", tag = "channels", params(("channel" = String, Path)),
     responses((status = 200, body = Channel), (status = 404, body = Problem)))]
 pub async fn read(
-    _caller: Caller<Read>,
+    _caller: Installation<Read>,
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Channel>, ApiError> {
@@ -92,12 +80,11 @@ pub async fn read(
     request_body(content = Object, content_type = "application/merge-patch+json"),
     responses((status = 200, body = Channel), (status = 404, body = Problem), (status = 422, body = Problem)))]
 pub async fn patch(
-    caller: Caller<Admin>,
+    Installation(caller): Installation<Admin>,
     State(s): State<AppState>,
     Path(name): Path<String>,
     ApiJson(patch): ApiJson<serde_json::Value>,
 ) -> Result<Json<Channel>, ApiError> {
-    every_job(&caller)?;
     Ok(Json(
         channels::patch(&s.ctx, &caller.actor, &name, patch).await?,
     ))
@@ -107,11 +94,10 @@ pub async fn patch(
 #[utoipa::path(delete, path = "/api/v1/channels/{channel}", tag = "channels", params(("channel" = String, Path)),
     responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
 pub async fn remove(
-    caller: Caller<Admin>,
+    Installation(caller): Installation<Admin>,
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    every_job(&caller)?;
     channels::delete(&s.ctx, &caller.actor, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -129,12 +115,11 @@ pub struct DeliveryPage {
     params(("channel" = String, Path), PageQuery),
     responses((status = 200, body = DeliveryPage), (status = 404, body = Problem)))]
 pub async fn deliveries(
-    caller: Caller<Read>,
+    _caller: Installation<Read>,
     State(s): State<AppState>,
     Path(name): Path<String>,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<Delivery>>, ApiError> {
-    every_job(&caller)?;
     let limit = q.limit()?;
     let cursor = q
         .cursor
@@ -152,11 +137,10 @@ pub async fn deliveries(
 #[utoipa::path(post, path = "/api/v1/channels/{channel}/test", tag = "channels", params(("channel" = String, Path)),
     responses((status = 202, body = Delivery), (status = 404, body = Problem)))]
 pub async fn test(
-    caller: Caller<Admin>,
+    Installation(caller): Installation<Admin>,
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    every_job(&caller)?;
     let delivery = alerts::send_test(&s.ctx, &caller.actor, &name).await?;
     s.runner.alerts_due();
     Ok((StatusCode::ACCEPTED, Json(delivery)))

@@ -5,7 +5,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use jobdock_types::{Lock, LockCapacity, Page, Problem};
 
-use super::auth::{Caller, Operator, Read};
+use super::auth::{Caller, Installation, Operator, Read};
 use super::error::ApiError;
 use super::json::ApiJson;
 use super::AppState;
@@ -26,14 +26,16 @@ pub struct LockPage {
     next_cursor: Option<String>,
 }
 
-/// Every lock: those with a capacity set, those named by jobs, those held or awaited.
+/// Every lock: those with a capacity set, those named by jobs, those held or awaited. A
+/// token restricted to some jobs sees only the locks its jobs name or hold, and of their
+/// holders and waiters only its own (the others as counts).
 #[utoipa::path(get, path = "/api/v1/locks", tag = "locks", responses((status = 200, body = LockPage)))]
 pub async fn list(
-    _caller: Caller<Read>,
+    caller: Caller<Read>,
     State(s): State<AppState>,
 ) -> Result<Json<Page<Lock>>, ApiError> {
     Ok(Json(Page {
-        items: locks::list(&s.ctx).await?,
+        items: locks::list(&s.ctx, &caller.principal).await?,
         next_cursor: None,
     }))
 }
@@ -42,18 +44,19 @@ pub async fn list(
 #[utoipa::path(get, path = "/api/v1/locks/{key}", tag = "locks", params(("key" = String, Path)),
     responses((status = 200, body = Lock), (status = 422, body = Problem)))]
 pub async fn read(
-    _caller: Caller<Read>,
+    caller: Caller<Read>,
     State(s): State<AppState>,
     Path(key): Path<String>,
 ) -> Result<Json<Lock>, ApiError> {
-    Ok(Json(locks::get(&s.ctx, &key).await?))
+    Ok(Json(locks::read(&s.ctx, &key, &caller.principal).await?))
 }
 
-/// Set how many runs may hold a lock at once.
+/// Set how many runs may hold a lock at once. A lock may be shared by every customer's
+/// jobs, so only a token that reaches every job sets it.
 #[utoipa::path(put, path = "/api/v1/locks/{key}", tag = "locks", params(("key" = String, Path)),
     request_body = LockCapacity, responses((status = 200, body = Lock), (status = 422, body = Problem)))]
 pub async fn set(
-    caller: Caller<Operator>,
+    Installation(caller): Installation<Operator>,
     State(s): State<AppState>,
     Path(key): Path<String>,
     ApiJson(body): ApiJson<LockCapacity>,

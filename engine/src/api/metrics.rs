@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use super::auth::{Caller, Read};
+use super::auth::{Installation, Read};
 use super::error::ApiError;
 use super::AppState;
 use crate::metrics::{Metrics, CONTENT_TYPE};
@@ -27,7 +27,7 @@ pub fn routes() -> Router<AppState> {
         (status = 401, body = jobdock_types::Problem)))]
 pub async fn metrics(State(s): State<AppState>, mut parts: Parts) -> Result<Response, ApiError> {
     if !s.metrics_public {
-        Caller::<Read>::from_request_parts(&mut parts, &s).await?;
+        Installation::<Read>::from_request_parts(&mut parts, &s).await?;
     }
     let body = s.ctx.metrics.encode();
     let mut resp = body.into_response();

@@ -7,7 +7,7 @@ use axum::routing::{delete, get};
 use axum::{Json, Router};
 use jobdock_types::{CreatedToken, NewToken, Page, Problem, TokenInfo};
 
-use super::auth::{Admin, Caller};
+use super::auth::{Admin, Installation};
 use super::error::ApiError;
 use super::json::ApiJson;
 use super::query::{ApiQuery, PageQuery};
@@ -25,7 +25,7 @@ pub fn routes() -> Router<AppState> {
 #[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = NewToken,
     responses((status = 201, body = CreatedToken), (status = 422, body = Problem)))]
 pub async fn create(
-    caller: Caller<Admin>,
+    Installation(caller): Installation<Admin>,
     State(s): State<AppState>,
     ApiJson(new): ApiJson<NewToken>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -45,7 +45,7 @@ pub struct TokenPage {
 #[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", params(PageQuery),
     responses((status = 200, body = TokenPage)))]
 pub async fn list(
-    _caller: Caller<Admin>,
+    _caller: Installation<Admin>,
     State(s): State<AppState>,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<TokenInfo>>, ApiError> {
@@ -58,7 +58,7 @@ pub async fn list(
 #[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens", params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = Problem)))]
 pub async fn revoke(
-    caller: Caller<Admin>,
+    Installation(caller): Installation<Admin>,
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {

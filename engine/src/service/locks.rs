@@ -6,6 +6,7 @@ use jobdock_types::{Lock, LockRun};
 use serde_json::json;
 
 use super::{Actor, Ctx, Result, ServiceError};
+use crate::auth::Principal;
 use crate::store::{self, StoreError};
 
 fn api(r: store::locks::LockRun) -> LockRun {
@@ -43,11 +44,57 @@ pub async fn get(ctx: &Ctx, key: &str) -> Result<Lock> {
             .into_iter()
             .map(api)
             .collect(),
+        other_holders: 0,
+        other_waiters: 0,
     })
 }
 
-/// Every lock: those with a set capacity, those named by live jobs, those runs use.
-pub async fn list(ctx: &Ctx) -> Result<Vec<Lock>> {
+/// What `principal` may see of a lock: its own jobs' holders and waiters, the others as
+/// counts. `None` when none of its jobs names or uses the lock.
+fn seen_by(mut lock: Lock, principal: &Principal, named: &BTreeSet<String>) -> Option<Lock> {
+    if principal.reaches_all_jobs() {
+        return Some(lock);
+    }
+    let before = (lock.holders.len(), lock.waiters.len());
+    lock.holders.retain(|r| principal.may_reach_job(&r.job));
+    lock.waiters.retain(|r| principal.may_reach_job(&r.job));
+    lock.other_holders = (before.0 - lock.holders.len()) as i64;
+    lock.other_waiters = (before.1 - lock.waiters.len()) as i64;
+    let own = named.contains(&lock.key) || !lock.holders.is_empty() || !lock.waiters.is_empty();
+    own.then_some(lock)
+}
+
+/// The lock names of the jobs `principal` reaches.
+async fn named_by_own_jobs(ctx: &Ctx, principal: &Principal) -> Result<BTreeSet<String>> {
+    let mut keys = BTreeSet::new();
+    let mut after: Option<String> = None;
+    loop {
+        let jobs = ctx.store.jobs_after(after.as_deref(), 500).await?;
+        for j in jobs.iter().filter(|j| principal.may_reach_job(&j.name)) {
+            keys.extend(j.spec.lock_keys.iter().cloned());
+        }
+        match jobs.last() {
+            Some(j) if jobs.len() == 500 => after = Some(j.name.clone()),
+            _ => break,
+        }
+    }
+    Ok(keys)
+}
+
+/// One lock as `principal` may see it; not found when none of its jobs names or uses it.
+pub async fn read(ctx: &Ctx, key: &str, principal: &Principal) -> Result<Lock> {
+    let lock = get(ctx, key).await?;
+    let named = match principal.reaches_all_jobs() {
+        true => BTreeSet::new(),
+        false => named_by_own_jobs(ctx, principal).await?,
+    };
+    seen_by(lock, principal, &named)
+        .ok_or_else(|| ServiceError::NotFound(format!("lock `{key}` does not exist")))
+}
+
+/// Every lock `principal` may see (see [`read`]): those with a set capacity, those named by
+/// live jobs, those runs use.
+pub async fn list(ctx: &Ctx, principal: &Principal) -> Result<Vec<Lock>> {
     let mut keys: BTreeSet<String> = ctx
         .store
         .lock_capacities()
@@ -67,9 +114,13 @@ pub async fn list(ctx: &Ctx) -> Result<Vec<Lock>> {
             _ => break,
         }
     }
+    let named = match principal.reaches_all_jobs() {
+        true => BTreeSet::new(),
+        false => named_by_own_jobs(ctx, principal).await?,
+    };
     let mut locks = Vec::with_capacity(keys.len());
     for k in keys {
-        locks.push(get(ctx, &k).await?);
+        locks.extend(seen_by(get(ctx, &k).await?, principal, &named));
     }
     Ok(locks)
 }

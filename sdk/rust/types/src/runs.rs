@@ -208,6 +208,12 @@ pub struct Lock {
     pub holders: Vec<LockRun>,
     /// The queued runs that need it, first in line first.
     pub waiters: Vec<LockRun>,
+    /// Holders of jobs the caller's token does not reach, counted, not shown.
+    #[serde(default)]
+    pub other_holders: i64,
+    /// Waiters of jobs the caller's token does not reach, counted, not shown.
+    #[serde(default)]
+    pub other_waiters: i64,
 }
 
 /// Body of `PUT /api/v1/locks/{key}`.
