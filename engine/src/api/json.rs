@@ -38,6 +38,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 ApiError::BadRequest(format!("could not read the request body: {e}"))
             }
         })?;
+        // Every body of the API is an object; serde would also read a struct from an array
+        // of its fields in order (`["a", "read"]` as a token), which no client means.
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        if first.is_some_and(|b| *b != b'{') {
+            return Err(ApiError::Invalid(vec![FieldError::new(
+                "body",
+                "must be a JSON object",
+            )]));
+        }
         from_slice(&bytes).map(ApiJson).map_err(ApiError::Invalid)
     }
 }
@@ -127,6 +136,30 @@ mod tests {
         let e = err(r#"{"name":"a","image":"b","on_conflict":"wait"}"#);
         assert_eq!(e.field, "on_conflict");
         assert!(e.message.contains("queue"), "{}", e.message);
+    }
+
+    async fn body_of(text: &str) -> Result<jobdock_types::NewToken, ApiError> {
+        let req = axum::http::Request::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(axum::body::Body::from(text.to_owned()))
+            .unwrap();
+        ApiJson::from_request(req, &()).await.map(|ApiJson(v)| v)
+    }
+
+    /// serde reads a struct from an array of its fields too; the API takes objects only.
+    #[tokio::test]
+    async fn an_array_is_not_an_object() {
+        for text in [r#"["a", "read"]"#, " []", "\"x\"", "42"] {
+            match body_of(text).await {
+                Err(ApiError::Invalid(errors)) => {
+                    assert_eq!(errors[0].field, "body", "{text}");
+                    assert_eq!(errors[0].message, "must be a JSON object");
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        let ok = body_of(r#" {"name": "a", "scope": "read"}"#).await.unwrap();
+        assert_eq!(ok.name, "a");
     }
 
     #[test]
