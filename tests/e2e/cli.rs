@@ -32,7 +32,9 @@ async fn jobs_secrets_and_tokens_from_the_command_line() {
     );
     let o = app.cli(&["jobs", "list", "--output", "json"], admin, None);
     let listed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(listed[0]["env"]["SOURCE"], "erp");
+    // Exactly the API's page shape, every page read.
+    assert_eq!(listed["items"][0]["env"]["SOURCE"], "erp");
+    assert!(listed["next_cursor"].is_null(), "{listed}");
 
     // Secrets come from standard input, never from argv.
     let o = app.cli(

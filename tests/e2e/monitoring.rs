@@ -90,3 +90,43 @@ async fn an_unknown_runs_timeline_is_404() {
     let err = app.admin().run_events("no-such-run").await.unwrap_err();
     assert_eq!(err.status(), Some(404), "{err}");
 }
+
+/// The timeline answers the page shape of every list: `{items, next_cursor}`, in pages.
+#[tokio::test]
+async fn a_runs_timeline_comes_in_pages() {
+    let app = crate::app(false).await;
+    let c = app.admin();
+    c.create_job(&crate::sh_job("paged", "echo hi"))
+        .await
+        .unwrap();
+    let run = crate::run_to_end(&c, "paged").await;
+    let all = c.run_events(&run.id).await.unwrap();
+    assert!(all.len() >= 4, "{all:?}");
+    let http = reqwest::Client::new();
+    let mut cursor: Option<String> = None;
+    let mut paged = Vec::new();
+    loop {
+        let mut url = format!("{}/api/v1/runs/{}/events?limit=2", app.url(), run.id);
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let page: serde_json::Value = http
+            .get(url)
+            .bearer_auth(jobdock_testkit::app::ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= 2, "{page}");
+        paged.extend(items.iter().map(|e| e["id"].as_i64().unwrap()));
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    let ids: Vec<i64> = all.iter().map(|e| e.id).collect();
+    assert_eq!(paged, ids);
+}

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use jobdock_types::{Page, Problem, Run, RunEvents, RunStatus, TriggerRequest};
+use jobdock_types::{Page, Problem, Run, RunEvent, RunStatus, TriggerRequest};
 use serde::Deserialize;
 
 use super::auth::{Caller, Read, Trigger};
@@ -79,17 +79,38 @@ pub struct ReadQuery {
 
 /// A run's timeline, oldest first: queued, waiting (for what), claimed, launched, started,
 /// first output, progress, anomalies, retries, finished.
-#[utoipa::path(get, path = "/api/v1/runs/{id}/events", tag = "runs", params(("id" = String, Path)),
-    responses((status = 200, body = RunEvents), (status = 404, body = Problem)))]
+#[utoipa::path(get, path = "/api/v1/runs/{id}/events", tag = "runs",
+    params(("id" = String, Path), PageQuery),
+    responses((status = 200, body = RunEventPage), (status = 404, body = Problem)))]
 pub async fn events(
     caller: Caller<Read>,
     State(s): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<RunEvents>, ApiError> {
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Json<Page<RunEvent>>, ApiError> {
     let run = svc::row(&s.ctx, &id).await?;
     caller.check_job(&run.job_name)?;
-    let events = s.ctx.store.events(&id).await?;
-    Ok(Json(RunEvents { events }))
+    let limit = q.limit()?;
+    let after = q
+        .cursor
+        .as_deref()
+        .map(|c| c.parse::<i64>())
+        .transpose()
+        .map_err(|_| ApiError::invalid("cursor", "is not a cursor of this list"))?;
+    let items = s.ctx.store.events_after(&id, after, limit as i64).await?;
+    let next_cursor = match items.len() == limit {
+        true => items.last().map(|e| e.id.to_string()),
+        false => None,
+    };
+    Ok(Json(Page { items, next_cursor }))
+}
+
+/// A page of a run's timeline (for the OpenAPI document).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct RunEventPage {
+    items: Vec<RunEvent>,
+    next_cursor: Option<String>,
 }
 
 /// One run. With `?wait_seconds=`, the answer comes when the run ends (or the wait is over).

@@ -284,7 +284,7 @@ pub async fn jobs(a: ClientArgs<JobsCommand>) -> anyhow::Result<ExitCode> {
         }
         JobsCommand::List => {
             let all = c.all_jobs().await?;
-            print(a.output, &all, JOB_HEADERS, job_rows(&all));
+            output::print_list(a.output, &all, JOB_HEADERS, job_rows(&all));
         }
         JobsCommand::Get { name, export: true } => {
             let job = c.get_job(name).await?;
@@ -430,7 +430,7 @@ pub async fn tokens(a: ClientArgs<TokensCommand>) -> anyhow::Result<ExitCode> {
                     None => break,
                 }
             }
-            print(
+            output::print_list(
                 a.output,
                 &all,
                 &["ID", "NAME", "SCOPE", "JOBS", "LAST USED"],
@@ -471,6 +471,6 @@ pub async fn audit(a: ClientArgs<AuditCommand>) -> anyhow::Result<ExitCode> {
             ]
         })
         .collect();
-    print(a.output, &items, &["AT", "TOKEN", "ACTION", "TARGET"], rows);
+    output::print_list(a.output, &items, &["AT", "TOKEN", "ACTION", "TARGET"], rows);
     Ok(ExitCode::SUCCESS)
 }

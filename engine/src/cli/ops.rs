@@ -117,7 +117,7 @@ pub async fn channels(a: ClientArgs<ChannelsCommand>) -> anyhow::Result<ExitCode
                     None => break,
                 }
             }
-            print(a.output, &all, CHANNEL_HEADERS, channel_rows(&all));
+            output::print_list(a.output, &all, CHANNEL_HEADERS, channel_rows(&all));
         }
         ChannelsCommand::Delete { name } => {
             c.delete_channel(name).await?;
@@ -250,7 +250,7 @@ pub async fn locks(a: ClientArgs<LocksCommand>) -> anyhow::Result<ExitCode> {
     match &a.command {
         LocksCommand::List => {
             let all = c.list_locks().await?;
-            print(a.output, &all, LOCK_HEADERS, lock_rows(&all));
+            output::print_list(a.output, &all, LOCK_HEADERS, lock_rows(&all));
         }
         LocksCommand::Set { key, capacity } => {
             let l = c.set_lock_capacity(key, *capacity).await?;

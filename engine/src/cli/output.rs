@@ -24,6 +24,18 @@ pub fn print<T: Serialize>(format: Format, value: &T, headers: &[&str], rows: Ve
     }
 }
 
+/// Prints a whole list (every page read): as the API's page shape `{"items": [...],
+/// "next_cursor": null}` in JSON, or as a table of `headers` and `rows`.
+pub fn print_list<T: Serialize>(
+    format: Format,
+    items: &[T],
+    headers: &[&str],
+    rows: Vec<Vec<String>>,
+) {
+    let page = serde_json::json!({ "items": items, "next_cursor": null });
+    print(format, &page, headers, rows)
+}
+
 /// Writes `text` to standard output. A reader that has gone away (`| head`) ends the command
 /// quietly, as other Unix tools do, where `print!` would panic.
 pub fn emit(text: &str) {

@@ -365,7 +365,7 @@ pub async fn runs(a: RunsArgs) -> anyhow::Result<ExitCode> {
                 }
             }
             items.truncate(*limit);
-            print(a.output, &items, LIST_HEADERS, list_rows(&items));
+            output::print_list(a.output, &items, LIST_HEADERS, list_rows(&items));
         }
         RunsCommand::Get { run } => {
             let run = c.get_run(run).await?;
@@ -387,7 +387,7 @@ pub async fn runs(a: RunsArgs) -> anyhow::Result<ExitCode> {
                     ]
                 })
                 .collect();
-            print(a.output, &events, &["AT", "ATTEMPT", "EVENT", "WHAT"], rows);
+            output::print_list(a.output, &events, &["AT", "ATTEMPT", "EVENT", "WHAT"], rows);
         }
         RunsCommand::Rerun { run } => {
             let new = c.rerun(run).await?;

@@ -84,11 +84,23 @@ pub async fn note_waiting(
 impl Store {
     /// A run's timeline, oldest first.
     pub async fn events(&self, run_id: &str) -> Result<Vec<RunEvent>> {
+        self.events_after(run_id, None, i64::MAX).await
+    }
+
+    /// At most `limit` of a run's events after the one with id `after`, oldest first.
+    pub async fn events_after(
+        &self,
+        run_id: &str,
+        after: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<RunEvent>> {
         let rows = sqlx::query(
             "SELECT id, attempt, at, kind, message, detail FROM run_events \
-             WHERE run_id = $1 ORDER BY id",
+             WHERE run_id = $1 AND id > $2 ORDER BY id LIMIT $3",
         )
         .bind(run_id)
+        .bind(after.unwrap_or(i64::MIN))
+        .bind(limit)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()

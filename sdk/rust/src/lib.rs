@@ -227,12 +227,23 @@ impl Client {
         self.get(&format!("/api/v1/runs/{}", seg(id))).await
     }
 
-    /// The run's timeline, oldest first.
+    /// The run's whole timeline, oldest first (every page of it).
     pub async fn run_events(&self, id: &str) -> Result<Vec<RunEvent>, Error> {
-        let page: RunEvents = self
-            .get(&format!("/api/v1/runs/{}/events", seg(id)))
-            .await?;
-        Ok(page.events)
+        let path = format!("/api/v1/runs/{}/events?limit=500", seg(id));
+        let mut events = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let url = match &cursor {
+                Some(c) => format!("{path}&cursor={}", seg(c)),
+                None => path.clone(),
+            };
+            let page: Page<RunEvent> = self.get(&url).await?;
+            events.extend(page.items);
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(events),
+            }
+        }
     }
 
     /// The run once it has ended, or as it stands after `wait_seconds` (at most 60): a long

@@ -105,11 +105,3 @@ pub struct RunEvent {
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub detail: serde_json::Value,
 }
-
-/// `GET /api/v1/runs/{id}/events`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct RunEvents {
-    /// The timeline, oldest first.
-    pub events: Vec<RunEvent>,
-}
