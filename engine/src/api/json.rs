@@ -85,6 +85,21 @@ pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, Ve
     serde_path_to_error::deserialize(value).map_err(|e| vec![field_error(e.path(), e.inner())])
 }
 
+/// For serde's "unknown field `imgae`, expected one of `name`, `image`, ...", the expected
+/// field nearest to the unknown one, when one is near (a typo, not another word).
+fn nearest_known_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (unknown, expected) = rest.split_once('`')?;
+    let (_, list) = expected.split_once("expected ")?;
+    list.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|known| (strsim::damerau_levenshtein(unknown, known), known))
+        .filter(|(distance, known)| *distance <= 2.max(known.len() / 4))
+        .min()
+        .map(|(_, known)| known.to_owned())
+}
+
 fn field_error(path: &serde_path_to_error::Path, err: &impl std::fmt::Display) -> FieldError {
     let mut field = path.to_string();
     if field == "." {
@@ -105,11 +120,14 @@ fn field_error(path: &serde_path_to_error::Path, err: &impl std::fmt::Display) -
             }
         }
     }
-    let message = message
+    let mut message = message
         .split(" at line ")
         .next()
         .unwrap_or(&message)
         .to_string();
+    if let Some(near) = nearest_known_field(&message) {
+        message.push_str(&format!("; did you mean `{near}`?"));
+    }
     FieldError::new(field, message)
 }
 
@@ -131,6 +149,20 @@ mod tests {
         let e = err(r#"{"name":"a","image":"b","colour":"red"}"#);
         assert_eq!(e.field, "colour");
         assert!(e.message.contains("unknown field"), "{}", e.message);
+        assert!(!e.message.contains("did you mean"), "{}", e.message);
+        let e = err(r#"{"name":"a","imgae":"b"}"#);
+        assert_eq!(e.field, "imgae");
+        assert!(
+            e.message.ends_with("; did you mean `image`?"),
+            "{}",
+            e.message
+        );
+        let e = err(r#"{"name":"a","image":"b","timeout_second":5}"#);
+        assert!(
+            e.message.ends_with("did you mean `timeout_seconds`?"),
+            "{}",
+            e.message
+        );
         let e = err(r#"{"name":"a"}"#);
         assert_eq!(e.field, "image");
         let e = err(r#"{"name":"a","image":"b","on_conflict":"wait"}"#);

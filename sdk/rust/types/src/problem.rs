@@ -53,12 +53,51 @@ impl FieldError {
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.title)?;
-        if let Some(d) = &self.detail {
+        // A single field error's summary is the detail: say it once.
+        let repeats = |d: &str| matches!(self.errors.as_slice(), [e] if d == e.message || d == format!("{}: {}", e.field, e.message));
+        if let Some(d) = self.detail.as_deref().filter(|d| !repeats(d)) {
             write!(f, ": {d}")?;
         }
         for e in &self.errors {
             write!(f, "\n  {}: {}", e.field, e.message)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(detail: &str, errors: Vec<FieldError>) -> Problem {
+        Problem {
+            type_: "about:blank".into(),
+            title: "Unprocessable Entity".into(),
+            status: 422,
+            detail: Some(detail.into()),
+            request_id: None,
+            errors,
+            run_id: None,
+        }
+    }
+
+    #[test]
+    fn a_single_field_error_is_said_once() {
+        let one = problem(
+            "image: must not be empty",
+            vec![FieldError::new("image", "must not be empty")],
+        );
+        assert_eq!(
+            one.to_string(),
+            "Unprocessable Entity\n  image: must not be empty"
+        );
+        let two = problem(
+            "2 fields are invalid",
+            vec![FieldError::new("a", "x"), FieldError::new("b", "y")],
+        );
+        assert_eq!(
+            two.to_string(),
+            "Unprocessable Entity: 2 fields are invalid\n  a: x\n  b: y"
+        );
     }
 }
