@@ -23,6 +23,7 @@ pub fn routes() -> Router<AppState> {
 
 /// Query of `GET /api/v1/anomalies`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AnomalyQuery {
     /// `true`: only those still calling for attention; `false`: only closed ones.

@@ -19,6 +19,7 @@ pub fn routes() -> Router<AppState> {
 
 /// Query of the audit log.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     /// The `next_cursor` of the previous page.

@@ -109,6 +109,7 @@ pub async fn patch(
 
 /// Query of `DELETE /api/v1/jobs/{name}`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteQuery {
     /// Cancel the job's active runs first instead of refusing.

@@ -37,6 +37,7 @@ pub fn routes() -> Router<AppState> {
 
 /// Query of the log endpoint.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LogsQuery {
     /// `text` (default): `<RFC 3339 time> <stream> <line>`; `jsonl`: one JSON object per line.

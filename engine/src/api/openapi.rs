@@ -24,8 +24,8 @@ use super::AppState;
         super::anomalies::list, super::anomalies::close,
         openapi_json,
     ),
-    components(schemas(jobdock_types::FieldError)),
-    modifiers(&BearerAuth),
+    components(schemas(jobdock_types::FieldError, jobdock_types::Problem)),
+    modifiers(&BearerAuth, &ProblemResponses),
     security(("bearer" = [])),
 )]
 struct ApiDoc;
@@ -42,6 +42,71 @@ impl Modify for BearerAuth {
     }
 }
 
+/// Makes the error answers of every operation what the API really sends, in one place
+/// rather than in each handler's annotation: every 4xx and 5xx is `application/problem+json`;
+/// an operation that needs a token also answers 401 and 403, and one that takes a body 415
+/// and 422.
+struct ProblemResponses;
+
+impl Modify for ProblemResponses {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+        let problem = || {
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build()
+        };
+        for item in doc.paths.paths.values_mut() {
+            let ops = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in ops.into_iter().flatten() {
+                for (code, response) in op.responses.responses.iter_mut() {
+                    let RefOr::T(r) = response else { continue };
+                    if code.starts_with('4') || code.starts_with('5') {
+                        r.content.shift_remove("application/json");
+                        r.content.insert(PROBLEM_JSON.into(), problem());
+                    }
+                }
+                // `security()` on an operation makes it open; otherwise the document's bearer
+                // requirement applies.
+                let open = op.security.as_ref().is_some_and(|s| s.is_empty());
+                let mut add = |code: &str, why: &str| {
+                    op.responses
+                        .responses
+                        .entry(code.to_owned())
+                        .or_insert_with(|| {
+                            RefOr::T(
+                                ResponseBuilder::new()
+                                    .description(why)
+                                    .content(PROBLEM_JSON, problem())
+                                    .build(),
+                            )
+                        });
+                };
+                if !open {
+                    add("401", "The token is missing, unknown or revoked.");
+                    add(
+                        "403",
+                        "The token's scope or job patterns do not allow this.",
+                    );
+                }
+                if op.request_body.is_some() {
+                    add("415", "The body is not JSON.");
+                    add("422", "A field is invalid; `errors` names each.");
+                }
+            }
+        }
+    }
+}
+
+/// The media type of every error answer (RFC 9457).
+const PROBLEM_JSON: &str = "application/problem+json";
+
 /// The document.
 pub fn document() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
@@ -56,4 +121,77 @@ pub fn routes() -> Router<AppState> {
 #[utoipa::path(get, path = "/api/v1/openapi.json", tag = "meta", security(), responses((status = 200)))]
 pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
     Json(document())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    fn operations() -> Vec<(String, String, Value)> {
+        let doc = serde_json::to_value(super::document()).unwrap();
+        let mut ops = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                ops.push((path.clone(), method.clone(), op.clone()));
+            }
+        }
+        ops
+    }
+
+    /// A path parameter is one the path names; everything else is in the query (or a header).
+    #[test]
+    fn parameters_are_where_the_server_reads_them() {
+        for (path, method, op) in operations() {
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                let name = p["name"].as_str().unwrap();
+                let in_path = path.contains(&format!("{{{name}}}"));
+                let declared = p["in"].as_str().unwrap();
+                if declared == "header" {
+                    continue;
+                }
+                assert_eq!(
+                    declared,
+                    if in_path { "path" } else { "query" },
+                    "{method} {path}: parameter `{name}`"
+                );
+                if declared == "query" {
+                    assert_ne!(p["required"], true, "{method} {path}: `{name}` is optional");
+                }
+            }
+        }
+    }
+
+    /// Every error answer is problem+json, and every operation that needs a token declares
+    /// 401 and 403.
+    #[test]
+    fn errors_are_declared_as_they_are_sent() {
+        for (path, method, op) in operations() {
+            let responses = op["responses"].as_object().unwrap();
+            for (code, r) in responses {
+                if code.starts_with('4') || code.starts_with('5') {
+                    let types: Vec<&String> = r["content"].as_object().unwrap().keys().collect();
+                    assert_eq!(
+                        types,
+                        ["application/problem+json"],
+                        "{method} {path} {code}"
+                    );
+                }
+            }
+            let open = op["security"].as_array().is_some_and(|s| s.is_empty());
+            if !open {
+                for code in ["401", "403"] {
+                    assert!(responses.contains_key(code), "{method} {path} lacks {code}");
+                }
+            }
+            if op.get("requestBody").is_some() {
+                assert!(responses.contains_key("422"), "{method} {path} lacks 422");
+            }
+        }
+        let health = operations()
+            .into_iter()
+            .find(|(p, m, _)| p == "/healthz" && m == "get")
+            .unwrap()
+            .2;
+        assert!(health["responses"].get("401").is_none(), "{health}");
+    }
 }

@@ -71,6 +71,7 @@ fn refusal(r: Refusal) -> Response {
 
 /// Query of `GET /api/v1/runs/{id}`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ReadQuery {
     /// Long poll: answer as soon as the run has ended, or after this many seconds (at most 60).
@@ -154,6 +155,7 @@ pub async fn read(
 
 /// Query of `GET /api/v1/runs`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only runs of this job.
