@@ -203,6 +203,25 @@ fn export(job: &Job) -> anyhow::Result<String> {
     Ok(text)
 }
 
+/// Every item of a paged list, fetching page after page with `fetch(cursor)`.
+pub(super) async fn every_page<T, F, Fut>(fetch: F) -> anyhow::Result<Vec<T>>
+where
+    F: Fn(Option<String>) -> Fut,
+    Fut:
+        std::future::Future<Output = Result<jobdock_client::types::Page<T>, jobdock_client::Error>>,
+{
+    let mut all = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = fetch(cursor).await?;
+        all.extend(page.items);
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return Ok(all),
+        }
+    }
+}
+
 /// A file's text, or standard input's for `-`.
 pub(super) fn read_file(file: &PathBuf) -> anyhow::Result<String> {
     Ok(if file.as_os_str() == "-" {
@@ -420,16 +439,9 @@ pub async fn tokens(a: ClientArgs<TokensCommand>) -> anyhow::Result<ExitCode> {
             }
         }
         TokensCommand::List => {
-            let mut all = Vec::new();
-            let mut cursor = None;
-            loop {
-                let page = c.list_tokens(cursor.as_deref()).await?;
-                all.extend(page.items);
-                match page.next_cursor {
-                    Some(next) => cursor = Some(next),
-                    None => break,
-                }
-            }
+            let c = &c;
+            let all =
+                every_page(|cursor| async move { c.list_tokens(cursor.as_deref()).await }).await?;
             output::print_list(
                 a.output,
                 &all,

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::Subcommand;
 use jobdock_client::types::{Anomaly, Channel, Delivery, Lock, NewChannel};
 
-use super::client::{read_file, ClientArgs};
+use super::client::{every_page, read_file, ClientArgs};
 use super::output::{self, ago, clip, print, Format};
 
 #[derive(Debug, Subcommand)]
@@ -107,16 +107,9 @@ pub async fn channels(a: ClientArgs<ChannelsCommand>) -> anyhow::Result<ExitCode
             }
         }
         ChannelsCommand::List => {
-            let mut all = Vec::new();
-            let mut cursor = None;
-            loop {
-                let page = c.list_channels(cursor.as_deref()).await?;
-                all.extend(page.items);
-                match page.next_cursor {
-                    Some(next) => cursor = Some(next),
-                    None => break,
-                }
-            }
+            let c = &c;
+            let all = every_page(|cursor| async move { c.list_channels(cursor.as_deref()).await })
+                .await?;
             output::print_list(a.output, &all, CHANNEL_HEADERS, channel_rows(&all));
         }
         ChannelsCommand::Delete { name } => {
