@@ -2,8 +2,7 @@
 //! closing one by hand once someone has looked at it.
 
 use axum::extract::{Path, State};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use jobdock_types::{Anomaly, AnomalyKind, Page, Problem};
 use serde::Deserialize;
 
@@ -13,12 +12,13 @@ use super::json::OptionalJson;
 use super::query::{ApiQuery, PageQuery};
 use super::AppState;
 use crate::store::anomalies::AnomalyFilter;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// The routes of this module.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/anomalies", get(list))
-        .route("/api/v1/anomalies/{id}/close", post(close))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(close))
 }
 
 /// Query of `GET /api/v1/anomalies`.

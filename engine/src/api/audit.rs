@@ -1,8 +1,7 @@
 //! `/api/v1/audit`: who changed what, newest first. Admin only.
 
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use jobdock_types::{AuditEntry, Page};
 use serde::Deserialize;
 
@@ -11,10 +10,11 @@ use super::error::ApiError;
 use super::query::ApiQuery;
 use super::AppState;
 use crate::store::AuditFilter;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// The routes of this module.
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/api/v1/audit", get(list))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list))
 }
 
 /// Query of the audit log.

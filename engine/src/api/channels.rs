@@ -6,8 +6,7 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use jobdock_types::{Channel, CreatedChannel, Delivery, NewChannel, Page, Problem};
 
 use super::auth::{Admin, Installation, Read};
@@ -16,18 +15,16 @@ use super::json::ApiJson;
 use super::query::{ApiQuery, PageQuery};
 use super::AppState;
 use crate::service::{alerts, channels};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// The routes of this module. The path names `{channel}`, not `{name}`: a channel is not a
 /// job, so a token's job patterns do not apply to its name.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/channels", get(list).post(create))
-        .route(
-            "/api/v1/channels/{channel}",
-            get(read).patch(patch).delete(remove),
-        )
-        .route("/api/v1/channels/{channel}/deliveries", get(deliveries))
-        .route("/api/v1/channels/{channel}/test", post(test))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(read, patch, remove))
+        .routes(routes!(deliveries))
+        .routes(routes!(test))
 }
 
 /// Create a channel. A webhook's signing secret is in this answer only.

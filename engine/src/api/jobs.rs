@@ -3,8 +3,7 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, put};
-use axum::{Json, Router};
+use axum::Json;
 use jobdock_types::{Job, JobSpec, Page, Problem, SecretValue};
 use serde::Deserialize;
 
@@ -14,19 +13,14 @@ use super::json::ApiJson;
 use super::query::{ApiQuery, PageQuery};
 use super::AppState;
 use crate::service::jobs;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// The routes of this module.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/jobs", get(list).post(create))
-        .route(
-            "/api/v1/jobs/{name}",
-            get(read).put(replace).patch(patch).delete(remove),
-        )
-        .route(
-            "/api/v1/jobs/{name}/secrets/{key}",
-            put(set_secret).delete(delete_secret),
-        )
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(read, replace, patch, remove))
+        .routes(routes!(set_secret, delete_secret))
 }
 
 /// Register a job.

@@ -1,8 +1,7 @@
 //! `/api/v1/locks`: named locks shared by jobs, their holders and waiters, and capacities.
 
 use axum::extract::{Path, State};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use jobdock_types::{Lock, LockCapacity, Page, Problem};
 
 use super::auth::{Caller, Installation, Operator, Read};
@@ -10,12 +9,13 @@ use super::error::ApiError;
 use super::json::ApiJson;
 use super::AppState;
 use crate::service::locks;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// The routes of this module.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/locks", get(list))
-        .route("/api/v1/locks/{key}", get(read).put(set))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(read, set))
 }
 
 /// A page of locks (for the OpenAPI document).

@@ -10,8 +10,6 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::stream::{self, Stream, StreamExt};
 use jobdock_types::{LogEntry, Problem};
@@ -24,6 +22,7 @@ use super::AppState;
 use crate::service::runs as svc;
 use crate::store::logs::LogRow;
 use crate::store::Store;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// Lines read from the store per step.
 const PAGE: i64 = 2000;
@@ -31,8 +30,8 @@ const PAGE: i64 = 2000;
 const FOLLOW_POLL: Duration = Duration::from_millis(250);
 
 /// The routes of this module.
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/api/v1/runs/{id}/logs", get(logs))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(logs))
 }
 
 /// Query of the log endpoint.

@@ -7,17 +7,16 @@ use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::{header, request::Parts, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 
 use super::auth::{Installation, Read};
 use super::error::ApiError;
 use super::AppState;
 use crate::metrics::{Metrics, CONTENT_TYPE};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// The routes of this module.
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/metrics", get(metrics))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(metrics))
 }
 
 /// This replica's metrics in the OpenMetrics text format. Needs a token that may read,

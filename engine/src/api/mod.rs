@@ -46,6 +46,25 @@ pub struct AppState {
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// Every route with its OpenAPI entry: a handler is registered with `routes!`, which takes
+/// its path and methods from the handler's `#[utoipa::path]`, so no route exists without its
+/// documentation and the document lists exactly the routes served.
+pub fn openapi_router() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    utoipa_axum::router::OpenApiRouter::with_openapi(openapi::base())
+        .merge(health::routes())
+        .merge(jobs::routes())
+        .merge(runs::routes())
+        .merge(locks::routes())
+        .merge(logs::routes())
+        .merge(tokens::routes())
+        .merge(channels::routes())
+        .merge(audit::routes())
+        .merge(anomalies::routes())
+        .merge(openapi::routes())
+        .merge(metrics::routes())
+        .merge(stats::routes())
+}
+
 /// The whole application.
 pub fn router(state: AppState) -> Router {
     let layers = ServiceBuilder::new()
@@ -73,19 +92,9 @@ pub fn router(state: AppState) -> Router {
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_secs(120),
         ));
-    Router::new()
-        .merge(health::routes())
-        .merge(jobs::routes())
-        .merge(runs::routes())
-        .merge(locks::routes())
-        .merge(logs::routes())
-        .merge(tokens::routes())
-        .merge(channels::routes())
-        .merge(audit::routes())
-        .merge(anomalies::routes())
-        .merge(openapi::routes())
-        .merge(metrics::routes())
-        .merge(stats::routes())
+    let (routes, doc) = openapi_router().split_for_parts();
+    routes
+        .layer(axum::Extension(std::sync::Arc::new(openapi::finish(doc))))
         .layer(DefaultBodyLimit::max(4 * 1024 * 1024))
         .layer(layers)
         .with_state(state)

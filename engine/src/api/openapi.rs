@@ -1,31 +1,19 @@
 //! The OpenAPI 3 document, generated from the handlers' annotations and the API types.
 
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::AppState;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
+/// What the document says besides its paths, which come from the router
+/// ([`super::openapi_router`]).
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Jobdock", description = "Runs containerised data syncs on demand, on a schedule, on Docker, Swarm, Kubernetes or Nomad."),
-    paths(
-        super::health::healthz, super::health::readyz, super::metrics::metrics,
-        super::jobs::create, super::jobs::list, super::jobs::read, super::jobs::replace,
-        super::jobs::patch, super::jobs::remove, super::jobs::set_secret, super::jobs::delete_secret,
-        super::stats::job_stats,
-        super::runs::trigger, super::runs::list, super::runs::read, super::runs::events, super::runs::cancel, super::runs::rerun, super::logs::logs,
-        super::locks::list, super::locks::read, super::locks::set,
-        super::tokens::create, super::tokens::list, super::tokens::revoke,
-        super::channels::create, super::channels::list, super::channels::read,
-        super::channels::patch, super::channels::remove, super::channels::deliveries, super::channels::test,
-        super::audit::list,
-        super::anomalies::list, super::anomalies::close,
-        openapi_json,
-    ),
     components(schemas(jobdock_types::FieldError, jobdock_types::Problem)),
-    modifiers(&BearerAuth, &ProblemResponses),
+    modifiers(&BearerAuth),
     security(("bearer" = [])),
 )]
 struct ApiDoc;
@@ -107,20 +95,33 @@ impl Modify for ProblemResponses {
 /// The media type of every error answer (RFC 9457).
 const PROBLEM_JSON: &str = "application/problem+json";
 
-/// The document.
-pub fn document() -> utoipa::openapi::OpenApi {
+/// The document without its paths, for the router to add them.
+pub fn base() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
+/// The document once the router has added the paths: error answers made truthful.
+pub fn finish(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    ProblemResponses.modify(&mut doc);
+    doc
+}
+
+/// The whole document, as `GET /api/v1/openapi.json` serves it.
+pub fn document() -> utoipa::openapi::OpenApi {
+    finish(super::openapi_router().split_for_parts().1)
+}
+
 /// The routes of this module.
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/api/v1/openapi.json", get(openapi_json))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(openapi_json))
 }
 
 /// This document.
 #[utoipa::path(get, path = "/api/v1/openapi.json", tag = "meta", security(), responses((status = 200)))]
-pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(document())
+pub async fn openapi_json(
+    axum::Extension(doc): axum::Extension<std::sync::Arc<utoipa::openapi::OpenApi>>,
+) -> Json<utoipa::openapi::OpenApi> {
+    Json(doc.as_ref().clone())
 }
 
 #[cfg(test)]

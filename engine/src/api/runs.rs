@@ -6,8 +6,7 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use jobdock_types::{Page, Problem, Run, RunEvent, RunStatus, TriggerRequest};
 use serde::Deserialize;
 
@@ -17,16 +16,17 @@ use super::json::OptionalJson;
 use super::query::{ApiQuery, PageQuery};
 use super::AppState;
 use crate::service::runs::{self as svc, Refusal, TriggerError, Triggered};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// The routes of this module.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/jobs/{name}/runs", post(trigger))
-        .route("/api/v1/runs", get(list))
-        .route("/api/v1/runs/{id}", get(read))
-        .route("/api/v1/runs/{id}/events", get(events))
-        .route("/api/v1/runs/{id}/cancel", post(cancel))
-        .route("/api/v1/runs/{id}/rerun", post(rerun))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(trigger))
+        .routes(routes!(list))
+        .routes(routes!(read))
+        .routes(routes!(events))
+        .routes(routes!(cancel))
+        .routes(routes!(rerun))
 }
 
 /// Start a run of a job. A repeated `Idempotency-Key` (header or body) returns the first run

@@ -1,18 +1,18 @@
 //! `GET /api/v1/jobs/{name}/stats`: a job's run statistics, which outlive pruned runs.
 
 use axum::extract::{Path, State};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use jobdock_types::{JobStats, Problem};
 
 use super::auth::{Caller, Read};
 use super::error::ApiError;
 use super::AppState;
 use crate::service::stats;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// The routes of this module.
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/api/v1/jobs/{name}/stats", get(job_stats))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(job_stats))
 }
 
 /// A job's statistics: how many runs finished and succeeded, the median and 90th percentile

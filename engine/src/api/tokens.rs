@@ -3,8 +3,7 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{delete, get};
-use axum::{Json, Router};
+use axum::Json;
 use jobdock_types::{CreatedToken, NewToken, Page, Problem, TokenInfo};
 
 use super::auth::{Admin, Installation};
@@ -13,12 +12,13 @@ use super::json::ApiJson;
 use super::query::{ApiQuery, PageQuery};
 use super::AppState;
 use crate::service::tokens;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// The routes of this module.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/tokens", get(list).post(create))
-        .route("/api/v1/tokens/{id}", delete(revoke))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(revoke))
 }
 
 /// Create a token. Its value is in this answer only.
