@@ -162,6 +162,21 @@ mod tests {
         }
     }
 
+    /// The rules the server enforces on a job are declared, so that a client built from the
+    /// document foresees its 422s.
+    #[test]
+    fn a_jobs_rules_are_declared() {
+        let doc = serde_json::to_value(super::document()).unwrap();
+        let spec = &doc["components"]["schemas"]["JobSpec"]["properties"];
+        assert_eq!(spec["name"]["maxLength"], 63, "{spec}");
+        assert!(spec["name"]["pattern"].is_string(), "{spec}");
+        assert_eq!(spec["image"]["minLength"], 1, "{spec}");
+        assert_eq!(spec["command"]["minItems"], 1, "{spec}");
+        assert_eq!(spec["max_parallel"]["minimum"], 1, "{spec}");
+        let capacity = &doc["components"]["schemas"]["LockCapacity"]["properties"]["capacity"];
+        assert_eq!(capacity["minimum"], 1, "{capacity}");
+    }
+
     /// Every error answer is problem+json, and every operation that needs a token declares
     /// 401 and 403.
     #[test]

@@ -53,9 +53,11 @@ pub enum OnConflict {
 pub struct Resources {
     /// CPU limit in cores, e.g. `0.5`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(exclusive_minimum = 0, maximum = 1024))]
     pub cpus: Option<f64>,
     /// Memory limit in MiB. Without it the engine's default limit applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 6, maximum = 4194304))]
     pub memory_mb: Option<i64>,
 }
 
@@ -151,11 +153,21 @@ pub struct RegistryAuth {
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     /// Unique name: lowercase letters, digits and `-`, at most 63 characters.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$",
+            min_length = 1,
+            max_length = 63
+        )
+    )]
     pub name: String,
     /// The container image, e.g. `registry.example.com/sync/customer-a:1.4`.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
     pub image: String,
     /// The command to run instead of the image's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(min_items = 1))]
     pub command: Option<Vec<String>>,
     /// Plain configuration, passed as environment variables.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -172,12 +184,15 @@ pub struct JobSpec {
     pub resources: Option<Resources>,
     /// A run is stopped and ends `timed_out` after this many seconds of running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 31622400))]
     pub timeout_seconds: Option<i64>,
     /// At most this many runs of the job at once (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 10000))]
     pub max_parallel: Option<i64>,
     /// Most runs that may wait in the job's queue; past it a trigger gets 429 (default 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 100000))]
     pub max_queued: Option<i64>,
     /// Named locks shared with other jobs; a run needs all of them to start.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -202,6 +217,7 @@ pub struct JobSpec {
     pub allow_command_override: bool,
     /// Seconds between SIGTERM and SIGKILL when a run is stopped (default 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 3600))]
     pub stop_grace_seconds: Option<i64>,
     /// Retry attempts that timed out or were killed for memory too.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -222,6 +222,7 @@ pub struct Lock {
 #[serde(deny_unknown_fields)]
 pub struct LockCapacity {
     /// How many runs may hold the lock at once.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 10000))]
     pub capacity: i64,
 }
 
