@@ -29,6 +29,26 @@ fn rotating_at_1m() -> LogDriver {
     }
 }
 
+/// Triggers `job`, kills the engine with SIGKILL once the log holds `marker`, restarts it
+/// `away_secs` later, and returns the run once it has ended.
+async fn killed_mid_run(
+    app: &mut jobdock_testkit::TestApp,
+    job: &str,
+    marker: &str,
+    away_secs: u64,
+) -> jobdock_types::Run {
+    let c = app.admin();
+    let (run, _) = c.trigger(job, &Default::default(), None).await.unwrap();
+    wait_for_log(&c, &run.id, marker, 120).await;
+    app.kill9();
+    tokio::time::sleep(Duration::from_secs(away_secs)).await;
+    app.restart().unwrap();
+    app.admin()
+        .wait_until_final(&run.id, Duration::from_secs(300))
+        .await
+        .unwrap()
+}
+
 /// Each stream's numbers in log order, and the engine's own lines.
 fn read(log: &[LogEntry]) -> (Vec<u64>, Vec<u64>, Vec<String>) {
     let (mut out, mut err, mut notes) = (Vec::new(), Vec::new(), Vec::new());
@@ -93,19 +113,8 @@ async fn after_kill_9_the_log_continues_exactly_while_the_driver_kept_it() {
         numbered(20_001, 60_000)
     );
     c.create_job(&sh_job("survivor", &script)).await.unwrap();
-    let (run, _) = c
-        .trigger("survivor", &Default::default(), None)
-        .await
-        .unwrap();
-    wait_for_log(&c, &run.id, "out 0020000", 120).await;
-    app.kill9();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    app.restart().unwrap();
+    let run = killed_mid_run(&mut app, "survivor", "out 0020000", 3).await;
     let c = app.admin();
-    let run = c
-        .wait_until_final(&run.id, Duration::from_secs(300))
-        .await
-        .unwrap();
     assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
     assert!(run.log_complete, "{run:?}");
     let (out, err, notes) = read(&c.logs(&run.id).await.unwrap());
@@ -127,20 +136,9 @@ async fn after_kill_9_output_the_driver_rotated_away_is_a_visible_gap() {
     let mut job = sh_job("forgetful", &script);
     job.log_driver = Some(rotating_at_1m());
     c.create_job(&job).await.unwrap();
-    let (run, _) = c
-        .trigger("forgetful", &Default::default(), None)
-        .await
-        .unwrap();
-    wait_for_log(&c, &run.id, "out 0005000", 120).await;
-    app.kill9();
-    // The container writes its 30 MB alone and ends.
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    app.restart().unwrap();
+    // Away long enough for the container to write its 30 MB alone and end.
+    let run = killed_mid_run(&mut app, "forgetful", "out 0005000", 8).await;
     let c = app.admin();
-    let run = c
-        .wait_until_final(&run.id, Duration::from_secs(300))
-        .await
-        .unwrap();
     assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
     assert!(!run.log_complete, "the gap shows on the run: {run:?}");
 

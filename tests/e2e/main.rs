@@ -128,6 +128,16 @@ pub fn containers_of(run_id: &str) -> Vec<String> {
         .collect()
 }
 
+/// The OpenAPI document the engine serves.
+pub async fn openapi_doc(app: &TestApp) -> serde_json::Value {
+    reqwest::get(format!("{}/api/v1/openapi.json", app.url()))
+        .await
+        .expect("the document")
+        .json()
+        .await
+        .expect("JSON")
+}
+
 /// Waits until the run's stored log holds `needle`; panics after `secs` seconds.
 pub async fn wait_for_log(c: &jobdock_client::Client, id: &str, needle: &str, secs: u64) {
     let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);

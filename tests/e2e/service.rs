@@ -69,12 +69,7 @@ async fn readiness_fails_when_postgres_goes_away() {
 #[tokio::test]
 async fn the_openapi_document_covers_every_endpoint() {
     let app = app(false).await;
-    let doc: serde_json::Value = reqwest::get(format!("{}/api/v1/openapi.json", app.url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = crate::openapi_doc(&app).await;
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     let paths = doc["paths"].as_object().unwrap();
     let http = reqwest::Client::new();

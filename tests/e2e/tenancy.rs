@@ -83,12 +83,7 @@ async fn a_restricted_token_sees_only_its_customer_on_every_get_route() {
         .collect(),
     };
 
-    let doc: serde_json::Value = reqwest::get(format!("{}/api/v1/openapi.json", app.url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = crate::openapi_doc(&app).await;
     let get_paths: Vec<String> = doc["paths"]
         .as_object()
         .unwrap()
