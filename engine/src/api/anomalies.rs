@@ -31,10 +31,12 @@ pub struct AnomalyQuery {
     /// Only of this job.
     job: Option<String>,
     /// Only of this kind, e.g. `long_running`.
+    #[param(value_type = Option<AnomalyKind>)]
     kind: Option<String>,
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,
     /// Items per page, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 
@@ -47,7 +49,7 @@ pub struct AnomalyPage {
 }
 
 /// Anomalies across jobs, newest first (only of the jobs the token may see).
-#[utoipa::path(get, path = "/api/v1/anomalies", tag = "monitoring", params(AnomalyQuery),
+#[utoipa::path(get, operation_id = "listAnomalies", path = "/api/v1/anomalies", tag = "monitoring", params(AnomalyQuery),
     responses((status = 200, body = AnomalyPage), (status = 422, body = Problem)))]
 pub async fn list(
     caller: Caller<Read>,
@@ -111,7 +113,7 @@ pub struct CloseRequest {
 }
 
 /// Close an anomaly by hand: someone has looked at it.
-#[utoipa::path(post, path = "/api/v1/anomalies/{id}/close", tag = "monitoring",
+#[utoipa::path(post, operation_id = "closeAnomaly", path = "/api/v1/anomalies/{id}/close", tag = "monitoring",
     params(("id" = i64, Path)), request_body(content = CloseRequest, description = "Optional"),
     responses((status = 200, body = Anomaly), (status = 404, body = Problem)))]
 pub async fn close(

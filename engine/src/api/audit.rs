@@ -25,6 +25,7 @@ pub struct AuditQuery {
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,
     /// Items per page, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
     /// Only this action, e.g. `job.create`.
     action: Option<String>,
@@ -41,7 +42,7 @@ pub struct AuditPage {
 }
 
 /// The audit log, newest first.
-#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditQuery),
+#[utoipa::path(get, operation_id = "listAuditEntries", path = "/api/v1/audit", tag = "audit", params(AuditQuery),
     responses((status = 200, body = AuditPage)))]
 pub async fn list(
     _caller: Installation<Admin>,

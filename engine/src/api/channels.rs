@@ -11,7 +11,7 @@ use jobdock_types::{Channel, CreatedChannel, Delivery, NewChannel, Page, Problem
 
 use super::auth::{Admin, Installation, Read};
 use super::error::ApiError;
-use super::json::ApiJson;
+use super::json::{ApiJson, MergePatch};
 use super::query::{ApiQuery, PageQuery};
 use super::AppState;
 use crate::service::{alerts, channels};
@@ -28,7 +28,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// Create a channel. A webhook's signing secret is in this answer only.
-#[utoipa::path(post, path = "/api/v1/channels", tag = "channels", request_body = NewChannel,
+#[utoipa::path(post, operation_id = "createChannel", path = "/api/v1/channels", tag = "channels", request_body = NewChannel,
     responses((status = 201, body = CreatedChannel), (status = 409, body = Problem), (status = 422, body = Problem)))]
 pub async fn create(
     Installation(caller): Installation<Admin>,
@@ -48,7 +48,7 @@ pub struct ChannelPage {
 }
 
 /// List channels, ordered by name.
-#[utoipa::path(get, path = "/api/v1/channels", tag = "channels", params(PageQuery),
+#[utoipa::path(get, operation_id = "listChannels", path = "/api/v1/channels", tag = "channels", params(PageQuery),
     responses((status = 200, body = ChannelPage)))]
 pub async fn list(
     _caller: Installation<Read>,
@@ -61,7 +61,7 @@ pub async fn list(
 }
 
 /// One channel (its URL as scheme and host only).
-#[utoipa::path(get, path = "/api/v1/channels/{channel}", tag = "channels", params(("channel" = String, Path)),
+#[utoipa::path(get, operation_id = "getChannel", path = "/api/v1/channels/{channel}", tag = "channels", params(("channel" = String, Path)),
     responses((status = 200, body = Channel), (status = 404, body = Problem)))]
 pub async fn read(
     _caller: Installation<Read>,
@@ -73,14 +73,14 @@ pub async fn read(
 
 /// Change a channel with a JSON merge patch (RFC 7396): `url`, `signing_secret`,
 /// `description`, `subscribe`.
-#[utoipa::path(patch, path = "/api/v1/channels/{channel}", tag = "channels", params(("channel" = String, Path)),
+#[utoipa::path(patch, operation_id = "patchChannel", path = "/api/v1/channels/{channel}", tag = "channels", params(("channel" = String, Path)),
     request_body(content = Object, content_type = "application/merge-patch+json"),
     responses((status = 200, body = Channel), (status = 404, body = Problem), (status = 422, body = Problem)))]
 pub async fn patch(
     Installation(caller): Installation<Admin>,
     State(s): State<AppState>,
     Path(name): Path<String>,
-    ApiJson(patch): ApiJson<serde_json::Value>,
+    MergePatch(patch, _): MergePatch<NewChannel>,
 ) -> Result<Json<Channel>, ApiError> {
     Ok(Json(
         channels::patch(&s.ctx, &caller.actor, &name, patch).await?,
@@ -88,7 +88,7 @@ pub async fn patch(
 }
 
 /// Delete a channel and its undelivered alerts. Refused while a job's `alerts` names it.
-#[utoipa::path(delete, path = "/api/v1/channels/{channel}", tag = "channels", params(("channel" = String, Path)),
+#[utoipa::path(delete, operation_id = "deleteChannel", path = "/api/v1/channels/{channel}", tag = "channels", params(("channel" = String, Path)),
     responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
 pub async fn remove(
     Installation(caller): Installation<Admin>,
@@ -108,7 +108,7 @@ pub struct DeliveryPage {
 }
 
 /// The channel's alerts, newest first, each with every attempt at delivering it.
-#[utoipa::path(get, path = "/api/v1/channels/{channel}/deliveries", tag = "channels",
+#[utoipa::path(get, operation_id = "listChannelDeliveries", path = "/api/v1/channels/{channel}/deliveries", tag = "channels",
     params(("channel" = String, Path), PageQuery),
     responses((status = 200, body = DeliveryPage), (status = 404, body = Problem)))]
 pub async fn deliveries(
@@ -131,7 +131,7 @@ pub async fn deliveries(
 
 /// Send a test alert through the channel: it is delivered, retried and recorded like any
 /// other. Answers 202 with the pending delivery.
-#[utoipa::path(post, path = "/api/v1/channels/{channel}/test", tag = "channels", params(("channel" = String, Path)),
+#[utoipa::path(post, operation_id = "testChannel", path = "/api/v1/channels/{channel}/test", tag = "channels", params(("channel" = String, Path)),
     responses((status = 202, body = Delivery), (status = 404, body = Problem)))]
 pub async fn test(
     Installation(caller): Installation<Admin>,

@@ -42,13 +42,13 @@ pub struct Readiness {
 }
 
 /// The process lives.
-#[utoipa::path(get, path = "/healthz", tag = "health", security(), responses((status = 200)))]
+#[utoipa::path(get, operation_id = "healthz", path = "/healthz", tag = "health", security(), responses((status = 200)))]
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
 /// Whether this replica can serve: 200 while the database answers, 503 when it does not.
-#[utoipa::path(get, path = "/readyz", tag = "health", security(),
+#[utoipa::path(get, operation_id = "readyz", path = "/readyz", tag = "health", security(),
     responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
 pub async fn readyz(State(s): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let database = match tokio::time::timeout(Duration::from_secs(5), s.ctx.store.ping()).await {

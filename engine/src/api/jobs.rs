@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::auth::{Caller, Operator, Read};
 use super::error::ApiError;
-use super::json::ApiJson;
+use super::json::{ApiJson, MergePatch};
 use super::query::{ApiQuery, PageQuery};
 use super::AppState;
 use crate::service::jobs;
@@ -24,7 +24,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// Register a job.
-#[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs", request_body = JobSpec,
+#[utoipa::path(post, operation_id = "createJob", path = "/api/v1/jobs", tag = "jobs", request_body = JobSpec,
     responses((status = 201, body = Job), (status = 409, body = Problem), (status = 422, body = Problem)))]
 pub async fn create(
     caller: Caller<Operator>,
@@ -38,7 +38,7 @@ pub async fn create(
 }
 
 /// List jobs, ordered by name.
-#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(PageQuery),
+#[utoipa::path(get, operation_id = "listJobs", path = "/api/v1/jobs", tag = "jobs", params(PageQuery),
     responses((status = 200, body = JobPage)))]
 pub async fn list(
     caller: Caller<Read>,
@@ -61,7 +61,7 @@ pub struct JobPage {
 }
 
 /// One job.
-#[utoipa::path(get, path = "/api/v1/jobs/{name}", tag = "jobs", params(("name" = String, Path)),
+#[utoipa::path(get, operation_id = "getJob", path = "/api/v1/jobs/{name}", tag = "jobs", params(("name" = String, Path)),
     responses((status = 200, body = Job), (status = 404, body = Problem)))]
 pub async fn read(
     _caller: Caller<Read>,
@@ -72,7 +72,7 @@ pub async fn read(
 }
 
 /// Replace a job's definition; without `secrets`, the stored secrets stay.
-#[utoipa::path(put, path = "/api/v1/jobs/{name}", tag = "jobs", params(("name" = String, Path)),
+#[utoipa::path(put, operation_id = "replaceJob", path = "/api/v1/jobs/{name}", tag = "jobs", params(("name" = String, Path)),
     request_body = JobSpec,
     responses((status = 200, body = Job), (status = 404, body = Problem), (status = 422, body = Problem)))]
 pub async fn replace(
@@ -87,14 +87,14 @@ pub async fn replace(
 }
 
 /// Change some fields of a job with a JSON merge patch (RFC 7396).
-#[utoipa::path(patch, path = "/api/v1/jobs/{name}", tag = "jobs", params(("name" = String, Path)),
+#[utoipa::path(patch, operation_id = "patchJob", path = "/api/v1/jobs/{name}", tag = "jobs", params(("name" = String, Path)),
     request_body(content = Object, content_type = "application/merge-patch+json"),
     responses((status = 200, body = Job), (status = 404, body = Problem), (status = 422, body = Problem)))]
 pub async fn patch(
     caller: Caller<Operator>,
     State(s): State<AppState>,
     Path(name): Path<String>,
-    ApiJson(patch): ApiJson<serde_json::Value>,
+    MergePatch(patch, _): MergePatch<JobSpec>,
 ) -> Result<Json<Job>, ApiError> {
     let job = jobs::patch(&s.ctx, &caller.actor, &name, patch).await?;
     s.runner.jobs_changed();
@@ -112,7 +112,7 @@ pub struct DeleteQuery {
 }
 
 /// Delete a job. Its runs stay readable.
-#[utoipa::path(delete, path = "/api/v1/jobs/{name}", tag = "jobs",
+#[utoipa::path(delete, operation_id = "deleteJob", path = "/api/v1/jobs/{name}", tag = "jobs",
     params(("name" = String, Path), DeleteQuery),
     responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
 pub async fn remove(
@@ -127,7 +127,7 @@ pub async fn remove(
 }
 
 /// Set one secret of a job. The value is never shown again.
-#[utoipa::path(put, path = "/api/v1/jobs/{name}/secrets/{key}", tag = "jobs",
+#[utoipa::path(put, operation_id = "setJobSecret", path = "/api/v1/jobs/{name}/secrets/{key}", tag = "jobs",
     params(("name" = String, Path), ("key" = String, Path)), request_body = SecretValue,
     responses((status = 200, body = Job), (status = 404, body = Problem), (status = 422, body = Problem)))]
 pub async fn set_secret(
@@ -142,7 +142,7 @@ pub async fn set_secret(
 }
 
 /// Remove one secret of a job.
-#[utoipa::path(delete, path = "/api/v1/jobs/{name}/secrets/{key}", tag = "jobs",
+#[utoipa::path(delete, operation_id = "deleteJobSecret", path = "/api/v1/jobs/{name}/secrets/{key}", tag = "jobs",
     params(("name" = String, Path), ("key" = String, Path)),
     responses((status = 204), (status = 404, body = Problem)))]
 pub async fn delete_secret(

@@ -29,7 +29,7 @@ pub struct LockPage {
 /// Every lock: those with a capacity set, those named by jobs, those held or awaited. A
 /// token restricted to some jobs sees only the locks its jobs name or hold, and of their
 /// holders and waiters only its own (the others as counts).
-#[utoipa::path(get, path = "/api/v1/locks", tag = "locks", responses((status = 200, body = LockPage)))]
+#[utoipa::path(get, operation_id = "listLocks", path = "/api/v1/locks", tag = "locks", responses((status = 200, body = LockPage)))]
 pub async fn list(
     caller: Caller<Read>,
     State(s): State<AppState>,
@@ -41,7 +41,7 @@ pub async fn list(
 }
 
 /// One lock with its holders and waiters.
-#[utoipa::path(get, path = "/api/v1/locks/{key}", tag = "locks", params(("key" = String, Path)),
+#[utoipa::path(get, operation_id = "getLock", path = "/api/v1/locks/{key}", tag = "locks", params(("key" = String, Path)),
     responses((status = 200, body = Lock), (status = 422, body = Problem)))]
 pub async fn read(
     caller: Caller<Read>,
@@ -53,7 +53,7 @@ pub async fn read(
 
 /// Set how many runs may hold a lock at once. A lock may be shared by every customer's
 /// jobs, so only a token that reaches every job sets it.
-#[utoipa::path(put, path = "/api/v1/locks/{key}", tag = "locks", params(("key" = String, Path)),
+#[utoipa::path(put, operation_id = "setLockCapacity", path = "/api/v1/locks/{key}", tag = "locks", params(("key" = String, Path)),
     request_body = LockCapacity, responses((status = 200, body = Lock), (status = 422, body = Problem)))]
 pub async fn set(
     Installation(caller): Installation<Operator>,

@@ -40,6 +40,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct LogsQuery {
     /// `text` (default): `<RFC 3339 time> <stream> <line>`; `jsonl`: one JSON object per line.
+    #[param(value_type = Option<LogFormatParam>, inline)]
     format: Option<String>,
     /// Keep the answer open and stream new lines until the run ends.
     #[serde(default)]
@@ -50,6 +51,16 @@ pub struct LogsQuery {
     after: i64,
 }
 
+/// The values of `format`, for the OpenAPI document (the handler reads the text itself, to
+/// name the parameter in its error).
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum LogFormatParam {
+    Text,
+    Jsonl,
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Format {
     Text,
@@ -57,8 +68,9 @@ enum Format {
 }
 
 /// A run's log: stdout and stderr interleaved in the order written.
-#[utoipa::path(get, path = "/api/v1/runs/{id}/logs", tag = "runs", params(("id" = String, Path), LogsQuery),
-    responses((status = 200, description = "The log", content_type = "text/plain", body = String),
+#[utoipa::path(get, operation_id = "getRunLogs", path = "/api/v1/runs/{id}/logs", tag = "runs", params(("id" = String, Path), LogsQuery),
+    responses((status = 200, description = "The log: `text/plain` (`format=text`), `application/jsonl` (`format=jsonl`), or server-sent events when the request accepts `text/event-stream`",
+        content((String = "text/plain"), (String = "application/jsonl"), (String = "text/event-stream"))),
         (status = 404, body = Problem)))]
 pub async fn logs(
     caller: Caller<Read>,

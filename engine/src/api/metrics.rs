@@ -21,7 +21,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 /// This replica's metrics in the OpenMetrics text format. Needs a token that may read,
 /// unless the engine is configured to expose metrics openly (`--metrics-public`).
-#[utoipa::path(get, path = "/metrics", tag = "health",
+#[utoipa::path(get, operation_id = "metrics", path = "/metrics", tag = "health",
     responses((status = 200, content_type = "application/openmetrics-text", body = String),
         (status = 401, body = jobdock_types::Problem)))]
 pub async fn metrics(State(s): State<AppState>, mut parts: Parts) -> Result<Response, ApiError> {

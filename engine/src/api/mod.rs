@@ -14,7 +14,9 @@ mod logs;
 mod metrics;
 pub mod openapi;
 mod query;
+mod rules;
 mod runs;
+mod shape;
 mod stats;
 mod tokens;
 

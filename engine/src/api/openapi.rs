@@ -32,12 +32,13 @@ impl Modify for BearerAuth {
 
 /// Makes the error answers of every operation what the API really sends, in one place
 /// rather than in each handler's annotation: every 4xx and 5xx is `application/problem+json`;
-/// an operation that needs a token also answers 401 and 403, and one that takes a body 415
-/// and 422.
+/// an operation that needs a token also answers 401 and 403, one that takes a body 415 and
+/// 422, one with query parameters 422, and one with path parameters 404.
 struct ProblemResponses;
 
 impl Modify for ProblemResponses {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
         use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
         let problem = || {
             ContentBuilder::new()
@@ -87,6 +88,21 @@ impl Modify for ProblemResponses {
                     add("415", "The body is not JSON.");
                     add("422", "A field is invalid; `errors` names each.");
                 }
+                let params = op.parameters.iter().flatten();
+                let (mut in_path, mut in_query) = (false, false);
+                for p in params {
+                    in_path |= p.parameter_in == ParameterIn::Path;
+                    in_query |= p.parameter_in == ParameterIn::Query;
+                }
+                if in_query {
+                    add("422", "A query parameter is invalid; `errors` names it.");
+                }
+                if in_path {
+                    add(
+                        "404",
+                        "Nothing of that name or id (or not visible to the token).",
+                    );
+                }
             }
         }
     }
@@ -100,14 +116,18 @@ pub fn base() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
-/// The document once the router has added the paths: error answers made truthful.
-pub fn finish(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+/// The document once the router has added the paths, in its JSON form: error answers made
+/// truthful and the service's rules declared ([`super::rules`]). JSON because utoipa's types
+/// have no field for some keywords the rules use (`propertyNames`, for one).
+pub fn finish(mut doc: utoipa::openapi::OpenApi) -> serde_json::Value {
     ProblemResponses.modify(&mut doc);
-    doc
+    let mut json = serde_json::to_value(&doc).expect("the document is JSON");
+    super::rules::apply(&mut json);
+    json
 }
 
 /// The whole document, as `GET /api/v1/openapi.json` serves it.
-pub fn document() -> utoipa::openapi::OpenApi {
+pub fn document() -> serde_json::Value {
     finish(super::openapi_router().split_for_parts().1)
 }
 
@@ -117,10 +137,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// This document.
-#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "meta", security(), responses((status = 200)))]
+#[utoipa::path(get, operation_id = "getOpenApiDocument", path = "/api/v1/openapi.json", tag = "meta", security(), responses((status = 200)))]
 pub async fn openapi_json(
-    axum::Extension(doc): axum::Extension<std::sync::Arc<utoipa::openapi::OpenApi>>,
-) -> Json<utoipa::openapi::OpenApi> {
+    axum::Extension(doc): axum::Extension<std::sync::Arc<serde_json::Value>>,
+) -> Json<serde_json::Value> {
     Json(doc.as_ref().clone())
 }
 
@@ -129,7 +149,7 @@ mod tests {
     use serde_json::Value;
 
     fn operations() -> Vec<(String, String, Value)> {
-        let doc = serde_json::to_value(super::document()).unwrap();
+        let doc = super::document();
         let mut ops = Vec::new();
         for (path, item) in doc["paths"].as_object().unwrap() {
             for (method, op) in item.as_object().unwrap() {
@@ -137,6 +157,20 @@ mod tests {
             }
         }
         ops
+    }
+
+    /// Clients generated from the document name their methods after the operation ids, so
+    /// each is unique (an OpenAPI validator refuses the document otherwise).
+    #[test]
+    fn operation_ids_are_unique() {
+        let mut seen = std::collections::BTreeMap::new();
+        for (path, method, op) in operations() {
+            let id = op["operationId"].as_str().unwrap_or_default().to_owned();
+            assert!(!id.is_empty(), "{method} {path} has no operationId");
+            if let Some(other) = seen.insert(id.clone(), format!("{method} {path}")) {
+                panic!("operationId `{id}` of {method} {path} is also that of {other}");
+            }
+        }
     }
 
     /// A path parameter is one the path names; everything else is in the query (or a header).
@@ -166,7 +200,7 @@ mod tests {
     /// document foresees its 422s.
     #[test]
     fn a_jobs_rules_are_declared() {
-        let doc = serde_json::to_value(super::document()).unwrap();
+        let doc = super::document();
         let spec = &doc["components"]["schemas"]["JobSpec"]["properties"];
         assert_eq!(spec["name"]["maxLength"], 63, "{spec}");
         assert!(spec["name"]["pattern"].is_string(), "{spec}");
@@ -175,6 +209,14 @@ mod tests {
         assert_eq!(spec["max_parallel"]["minimum"], 1, "{spec}");
         let capacity = &doc["components"]["schemas"]["LockCapacity"]["properties"]["capacity"];
         assert_eq!(capacity["minimum"], 1, "{capacity}");
+        let env = &spec["env"]["propertyNames"]["pattern"];
+        assert!(env.as_str().unwrap().contains("[Kk]_)"), "{env}");
+        assert_eq!(spec["lock_keys"]["uniqueItems"], true, "{spec}");
+        let patch = &doc["components"]["schemas"]["JobSpecPatch"];
+        assert!(patch.get("required").is_none(), "{patch}");
+        assert_eq!(patch["additionalProperties"], false, "{patch}");
+        let lock = &doc["paths"]["/api/v1/locks/{key}"]["get"]["parameters"][0]["schema"];
+        assert!(lock["pattern"].is_string(), "{lock}");
     }
 
     /// Every error answer is problem+json, and every operation that needs a token declares

@@ -31,7 +31,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 /// Start a run of a job. A repeated `Idempotency-Key` (header or body) returns the first run
 /// with 200 instead of starting another.
-#[utoipa::path(post, path = "/api/v1/jobs/{name}/runs", tag = "runs",
+#[utoipa::path(post, operation_id = "triggerRun", path = "/api/v1/jobs/{name}/runs", tag = "runs",
     params(("name" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
     request_body(content = TriggerRequest, description = "Optional"),
     responses((status = 201, body = Run), (status = 200, description = "The run this idempotency key created", body = Run),
@@ -75,12 +75,13 @@ fn refusal(r: Refusal) -> Response {
 #[serde(deny_unknown_fields)]
 pub struct ReadQuery {
     /// Long poll: answer as soon as the run has ended, or after this many seconds (at most 60).
+    #[param(minimum = 0, maximum = 60)]
     wait_seconds: Option<u64>,
 }
 
 /// A run's timeline, oldest first: queued, waiting (for what), claimed, launched, started,
 /// first output, progress, anomalies, retries, finished.
-#[utoipa::path(get, path = "/api/v1/runs/{id}/events", tag = "runs",
+#[utoipa::path(get, operation_id = "listRunEvents", path = "/api/v1/runs/{id}/events", tag = "runs",
     params(("id" = String, Path), PageQuery),
     responses((status = 200, body = RunEventPage), (status = 404, body = Problem)))]
 pub async fn events(
@@ -115,7 +116,7 @@ pub struct RunEventPage {
 }
 
 /// One run. With `?wait_seconds=`, the answer comes when the run ends (or the wait is over).
-#[utoipa::path(get, path = "/api/v1/runs/{id}", tag = "runs", params(("id" = String, Path), ReadQuery),
+#[utoipa::path(get, operation_id = "getRun", path = "/api/v1/runs/{id}", tag = "runs", params(("id" = String, Path), ReadQuery),
     responses((status = 200, body = Run), (status = 404, body = Problem)))]
 pub async fn read(
     caller: Caller<Read>,
@@ -161,10 +162,12 @@ pub struct ListQuery {
     /// Only runs of this job.
     job: Option<String>,
     /// Only runs in this status.
+    #[param(value_type = Option<RunStatus>)]
     status: Option<String>,
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,
     /// Items per page, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 
@@ -177,7 +180,7 @@ pub struct RunPage {
 }
 
 /// Runs, newest first.
-#[utoipa::path(get, path = "/api/v1/runs", tag = "runs", params(ListQuery),
+#[utoipa::path(get, operation_id = "listRuns", path = "/api/v1/runs", tag = "runs", params(ListQuery),
     responses((status = 200, body = RunPage)))]
 pub async fn list(
     caller: Caller<Read>,
@@ -210,7 +213,7 @@ pub async fn list(
 
 /// Cancel a queued or running run. A running run is reported `cancelled` once its
 /// container has really stopped.
-#[utoipa::path(post, path = "/api/v1/runs/{id}/cancel", tag = "runs", params(("id" = String, Path)),
+#[utoipa::path(post, operation_id = "cancelRun", path = "/api/v1/runs/{id}/cancel", tag = "runs", params(("id" = String, Path)),
     responses((status = 200, body = Run), (status = 404, body = Problem), (status = 409, body = Problem)))]
 pub async fn cancel(
     caller: Caller<Trigger>,
@@ -226,8 +229,9 @@ pub async fn cancel(
 
 /// Start a new run of the same job with the definition this run had. It passes the same
 /// gate as any trigger (`on_conflict`, locks, queue cap).
-#[utoipa::path(post, path = "/api/v1/runs/{id}/rerun", tag = "runs", params(("id" = String, Path)),
-    responses((status = 201, body = Run), (status = 404, body = Problem), (status = 409, body = Problem)))]
+#[utoipa::path(post, operation_id = "rerunRun", path = "/api/v1/runs/{id}/rerun", tag = "runs", params(("id" = String, Path)),
+    responses((status = 201, body = Run), (status = 404, body = Problem), (status = 409, body = Problem),
+        (status = 429, body = Problem)))]
 pub async fn rerun(
     caller: Caller<Trigger>,
     State(s): State<AppState>,

@@ -18,7 +18,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 /// A job's statistics: how many runs finished and succeeded, the median and 90th percentile
 /// duration and the median start latency over its last 20 successful runs, and its latest
 /// runs' durations.
-#[utoipa::path(get, path = "/api/v1/jobs/{name}/stats", tag = "jobs", params(("name" = String, Path)),
+#[utoipa::path(get, operation_id = "getJobStats", path = "/api/v1/jobs/{name}/stats", tag = "jobs", params(("name" = String, Path)),
     responses((status = 200, body = JobStats), (status = 404, body = Problem)))]
 pub async fn job_stats(
     _caller: Caller<Read>,

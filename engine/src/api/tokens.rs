@@ -22,7 +22,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// Create a token. Its value is in this answer only.
-#[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = NewToken,
+#[utoipa::path(post, operation_id = "createToken", path = "/api/v1/tokens", tag = "tokens", request_body = NewToken,
     responses((status = 201, body = CreatedToken), (status = 422, body = Problem)))]
 pub async fn create(
     Installation(caller): Installation<Admin>,
@@ -42,7 +42,7 @@ pub struct TokenPage {
 }
 
 /// List live tokens, never their values.
-#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", params(PageQuery),
+#[utoipa::path(get, operation_id = "listTokens", path = "/api/v1/tokens", tag = "tokens", params(PageQuery),
     responses((status = 200, body = TokenPage)))]
 pub async fn list(
     _caller: Installation<Admin>,
@@ -55,7 +55,7 @@ pub async fn list(
 }
 
 /// Revoke a token.
-#[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens", params(("id" = String, Path)),
+#[utoipa::path(delete, operation_id = "revokeToken", path = "/api/v1/tokens/{id}", tag = "tokens", params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = Problem)))]
 pub async fn revoke(
     Installation(caller): Installation<Admin>,

@@ -23,6 +23,14 @@ const SIGNING_SECRET: &str = "signing_secret";
 const SECRET_PREFIX: &str = "jdwh_";
 
 const MAX_URL: usize = 2048;
+
+/// What a channel's URL may be, as the API document declares it: `http` or `https`, a host
+/// name or IPv4 address (after optional user information), a port, and a path of printable
+/// ASCII (percent-encode the rest). No IPv6 literal.
+pub const URL_PATTERN: &str = "^https?://([A-Za-z0-9._~%!$&'()*+,;=:-]+@)?[A-Za-z0-9.-]+(:([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?([/?#][!-~]*)?$";
+
+static URL_SHAPE: std::sync::LazyLock<regex::Regex> =
+    std::sync::LazyLock::new(|| regex::Regex::new(URL_PATTERN).expect("a valid pattern"));
 const MAX_DESCRIPTION: usize = 4096;
 
 /// What the master key binds a channel's sealed values to (never a job name: those have no `:`).
@@ -94,6 +102,13 @@ pub fn check_url(url: &str) -> Result<String, String> {
     }
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("must not contain spaces or control characters".into());
+    }
+    if !URL_SHAPE.is_match(url) {
+        return Err(
+            "must be an http:// or https:// URL of a host name or address, an optional \
+             port and a path of printable ASCII, e.g. `https://hooks.example.com/jobdock`"
+                .into(),
+        );
     }
     let parsed = reqwest::Url::parse(url)
         .map_err(|e| format!("is not a URL ({e}); e.g. `https://hooks.example.com/jobdock`"))?;
