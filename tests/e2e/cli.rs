@@ -224,4 +224,36 @@ async fn an_exported_job_applies_back_unchanged_and_a_pause_survives_apply() {
         next.contains(" 06:00 CE") && next.contains("(in "),
         "{table}"
     );
+    assert!(table.lines().next().unwrap().contains("LAST"), "{table}");
+
+    // ... and how each job's latest run went.
+    let failing = crate::sh_job("last-run-shown", "exit 3");
+    app.admin().create_job(&failing).await.unwrap();
+    let (run, _) = app
+        .admin()
+        .trigger("last-run-shown", &Default::default(), None)
+        .await
+        .unwrap();
+    let ended = app
+        .admin()
+        .wait_until_final(&run.id, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(ended.status, jobdock_types::RunStatus::Failed);
+    let job = app.admin().get_job("last-run-shown").await.unwrap();
+    let last = job.last_run.expect("the job's latest run");
+    assert_eq!(
+        (last.id.as_str(), last.status),
+        (run.id.as_str(), ended.status)
+    );
+    let (table, _) = text(&app.cli(&["jobs", "list"], admin, None));
+    let shown = table
+        .lines()
+        .find(|l| l.starts_with("last-run-shown"))
+        .unwrap();
+    assert!(
+        shown.contains("failed ") && shown.contains(" ago"),
+        "{table}"
+    );
+    assert!(line("scheduled").contains(" - "), "never ran: {table}");
 }

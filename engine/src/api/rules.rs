@@ -192,6 +192,11 @@ fn parameter_rules() -> Vec<(&'static str, &'static str, Value)> {
             ("setLockCapacity", "key", lock_key()),
             ("setJobSecret", "key", var_name()),
             ("deleteJobSecret", "key", var_name()),
+            (
+                "triggerRun",
+                "Idempotency-Key",
+                json!({"pattern": NO_CONTROL, "minLength": 1, "maxLength": 255}),
+            ),
         ])
         .collect()
 }

@@ -247,6 +247,7 @@ fn job_rows(jobs: &[Job]) -> Vec<Vec<String>> {
                         false => s.cron.clone(),
                     })
                     .unwrap_or_else(|| "-".into()),
+                last_run(j),
                 next_run(j),
                 j.secret_names.len().to_string(),
             ]
@@ -254,7 +255,18 @@ fn job_rows(jobs: &[Job]) -> Vec<Vec<String>> {
         .collect()
 }
 
-const JOB_HEADERS: &[&str] = &["NAME", "IMAGE", "BACKEND", "SCHEDULE", "NEXT", "SECRETS"];
+const JOB_HEADERS: &[&str] = &[
+    "NAME", "IMAGE", "BACKEND", "SCHEDULE", "LAST", "NEXT", "SECRETS",
+];
+
+/// The job's latest run: its status and when it ended (or was triggered, while it goes on).
+fn last_run(j: &Job) -> String {
+    let Some(r) = &j.last_run else {
+        return "-".into();
+    };
+    let at = r.finished_at.unwrap_or(r.created_at);
+    format!("{} {}", r.status, super::output::ago(at))
+}
 
 /// When the job's schedule fires next, in its own time zone and from now.
 fn next_run(j: &Job) -> String {

@@ -9,7 +9,7 @@ use secrecy::SecretString;
 use serde_json::json;
 
 use super::{validate, Actor, Ctx, Result, ServiceError};
-use crate::store::{self, JobRow, NewJob, StoreError};
+use crate::store::{self, from_ms, JobRow, NewJob, StoreError};
 
 /// Seconds between SIGTERM and SIGKILL when a job sets none.
 pub const DEFAULT_STOP_GRACE_SECONDS: i64 = 10;
@@ -59,6 +59,7 @@ pub fn to_api(row: &JobRow, secret_names: Vec<String>) -> Job {
         alerts: s.alerts.clone(),
         created_at: row.created(),
         updated_at: row.updated(),
+        last_run: None,
     }
 }
 
@@ -102,7 +103,18 @@ fn seal_all(
 }
 
 async fn view(ctx: &Ctx, row: &JobRow) -> Result<Job> {
-    Ok(to_api(row, ctx.store.secret_names(&row.id).await?))
+    let mut job = to_api(row, ctx.store.secret_names(&row.id).await?);
+    job.last_run = ctx
+        .store
+        .last_run_of(&row.name)
+        .await?
+        .map(|r| jobdock_types::LastRun {
+            id: r.id,
+            status: r.status,
+            created_at: from_ms(r.created_at_ms),
+            finished_at: r.finished_at_ms.map(from_ms),
+        });
+    Ok(job)
 }
 
 /// Registers a new job.

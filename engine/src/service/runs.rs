@@ -67,7 +67,7 @@ fn key_of(req: &TriggerRequest, header: Option<&str>) -> Result<Option<String>> 
         (None, None) => None,
     };
     if let Some(k) = &key {
-        if k.is_empty() || k.len() > 255 || k.chars().any(char::is_control) {
+        if k.is_empty() || k.chars().count() > 255 || k.chars().any(char::is_control) {
             return Err(ServiceError::invalid(
                 "idempotency_key",
                 "must be 1 to 255 printable characters",

@@ -25,7 +25,7 @@ fn info(row: &TokenRow) -> Result<TokenInfo> {
 /// Creates a token; its value is in the answer and nowhere else.
 pub async fn create(ctx: &Ctx, actor: &Actor, new: NewToken) -> Result<CreatedToken> {
     let mut errors = Vec::new();
-    if new.name.trim().is_empty() || new.name.len() > 100 {
+    if new.name.trim().is_empty() || new.name.chars().count() > 100 {
         errors.push(jobdock_types::FieldError::new(
             "name",
             "must be 1 to 100 characters",

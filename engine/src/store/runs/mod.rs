@@ -460,6 +460,26 @@ impl Store {
         })
     }
 
+    /// A job's latest run (by trigger): its id, status, trigger time and end time (Unix ms).
+    pub async fn last_run_of(&self, job_name: &str) -> Result<Option<LastRunRow>> {
+        let row = sqlx::query(
+            "SELECT id, status, created_at, finished_at FROM runs WHERE job_name = $1 \
+             ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(job_name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(LastRunRow {
+                id: r.try_get("id")?,
+                status: status(r.try_get("status")?)?,
+                created_at_ms: r.try_get("created_at")?,
+                finished_at_ms: r.try_get("finished_at")?,
+            })
+        })
+        .transpose()
+    }
+
     /// A run's status, if the run exists.
     pub async fn status_of(&self, id: &str) -> Result<Option<RunStatus>> {
         let row = sqlx::query("SELECT status FROM runs WHERE id = $1")
@@ -468,4 +488,13 @@ impl Store {
             .await?;
         row.map(|r| status(r.try_get("status")?)).transpose()
     }
+}
+
+/// A job's latest run, as a job's view shows it.
+#[derive(Debug, Clone)]
+pub struct LastRunRow {
+    pub id: String,
+    pub status: RunStatus,
+    pub created_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
 }

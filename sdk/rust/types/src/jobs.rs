@@ -312,6 +312,23 @@ pub struct Job {
     pub created_at: DateTime<Utc>,
     /// When its definition or secrets last changed.
     pub updated_at: DateTime<Utc>,
+    /// Its latest run, if it has run.
+    #[serde(default)]
+    pub last_run: Option<LastRun>,
+}
+
+/// A job's latest run, in brief (`GET /api/v1/runs/{id}` has the whole run).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LastRun {
+    /// The run's id.
+    pub id: String,
+    /// Where it stands.
+    pub status: crate::RunStatus,
+    /// When it was triggered.
+    pub created_at: DateTime<Utc>,
+    /// When it reached its final status.
+    pub finished_at: Option<DateTime<Utc>>,
 }
 
 /// Body of `PUT /api/v1/jobs/{name}/secrets/{key}`.

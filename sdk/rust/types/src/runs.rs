@@ -95,7 +95,8 @@ pub struct TriggerRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
     /// A retried call with the same key returns the first run (200) instead of starting
-    /// another. Also accepted as the `Idempotency-Key` header.
+    /// another. Also accepted as the `Idempotency-Key` header; when both are sent they must
+    /// be equal (422 otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
 }
