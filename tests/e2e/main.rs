@@ -12,6 +12,7 @@ mod cli_ops;
 mod cli_runs;
 mod daemon;
 mod jobs;
+mod logs_tail;
 mod logs_volume;
 mod metrics;
 mod monitoring;

@@ -49,6 +49,11 @@ pub struct LogsQuery {
     /// a follow. A whole read is ordered by time; a follow, by arrival.
     #[serde(default)]
     after: i64,
+    /// Only the last this many lines (1 to 10000): of the whole log in time order, or, with
+    /// `follow`, the last stored before the new ones follow. With `after`, of the lines
+    /// after it.
+    #[param(minimum = 1, maximum = 10000)]
+    tail: Option<i64>,
 }
 
 /// The values of `format`, for the OpenAPI document (the handler reads the text itself, to
@@ -90,7 +95,20 @@ pub async fn logs(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/event-stream"));
-    let lines = line_stream(s.ctx.store.clone(), id, q.after, q.follow);
+    // Where reading starts: after a line number, and (for a whole read, in time order) after
+    // a position in time.
+    let (after, at) = match q.tail {
+        None => (q.after, None),
+        Some(n) if !(1..=10_000).contains(&n) => {
+            return Err(ApiError::invalid("tail", "must be between 1 and 10000"))
+        }
+        Some(n) => match s.ctx.store.tail_start(&id, n, !q.follow).await? {
+            None => (q.after, None),
+            Some((_, line_no)) if q.follow => (q.after.max(line_no), None),
+            Some(at) => (q.after, Some(at)),
+        },
+    };
+    let lines = line_stream(s.ctx.store.clone(), id, after, at, q.follow);
     if sse {
         let events = lines.map(move |batch| {
             Ok::<_, Infallible>(match batch {
@@ -206,13 +224,14 @@ fn line_stream(
     store: Store,
     run_id: String,
     after: i64,
+    at: Option<(i64, i64)>,
     follow: bool,
 ) -> impl Stream<Item = Chunk> {
     let start = Cursor {
         store,
         run_id,
         after,
-        at: None,
+        at,
         follow,
         ended: false,
     };

@@ -121,6 +121,9 @@ pub struct LogsArgs {
     /// `<time> <stream> <line>`.
     #[arg(long)]
     jsonl: bool,
+    /// Only the last N lines (with --follow: then the new ones).
+    #[arg(long, short = 'n', value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10000))]
+    tail: Option<u32>,
 }
 
 /// Parses `KEY=VALUE`; the value may itself hold `=`.
@@ -218,7 +221,7 @@ fn summary(r: &Run) -> String {
 }
 
 /// Lines of the log shown after a run that failed.
-const TAIL_LINES: usize = 20;
+const TAIL_LINES: u32 = 20;
 
 /// For a run still queued, what it waits for, as its timeline says once the dispatcher has
 /// looked at it (within a few seconds; a run that starts meanwhile waits for nothing).
@@ -244,7 +247,7 @@ async fn say_what_it_waits_for(c: &Client, run: &Run) {
 /// The last lines of a run's log, on standard error, after a failure's summary; or why
 /// there are none.
 async fn print_tail(c: &Client, run: &Run) {
-    let Ok(log) = c.logs_text(&run.id).await else {
+    let Ok(log) = c.logs_tail_text(&run.id, TAIL_LINES).await else {
         return;
     };
     let lines: Vec<&str> = log.lines().collect();
@@ -252,9 +255,8 @@ async fn print_tail(c: &Client, run: &Run) {
         eprintln!("{}", why_no_output(run));
         return;
     }
-    let from = lines.len().saturating_sub(TAIL_LINES);
-    eprintln!("last {} line(s) of its log:", lines.len() - from);
-    for l in &lines[from..] {
+    eprintln!("last {} line(s) of its log:", lines.len());
+    for l in &lines {
         eprintln!("  {l}");
     }
 }
@@ -292,8 +294,14 @@ async fn wait_final(c: &Client, id: &str) -> anyhow::Result<Run> {
 
 /// Copies the log to standard output chunk by chunk as the engine sends it; whether there
 /// was any. A closed standard output (`| head`) ends the copy quietly.
-async fn copy_log(c: &Client, id: &str, format: &str, follow: bool) -> anyhow::Result<bool> {
-    let mut resp = c.logs_response(id, format, follow).await?;
+async fn copy_log(
+    c: &Client,
+    id: &str,
+    format: &str,
+    follow: bool,
+    tail: Option<u32>,
+) -> anyhow::Result<bool> {
+    let mut resp = c.logs_response_tail(id, format, follow, tail).await?;
     let mut wrote = false;
     while let Some(chunk) = resp.chunk().await.context("the log stream broke")? {
         wrote |= !chunk.is_empty();
@@ -327,7 +335,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     if a.follow {
         eprintln!("run {} of job {}:", run.id, run.job);
         say_what_it_waits_for(&c, &run).await;
-        copy_log(&c, &run.id, "text", true).await?;
+        copy_log(&c, &run.id, "text", true, None).await?;
         let run = wait_final(&c, &run.id).await?;
         eprintln!("{}", summary(&run));
         return Ok(ExitCode::from(exit_code(&run)));
@@ -411,7 +419,7 @@ pub async fn runs(a: RunsArgs) -> anyhow::Result<ExitCode> {
 pub async fn logs(a: LogsArgs) -> anyhow::Result<ExitCode> {
     let c = a.conn.client()?;
     let format = if a.jsonl { "jsonl" } else { "text" };
-    let wrote = copy_log(&c, &a.run, format, a.follow).await?;
+    let wrote = copy_log(&c, &a.run, format, a.follow, a.tail).await?;
     if !wrote {
         let run = c.get_run(&a.run).await?;
         eprintln!("{}", why_no_output(&run));

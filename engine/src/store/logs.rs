@@ -241,6 +241,31 @@ impl Store {
         rows.iter().map(decode_line).collect()
     }
 
+    /// Where to start reading to get a log's last `n` lines: the position of the line just
+    /// before them, in time order (for a whole read) or in the order stored (for a follow).
+    /// `None` when the log has at most `n` lines.
+    pub async fn tail_start(
+        &self,
+        run_id: &str,
+        n: i64,
+        by_time: bool,
+    ) -> Result<Option<(i64, i64)>> {
+        let sql = if by_time {
+            "SELECT ts, line_no FROM run_logs WHERE run_id = $1 \
+             ORDER BY ts DESC, line_no DESC LIMIT 1 OFFSET $2"
+        } else {
+            "SELECT ts, line_no FROM run_logs WHERE run_id = $1 \
+             ORDER BY line_no DESC LIMIT 1 OFFSET $2"
+        };
+        let row = sqlx::query(sql)
+            .bind(run_id)
+            .bind(n)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((r.try_get("ts")?, r.try_get("line_no")?)))
+            .transpose()
+    }
+
     /// Lines after `after_line_no`, at most `limit`.
     pub async fn logs(&self, run_id: &str, after_line_no: i64, limit: i64) -> Result<Vec<LogRow>> {
         let rows = sqlx::query(

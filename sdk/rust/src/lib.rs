@@ -337,6 +337,12 @@ impl Client {
         Ok(resp.text().await?)
     }
 
+    /// The last `n` lines of the run's log, as text.
+    pub async fn logs_tail_text(&self, id: &str, n: u32) -> Result<String, Error> {
+        let resp = self.logs_response_tail(id, "text", false, Some(n)).await?;
+        Ok(resp.text().await?)
+    }
+
     /// The run's whole log as entries.
     pub async fn logs(&self, id: &str) -> Result<Vec<LogEntry>, Error> {
         let text = self.logs_response(id, "jsonl", false).await?.text().await?;
@@ -359,10 +365,25 @@ impl Client {
         format: &str,
         follow: bool,
     ) -> Result<reqwest::Response, Error> {
-        let path = format!(
+        self.logs_response_tail(id, format, follow, None).await
+    }
+
+    /// As [`Client::logs_response`], with only the last `tail` lines (then the new ones,
+    /// when following).
+    pub async fn logs_response_tail(
+        &self,
+        id: &str,
+        format: &str,
+        follow: bool,
+        tail: Option<u32>,
+    ) -> Result<reqwest::Response, Error> {
+        let mut path = format!(
             "/api/v1/runs/{}/logs?format={format}&follow={follow}",
             seg(id)
         );
+        if let Some(n) = tail {
+            path.push_str(&format!("&tail={n}"));
+        }
         let resp = self.request(Method::GET, &path).send().await?;
         if resp.status().is_success() {
             Ok(resp)
