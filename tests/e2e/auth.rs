@@ -32,6 +32,41 @@ async fn calls_without_a_valid_token_get_401() {
         assert_eq!(resp.status(), 401, "{auth:?}");
         assert_eq!(resp.headers()["content-type"], "application/problem+json");
     }
+    // The token is also the password of HTTP Basic, with any user name, and keeps its
+    // scope and job patterns there.
+    let restricted = token(&app, Scope::Read, Some(vec!["cust-a-*"])).await;
+    app.admin().create_job(&spec("cust-a-x")).await.unwrap();
+    app.admin().create_job(&spec("cust-b-x")).await.unwrap();
+    let basic = |path: &str, password: &str| {
+        http.get(format!("{}{path}", app.url()))
+            .basic_auth("adf", Some(password))
+            .send()
+    };
+    assert_eq!(
+        basic("/api/v1/jobs/cust-a-x", &restricted)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        basic("/api/v1/jobs/cust-b-x", &restricted)
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(
+        basic("/api/v1/jobs", "not-a-token").await.unwrap().status(),
+        401
+    );
+    let anyone = http
+        .get(format!("{}/api/v1/jobs/cust-a-x", app.url()))
+        .basic_auth("", Some(&restricted))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anyone.status(), 200, "an empty user name is fine");
     // Health and readiness need no token.
     assert_eq!(
         http.get(format!("{}/healthz", app.url()))

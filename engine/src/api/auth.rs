@@ -122,20 +122,18 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiE
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .ok_or(ApiError::Unauthorized(
-                "this endpoint needs `Authorization: Bearer <token>`",
+                "this endpoint needs `Authorization: Bearer <token>` (or Basic, the token as the \
+             password)",
             ))?;
     let token = header
         .to_str()
         .ok()
-        .and_then(|h| {
-            h.strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+        .and_then(token_of)
         .ok_or(ApiError::Unauthorized(
-            "the Authorization header must be `Bearer <token>`",
+            "the Authorization header must be `Bearer <token>`, or `Basic` with the token as \
+             the password",
         ))?;
+    let token = token.as_str();
     let hash = hash_token(token);
     let row = state
         .ctx
@@ -161,4 +159,56 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiE
         });
     }
     Ok(principal)
+}
+
+/// The token of an `Authorization` header: `Bearer <token>`, or HTTP Basic with the token as
+/// the password and any user name, for callers that cannot send a bearer header (Data
+/// Factory's Webhook activity and linked services offer Basic only).
+fn token_of(header: &str) -> Option<String> {
+    use base64::Engine as _;
+    let (scheme, rest) = header.split_once(' ')?;
+    let rest = rest.trim();
+    let token = if scheme.eq_ignore_ascii_case("bearer") {
+        rest.to_owned()
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest)
+            .ok()?;
+        let pair = String::from_utf8(decoded).ok()?;
+        pair.split_once(':')?.1.to_owned()
+    } else {
+        return None;
+    };
+    Some(token).filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_of;
+
+    #[test]
+    fn bearer_and_basic_carry_the_token() {
+        assert_eq!(token_of("Bearer abc").as_deref(), Some("abc"));
+        assert_eq!(token_of("bearer  abc ").as_deref(), Some("abc"));
+        // "adf:jd_secret" and ":jd_secret": the user name is anything, even empty.
+        assert_eq!(
+            token_of("Basic YWRmOmpkX3NlY3JldA==").as_deref(),
+            Some("jd_secret")
+        );
+        assert_eq!(
+            token_of("basic OmpkX3NlY3JldA==").as_deref(),
+            Some("jd_secret")
+        );
+        // "adf:" has no password; "adf" has no colon; not base64; another scheme.
+        for bad in [
+            "Basic YWRmOg==",
+            "Basic YWRm",
+            "Basic !!!",
+            "Digest abc",
+            "Bearer ",
+            "abc",
+        ] {
+            assert_eq!(token_of(bad), None, "{bad}");
+        }
+    }
 }

@@ -14,7 +14,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
     info(title = "Jobdock", description = "Runs containerised data syncs on demand, on a schedule, on Docker, Swarm, Kubernetes or Nomad."),
     components(schemas(jobdock_types::FieldError, jobdock_types::Problem)),
     modifiers(&BearerAuth),
-    security(("bearer" = [])),
+    security(("bearer" = []), ("basic" = [])),
 )]
 struct ApiDoc;
 
@@ -26,6 +26,18 @@ impl Modify for BearerAuth {
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "basic",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Basic)
+                    .description(Some(
+                        "The token as the password, any user name: for callers that cannot \
+                         send a bearer header.",
+                    ))
+                    .build(),
+            ),
         );
     }
 }
