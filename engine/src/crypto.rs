@@ -4,6 +4,10 @@
 //! associated data, so a sealed value copied onto another job or key does not open. The id
 //! of the master key that sealed a value is stored beside it: it is derived from the key
 //! itself (a SHA-256 fingerprint), so that ids need no configuration and cannot be mixed up.
+//!
+//! The same keys sign links: a URL that lets whoever holds it read one run until it expires
+//! (HMAC-SHA256 under a key derived from each master key with HKDF, so that signing never
+//! uses the sealing key itself).
 
 use std::path::Path;
 
@@ -51,6 +55,7 @@ pub enum CryptoError {
 struct MasterKey {
     id: String,
     key: LessSafeKey,
+    links: ring::hmac::Key,
 }
 
 /// The master keys: the first seals, all of them open.
@@ -91,6 +96,7 @@ impl KeyRing {
                 key: LessSafeKey::new(
                     UnboundKey::new(&AES_256_GCM, &bytes).map_err(|_| bad("rejected".into()))?,
                 ),
+                links: link_key(&bytes),
             });
         }
         if ring.is_empty() {
@@ -100,6 +106,29 @@ impl KeyRing {
             keys: ring,
             rng: SystemRandom::new(),
         })
+    }
+
+    /// A link's signature: it lets whoever holds it read run `run_id` until `expires_at`
+    /// (Unix seconds). URL-safe base64, signed with the newest key.
+    pub fn sign_link(&self, run_id: &str, expires_at: i64) -> String {
+        let tag = ring::hmac::sign(
+            &self.keys[0].links,
+            link_message(run_id, expires_at).as_bytes(),
+        );
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tag.as_ref())
+    }
+
+    /// Whether `signature` was made by [`KeyRing::sign_link`] for this run and expiry under
+    /// any key of the ring (so that a rotation leaves links valid until they expire). The
+    /// expiry itself is the caller's to check.
+    pub fn verify_link(&self, run_id: &str, expires_at: i64, signature: &str) -> bool {
+        let Ok(tag) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(signature) else {
+            return false;
+        };
+        let message = link_message(run_id, expires_at);
+        self.keys
+            .iter()
+            .any(|k| ring::hmac::verify(&k.links, message.as_bytes(), &tag).is_ok())
     }
 
     /// A fresh random key, as base64.
@@ -186,6 +215,21 @@ fn aad(job: &str, key: &str) -> Vec<u8> {
     format!("jobdock/v1/{}:{job}/{key}", job.len()).into_bytes()
 }
 
+/// The key that signs links, derived from a master key (HKDF-SHA256).
+fn link_key(master: &[u8]) -> ring::hmac::Key {
+    let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"jobdock");
+    let info: &[&[u8]] = &[b"link signing v1"];
+    let prk = salt.extract(master);
+    let okm = prk
+        .expand(info, ring::hmac::HMAC_SHA256)
+        .expect("HMAC-SHA256's key length is a valid HKDF output length");
+    ring::hmac::Key::from(okm)
+}
+
+fn link_message(run_id: &str, expires_at: i64) -> String {
+    format!("run:{run_id}:{expires_at}")
+}
+
 fn fingerprint(key: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, key);
     digest.as_ref()[..8]
@@ -214,6 +258,33 @@ mod tests {
 
     fn ring(keys: &[&str]) -> KeyRing {
         KeyRing::parse(&SecretString::from(keys.join(","))).unwrap()
+    }
+
+    #[test]
+    fn a_link_opens_one_run_until_it_expires_and_survives_rotation() {
+        let old = KeyRing::generate_key().unwrap();
+        let new = KeyRing::generate_key().unwrap();
+        let r = ring(&[&old]);
+        let sig = r.sign_link("run-1", 1_900_000_000);
+        assert!(r.verify_link("run-1", 1_900_000_000, &sig));
+        assert!(!r.verify_link("run-2", 1_900_000_000, &sig), "another run");
+        assert!(
+            !r.verify_link("run-1", 1_900_000_001, &sig),
+            "another expiry"
+        );
+        assert!(
+            !r.verify_link("run-1", 1_900_000_000, "AAAA"),
+            "a forged signature"
+        );
+        assert!(!r.verify_link("run-1", 1_900_000_000, "not base64!"));
+        assert!(
+            ring(&[&new, &old]).verify_link("run-1", 1_900_000_000, &sig),
+            "rotated"
+        );
+        assert!(
+            !ring(&[&new]).verify_link("run-1", 1_900_000_000, &sig),
+            "key dropped"
+        );
     }
 
     #[test]
