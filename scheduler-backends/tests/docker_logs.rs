@@ -178,9 +178,12 @@ async fn a_reader_that_comes_back_too_late_is_told_of_the_gap() -> Result<()> {
             "a line delivered twice: resumed at {resumed_at}"
         );
         exactly(&out, resumed_at, N, 1).context("stdout after the gap")?;
-        // The driver may keep no stderr at all (awk writes it in 4 KiB bursts).
-        let err_from = err.first().copied().unwrap_or(N);
-        exactly(&err, err_from, N, 10).context("stderr after the gap")?;
+        // The driver may keep no stderr at all: awk writes it in 4 KiB bursts, and a run on a
+        // loaded machine was seen where the driver had kept none of them. What it kept
+        // arrives whole and in order.
+        if let Some(&err_from) = err.first() {
+            exactly(&err, err_from, N, 10).context("stderr after the gap")?;
+        }
         Ok(())
     })
     .await
