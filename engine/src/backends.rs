@@ -5,13 +5,41 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jobdock_backends::docker::DockerBackend;
+use jobdock_backends::docker::DockerConfig;
 use jobdock_backends::kubernetes::KubernetesBackend;
+use jobdock_backends::kubernetes::KubernetesConfig;
 use jobdock_backends::nomad::{NomadBackend, NomadConfig};
 use jobdock_backends::swarm::{SwarmBackend, SwarmConfig};
 use jobdock_backends::{Backend, BackendHealth};
 use jobdock_types::BackendName;
+use secrecy::SecretString;
 
-use crate::config::Settings;
+/// What the backends are made with; `config` builds it from the engine's settings.
+#[derive(Debug, Clone, Default)]
+pub struct BackendSettings {
+    /// How the Docker and Swarm backends make containers; its memory default is every
+    /// backend's.
+    pub docker: DockerConfig,
+    /// How runs are made on Kubernetes, when a cluster is configured.
+    pub kube: KubernetesConfig,
+    /// The Nomad cluster, when one is configured.
+    pub nomad: Option<NomadSettings>,
+}
+
+/// Where the `nomad` backend finds its cluster.
+#[derive(Debug, Clone)]
+pub struct NomadSettings {
+    /// HTTP address.
+    pub address: String,
+    /// ACL token.
+    pub token: Option<SecretString>,
+    /// Namespace.
+    pub namespace: Option<String>,
+    /// Region.
+    pub region: Option<String>,
+    /// Datacenters.
+    pub datacenters: Vec<String>,
+}
 
 /// The engine's backends by name. Cheap to clone.
 #[derive(Clone, Default)]
@@ -47,7 +75,7 @@ impl Backends {
     /// there, and `nomad` when an
     /// address is configured (whether or not it answers right now: runs then wait, and
     /// `/readyz` says why, instead of jobs being refused).
-    pub async fn detect(settings: &Settings) -> Self {
+    pub async fn detect(settings: &BackendSettings) -> Self {
         let mut map: BTreeMap<BackendName, Arc<dyn Backend>> = BTreeMap::new();
         let docker_there = std::env::var_os("DOCKER_HOST").is_some()
             || std::path::Path::new("/var/run/docker.sock").exists();

@@ -128,7 +128,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(settings.listen)
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let _lock = lock_embedded(&settings.store)?;
-    let backends = Backends::detect(&settings).await;
+    let backends = Backends::detect(&settings.backends).await;
     tracing::info!(backends = ?backends, "backends");
     let (ctx, installation) = build(&settings, &backends).await?;
     // The runner's backend calls count their errors; readiness asks the backends directly.

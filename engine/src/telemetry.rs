@@ -1,8 +1,19 @@
 //! Logging: tracing with an `EnvFilter`, as text for people or JSON lines for collectors.
 
+use clap::ValueEnum;
+use serde::Deserialize;
 use tracing_subscriber::{fmt, EnvFilter};
 
-use crate::config::LogFormat;
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Installs the global subscriber. `filter` is a tracing filter such as `info,sqlx=warn`.
 pub fn init(format: LogFormat, filter: &str) {

@@ -1,4 +1,4 @@
-//! The settings of the runner and of each backend, resolved from `serve`'s flags and the
+//! The settings of the runner and of the backends, resolved from `serve`'s flags and the
 //! settings file.
 
 use std::time::Duration;
@@ -6,20 +6,17 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 use super::{non_empty, ConfigError, FileSettings, ServeArgs};
+use crate::backends::{BackendSettings, NomadSettings};
 
-/// Where the `nomad` backend finds its cluster.
-#[derive(Debug, Clone)]
-pub struct NomadSettings {
-    /// HTTP address.
-    pub address: String,
-    /// ACL token.
-    pub token: Option<SecretString>,
-    /// Namespace.
-    pub namespace: Option<String>,
-    /// Region.
-    pub region: Option<String>,
-    /// Datacenters.
-    pub datacenters: Vec<String>,
+pub(super) fn backend_settings(
+    args: &ServeArgs,
+    file: &FileSettings,
+) -> Result<BackendSettings, ConfigError> {
+    Ok(BackendSettings {
+        docker: docker_config(args, file),
+        kube: kube_config(args, file),
+        nomad: nomad_settings(args, file)?,
+    })
 }
 
 pub(super) fn runner_config(
@@ -81,7 +78,7 @@ fn parse_caps(spec: &str) -> Result<std::collections::HashMap<String, i64>, Conf
         .collect()
 }
 
-pub(super) fn nomad_settings(
+fn nomad_settings(
     args: &ServeArgs,
     file: &FileSettings,
 ) -> Result<Option<NomadSettings>, ConfigError> {
@@ -109,7 +106,7 @@ pub(super) fn nomad_settings(
     }))
 }
 
-pub(super) fn kube_config(
+fn kube_config(
     args: &ServeArgs,
     file: &FileSettings,
 ) -> jobdock_backends::kubernetes::KubernetesConfig {
@@ -135,10 +132,7 @@ pub(super) fn kube_config(
     c
 }
 
-pub(super) fn docker_config(
-    args: &ServeArgs,
-    file: &FileSettings,
-) -> jobdock_backends::docker::DockerConfig {
+fn docker_config(args: &ServeArgs, file: &FileSettings) -> jobdock_backends::docker::DockerConfig {
     let memory_mb = args
         .default_memory_mb
         .or(file.default_memory_mb)

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use secrecy::SecretString;
 use serde::Deserialize;
 
@@ -14,9 +14,11 @@ mod alerts;
 mod backends;
 mod monitoring;
 
-pub use backends::NomadSettings;
-use backends::{docker_config, kube_config, nomad_settings, runner_config};
+use backends::{backend_settings, runner_config};
 pub use monitoring::MonitoringArgs;
+
+use crate::service::keys::MasterKeySource;
+use crate::telemetry::LogFormat;
 
 /// Where the engine keeps its state; shared by `serve` and the offline `keys` commands.
 #[derive(Debug, Clone, Args)]
@@ -49,17 +51,6 @@ pub struct StoreArgs {
     /// File holding the master keys, one per line, newest first. [file: master_key_file]
     #[arg(long, env = "JOBDOCK_MASTER_KEY_FILE", value_name = "FILE")]
     pub master_key_file: Option<PathBuf>,
-}
-
-/// Log line format.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// Flags of `jobdock serve`.
@@ -279,17 +270,6 @@ struct FileSettings {
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
-/// Where the secrets' master keys come from.
-#[derive(Debug, Clone)]
-pub enum MasterKeySource {
-    /// Given directly (flag, variable or file setting).
-    Inline(SecretString),
-    /// A file the operator manages.
-    File(PathBuf),
-    /// `<data-dir>/master.key`, created on first start.
-    DataDirFile(PathBuf),
-}
-
 /// The database to use.
 #[derive(Debug, Clone)]
 pub enum Database {
@@ -329,12 +309,8 @@ pub struct Settings {
     pub admin_token: Option<SecretString>,
     /// How runs are run.
     pub runner: crate::runner::RunnerConfig,
-    /// How the Docker backend makes containers.
-    pub docker: jobdock_backends::docker::DockerConfig,
-    /// The Nomad cluster, when one is configured.
-    pub nomad: Option<NomadSettings>,
-    /// How runs are made on Kubernetes, when a cluster is configured.
-    pub kube: jobdock_backends::kubernetes::KubernetesConfig,
+    /// What the backends are made with.
+    pub backends: crate::backends::BackendSettings,
     /// `GET /metrics` answers without a token.
     pub metrics_public: bool,
 }
@@ -460,9 +436,7 @@ impl Settings {
             default_backend,
             admin_token: non_empty(&args.admin_token).map(SecretString::from),
             runner,
-            docker: docker_config(args, &file),
-            nomad: nomad_settings(args, &file)?,
-            kube: kube_config(args, &file),
+            backends: backend_settings(args, &file)?,
             metrics_public: monitoring::metrics_public(&args.monitoring, &file),
         })
     }

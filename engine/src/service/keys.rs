@@ -1,13 +1,25 @@
 //! Master keys: loading the ring at start, proving it opens what is stored, and re-sealing
 //! every value under a new key.
 
-use secrecy::ExposeSecret;
+use std::path::PathBuf;
+
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
 use super::Actor;
-use crate::config::MasterKeySource;
 use crate::crypto::{CryptoError, KeyRing};
 use crate::store::{self, Store, StoreError};
+
+/// Where the secrets' master keys come from.
+#[derive(Debug, Clone)]
+pub enum MasterKeySource {
+    /// Given directly (flag, variable or file setting).
+    Inline(SecretString),
+    /// A file the operator manages.
+    File(PathBuf),
+    /// `<data-dir>/master.key`, created on first start.
+    DataDirFile(PathBuf),
+}
 
 /// How the ring was obtained, for the one-time start-up message.
 #[derive(Debug, PartialEq, Eq)]
