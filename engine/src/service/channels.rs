@@ -304,7 +304,7 @@ fn apply(current: &ChannelRow, patch: &serde_json::Value) -> Result<Patched> {
         "subscribe": current.subscribe,
     });
     json_patch::merge(&mut doc, patch);
-    let p: Patched = crate::api::json::from_value(doc).map_err(ServiceError::Invalid)?;
+    let p: Patched = crate::json::from_value(doc).map_err(ServiceError::Invalid)?;
     if p.name != current.name {
         return Err(ServiceError::invalid("name", "a channel cannot be renamed"));
     }

@@ -217,7 +217,7 @@ pub async fn patch(ctx: &Ctx, actor: &Actor, name: &str, patch: serde_json::Valu
         if patch.get("secrets").is_some_and(|s| s.is_null()) {
             doc["secrets"] = json!({});
         }
-        let mut spec: JobSpec = crate::api::json::from_value(doc).map_err(ServiceError::Invalid)?;
+        let mut spec: JobSpec = crate::json::from_value(doc).map_err(ServiceError::Invalid)?;
         if !secrets_given {
             spec.secrets = None;
         }
