@@ -22,13 +22,18 @@ fn nearest_known_field(message: &str) -> Option<String> {
     let rest = message.strip_prefix("unknown field `")?;
     let (unknown, expected) = rest.split_once('`')?;
     let (_, list) = expected.split_once("expected ")?;
-    list.split('`')
-        .skip(1)
-        .step_by(2)
+    nearest(unknown, list.split('`').skip(1).step_by(2)).map(str::to_owned)
+}
+
+/// Of the known names, the one nearest to `unknown` when one is near enough to be what was
+/// meant (a typo, not another word).
+pub fn nearest<'a>(unknown: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    known
+        .into_iter()
         .map(|known| (strsim::damerau_levenshtein(unknown, known), known))
         .filter(|(distance, known)| *distance <= 2.max(known.len() / 4))
         .min()
-        .map(|(_, known)| known.to_owned())
+        .map(|(_, known)| known)
 }
 
 fn field_error(path: &serde_path_to_error::Path, err: &impl std::fmt::Display) -> FieldError {

@@ -8,7 +8,7 @@ mod runs;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::{ServeArgs, Settings, StoreArgs, StoreSettings};
 
@@ -67,7 +67,10 @@ enum KeysCommand {
 
 /// Runs the command line and returns the process's exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // As `Cli::parse()` does, keeping the matches: they tell a flag from its variable.
+    let matches = Cli::command().get_matches();
+    let cli =
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut Cli::command()).exit());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -78,7 +81,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(cli.command));
+    let result = runtime.block_on(run(cli.command, invoked(&matches)));
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -88,10 +91,18 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<ExitCode> {
+/// The matches of the (sub)command that was invoked, e.g. of `keys rotate`.
+fn invoked(matches: &ArgMatches) -> &ArgMatches {
+    match matches.subcommand() {
+        Some((_, sub)) => invoked(sub),
+        None => matches,
+    }
+}
+
+async fn run(command: Command, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve(args) => {
-            let settings = Settings::from_args(&args)?;
+            let settings = Settings::from_args(&args, matches)?;
             crate::telemetry::init(settings.log_format, &settings.log);
             crate::startup::serve(settings).await?;
             Ok(ExitCode::SUCCESS)
@@ -101,7 +112,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys(KeysCommand::Rotate(args)) => {
-            let settings = StoreSettings::from_args(&args)?;
+            let settings = StoreSettings::from_args(&args, matches)?;
             let store = crate::startup::open_store(&settings).await?;
             let (ring, _) = crate::service::keys::load(&store, &settings.master_key, false).await?;
             let n = crate::service::keys::rotate(&store, &ring).await?;
@@ -112,7 +123,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::RecoverAdmin(args) => {
-            let settings = StoreSettings::from_args(&args)?;
+            let settings = StoreSettings::from_args(&args, matches)?;
             let store = crate::startup::open_store(&settings).await?;
             let t = crate::service::tokens::recover_admin(&store).await?;
             store.close().await;
