@@ -58,6 +58,7 @@ pub async fn build(settings: &Settings, backends: &Backends) -> anyhow::Result<(
         backends: Arc::from(backends.names()),
         default_backend: settings.default_backend,
         metrics: crate::metrics::Metrics::new(),
+        run_ended: Arc::default(),
     };
     match tokens::bootstrap(&ctx, settings.admin_token.as_ref()).await? {
         Bootstrap::AlreadyDone => {

@@ -11,7 +11,7 @@ use super::error::ApiError;
 use super::json::OptionalJson;
 use super::query::{ApiQuery, PageQuery};
 use super::AppState;
-use crate::store::anomalies::AnomalyFilter;
+use crate::service::anomalies;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// The routes of this module.
@@ -67,41 +67,16 @@ pub async fn list(
         .map(|k| k.parse::<AnomalyKind>())
         .transpose()
         .map_err(|m| ApiError::invalid("kind", m))?;
-    let mut before_id = q
-        .cursor
-        .as_deref()
-        .map(|c| c.parse::<i64>())
-        .transpose()
-        .map_err(|_| ApiError::invalid("cursor", "is not a cursor of this list"))?;
-    let mut items = Vec::new();
-    loop {
-        let filter = AnomalyFilter {
-            open: q.open,
-            job: q.job.as_deref(),
-            kind,
-            before_id,
-        };
-        let batch = s.ctx.store.anomalies(filter, limit as i64 + 1).await?;
-        let exhausted = batch.len() <= limit;
-        for a in batch {
-            if items.len() == limit {
-                return Ok(Json(Page {
-                    items,
-                    next_cursor: before_id.map(|b| b.to_string()),
-                }));
-            }
-            before_id = Some(a.id);
-            if caller.principal.may_reach_job(&a.job) {
-                items.push(a);
-            }
-        }
-        if exhausted {
-            return Ok(Json(Page {
-                items,
-                next_cursor: None,
-            }));
-        }
-    }
+    let filter = anomalies::Filter {
+        open: q.open,
+        job: q.job.as_deref(),
+        kind,
+    };
+    let page = anomalies::list(&s.ctx, filter, q.cursor.as_deref(), limit, |job| {
+        caller.principal.may_reach_job(job)
+    })
+    .await?;
+    Ok(Json(page))
 }
 
 /// Body of `POST /api/v1/anomalies/{id}/close`.
@@ -122,26 +97,8 @@ pub async fn close(
     Path(id): Path<String>,
     OptionalJson(req): OptionalJson<CloseRequest>,
 ) -> Result<Json<Anomaly>, ApiError> {
-    let not_found = || ApiError::NotFound(format!("anomaly `{id}` does not exist"));
-    let n: i64 = id.parse().map_err(|_| not_found())?;
-    let reason = req
-        .reason
-        .filter(|r| !r.trim().is_empty())
-        .map(|r| r.chars().take(500).collect())
-        .unwrap_or_else(|| {
-            let by = caller.actor.token_name.as_deref().unwrap_or("a token");
-            format!("closed by {by}")
-        });
-    let known = s.ctx.store.anomaly(n).await?.ok_or_else(not_found)?;
+    let known = anomalies::get(&s.ctx, &id).await?;
     caller.check_job(&known.job)?;
-    let detail = serde_json::json!({ "kind": known.kind.as_str(), "run_id": known.run_id, "reason": reason });
-    let target = format!("anomaly/{n}");
-    let audit = caller.actor.audit("anomaly.close", &target, detail);
-    let closed = s
-        .ctx
-        .store
-        .close_anomaly(n, &reason, audit)
-        .await?
-        .ok_or_else(not_found)?;
+    let closed = anomalies::close(&s.ctx, &caller.actor, &known, req.reason).await?;
     Ok(Json(closed))
 }

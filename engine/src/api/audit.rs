@@ -9,7 +9,7 @@ use super::auth::{Admin, Installation};
 use super::error::ApiError;
 use super::query::ApiQuery;
 use super::AppState;
-use crate::store::AuditFilter;
+use crate::service::audit;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// The routes of this module.
@@ -54,27 +54,13 @@ pub async fn list(
         limit: q.limit,
     }
     .limit()?;
-    let before_id = match &q.cursor {
-        Some(c) => Some(
-            c.parse::<i64>()
-                .map_err(|_| ApiError::invalid("cursor", "is not a cursor of this list"))?,
-        ),
-        None => None,
-    };
-    let filter = AuditFilter {
-        before_id,
-        action: q.action.as_deref(),
-        target: q.target.as_deref(),
-    };
-    let mut items = s.ctx.store.audit(filter, limit as i64 + 1).await?;
-    let more = items.len() > limit;
-    items.truncate(limit);
-    Ok(Json(Page {
-        next_cursor: if more {
-            items.last().map(|e| e.id.to_string())
-        } else {
-            None
-        },
-        items,
-    }))
+    let page = audit::list(
+        &s.ctx,
+        q.action.as_deref(),
+        q.target.as_deref(),
+        q.cursor.as_deref(),
+        limit,
+    )
+    .await?;
+    Ok(Json(page))
 }

@@ -118,14 +118,8 @@ pub async fn deliveries(
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<Delivery>>, ApiError> {
     let limit = q.limit()?;
-    let cursor = q
-        .cursor
-        .as_deref()
-        .map(|c| c.parse::<i64>())
-        .transpose()
-        .map_err(|_| ApiError::invalid("cursor", "is not a cursor of this list"))?;
     Ok(Json(
-        alerts::deliveries(&s.ctx, &name, cursor, limit).await?,
+        alerts::deliveries(&s.ctx, &name, q.cursor.as_deref(), limit).await?,
     ))
 }
 

@@ -3,7 +3,6 @@
 //! stream or as server-sent events.
 
 use std::convert::Infallible;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -11,7 +10,7 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
-use futures::stream::{self, Stream, StreamExt};
+use futures::stream::StreamExt;
 use jobdock_types::{LogEntry, Problem};
 use serde::Deserialize;
 
@@ -19,15 +18,10 @@ use super::auth::{Caller, Read};
 use super::error::ApiError;
 use super::query::ApiQuery;
 use super::AppState;
+use crate::service::logs::{self as log, Chunk};
 use crate::service::runs as svc;
 use crate::store::logs::LogRow;
-use crate::store::Store;
 use utoipa_axum::{router::OpenApiRouter, routes};
-
-/// Lines read from the store per step.
-const PAGE: i64 = 2000;
-/// How often a follower looks for new lines.
-const FOLLOW_POLL: Duration = Duration::from_millis(250);
 
 /// The routes of this module.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -95,20 +89,12 @@ pub async fn logs(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/event-stream"));
-    // Where reading starts: after a line number, and (for a whole read, in time order) after
-    // a position in time.
-    let (after, at) = match q.tail {
-        None => (q.after, None),
-        Some(n) if !(1..=10_000).contains(&n) => {
-            return Err(ApiError::invalid("tail", "must be between 1 and 10000"))
-        }
-        Some(n) => match s.ctx.store.tail_start(&id, n, !q.follow).await? {
-            None => (q.after, None),
-            Some((_, line_no)) if q.follow => (q.after.max(line_no), None),
-            Some(at) => (q.after, Some(at)),
-        },
+    let start = log::Start {
+        after: q.after,
+        tail: q.tail,
+        follow: q.follow,
     };
-    let lines = line_stream(s.ctx.store.clone(), id, after, at, q.follow);
+    let lines = log::lines(&s.ctx, id, start).await?;
     if sse {
         let events = lines.map(move |batch| {
             Ok::<_, Infallible>(match batch {
@@ -177,87 +163,4 @@ fn jsonl(r: &LogRow) -> String {
         attempt: r.attempt,
     };
     serde_json::to_string(&e).expect("a log entry serialises")
-}
-
-enum Chunk {
-    Lines(Vec<LogRow>),
-    End(String),
-}
-
-struct Cursor {
-    store: Store,
-    run_id: String,
-    after: i64,
-    /// Position in time order, for a whole read.
-    at: Option<(i64, i64)>,
-    follow: bool,
-    ended: bool,
-}
-
-impl Cursor {
-    /// A whole read is in time order; a follower gets lines in the order they were stored,
-    /// so that it can resume after a line number.
-    async fn page(&mut self) -> Result<Vec<LogRow>, crate::store::StoreError> {
-        if self.follow {
-            let rows = self.store.logs(&self.run_id, self.after, PAGE).await?;
-            if let Some(last) = rows.last() {
-                self.after = last.line_no;
-            }
-            Ok(rows)
-        } else {
-            let rows = self
-                .store
-                .logs_by_time(&self.run_id, self.at, self.after, PAGE)
-                .await?;
-            if let Some(last) = rows.last() {
-                self.at = Some((last.ts, last.line_no));
-            }
-            Ok(rows)
-        }
-    }
-}
-
-/// Pages of lines; when following, waits for more until the run is final and every line
-/// has been sent. The status is read before the lines: a final status means the log is
-/// complete, so an empty page after it is the true end.
-fn line_stream(
-    store: Store,
-    run_id: String,
-    after: i64,
-    at: Option<(i64, i64)>,
-    follow: bool,
-) -> impl Stream<Item = Chunk> {
-    let start = Cursor {
-        store,
-        run_id,
-        after,
-        at,
-        follow,
-        ended: false,
-    };
-    stream::unfold(start, |mut c| async move {
-        if c.ended {
-            return None;
-        }
-        loop {
-            let status = c.store.status_of(&c.run_id).await.ok().flatten();
-            let rows = match c.page().await {
-                Ok(rows) => rows,
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading log lines failed");
-                    return None;
-                }
-            };
-            if !rows.is_empty() {
-                return Some((Chunk::Lines(rows), c));
-            }
-            let done = status.is_none_or(|s| s.is_final());
-            if done || !c.follow {
-                c.ended = true;
-                let s = status.map(|s| s.as_str().to_string()).unwrap_or_default();
-                return Some((Chunk::End(s), c));
-            }
-            tokio::time::sleep(FOLLOW_POLL).await;
-        }
-    })
 }

@@ -1,8 +1,6 @@
 //! `/api/v1/jobs/{name}/runs` and `/api/v1/runs`: trigger, read (or long-poll), list and
 //! cancel runs.
 
-use std::time::Duration;
-
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -92,19 +90,8 @@ pub async fn events(
 ) -> Result<Json<Page<RunEvent>>, ApiError> {
     let run = svc::row(&s.ctx, &id).await?;
     caller.check_job(&run.job_name)?;
-    let limit = q.limit()?;
-    let after = q
-        .cursor
-        .as_deref()
-        .map(|c| c.parse::<i64>())
-        .transpose()
-        .map_err(|_| ApiError::invalid("cursor", "is not a cursor of this list"))?;
-    let items = s.ctx.store.events_after(&id, after, limit as i64).await?;
-    let next_cursor = match items.len() == limit {
-        true => items.last().map(|e| e.id.to_string()),
-        false => None,
-    };
-    Ok(Json(Page { items, next_cursor }))
+    let page = svc::events(&s.ctx, &id, q.cursor.as_deref(), q.limit()?).await?;
+    Ok(Json(page))
 }
 
 /// A page of a run's timeline (for the OpenAPI document).
@@ -126,32 +113,7 @@ pub async fn read(
 ) -> Result<Json<Run>, ApiError> {
     let run = svc::row(&s.ctx, &id).await?;
     caller.check_job(&run.job_name)?;
-    if let Some(wait) = q.wait_seconds {
-        if wait > 60 {
-            return Err(ApiError::invalid("wait_seconds", "must be at most 60"));
-        }
-        let until = tokio::time::Instant::now() + Duration::from_secs(wait);
-        loop {
-            // Woken at once when this replica ends a run; polling covers the others.
-            let ended = s.runner.run_ended();
-            tokio::pin!(ended);
-            ended.as_mut().enable();
-            let done = s
-                .ctx
-                .store
-                .status_of(&id)
-                .await?
-                .is_none_or(|st| st.is_final());
-            if done || tokio::time::Instant::now() >= until {
-                break;
-            }
-            tokio::select! {
-                _ = ended => {}
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-            }
-        }
-    }
-    Ok(Json(svc::get(&s.ctx, &id).await?))
+    Ok(Json(svc::read(&s.ctx, &id, q.wait_seconds).await?))
 }
 
 /// Query of `GET /api/v1/runs`.
@@ -198,12 +160,7 @@ pub async fn list(
         .map(|st| st.parse::<RunStatus>())
         .transpose()
         .map_err(|m| ApiError::invalid("status", m))?;
-    let cursor = q
-        .cursor
-        .as_deref()
-        .map(|c| c.parse::<i64>())
-        .transpose()
-        .map_err(|_| ApiError::invalid("cursor", "is not a cursor of this list"))?;
+    let cursor = q.cursor.as_deref();
     let page = svc::list(&s.ctx, q.job.as_deref(), status, cursor, limit, |job| {
         caller.principal.may_reach_job(job)
     })

@@ -121,7 +121,7 @@ impl Runner {
             tokio::select! {
                 _ = self.inner.shutdown.cancelled() => return,
                 _ = self.inner.alerts_due.notified() => {}
-                _ = self.inner.run_ended.notified() => {}
+                _ = self.inner.ctx.run_ended.notified() => {}
                 _ = tokio::time::sleep(config.poll_interval) => {}
             }
         }

@@ -88,8 +88,6 @@ struct Inner {
     owner: String,
     installation_id: String,
     wake: Notify,
-    /// Notified whenever this replica records the end of a run (long polls wait on it).
-    run_ended: Notify,
     /// Notified when an alert was enqueued outside a run's end (a test alert).
     alerts_due: Notify,
     /// Set when a job changed, so that schedules are re-read at once.
@@ -123,7 +121,6 @@ impl Runner {
                 owner: uuid::Uuid::new_v4().to_string(),
                 installation_id,
                 wake: Notify::new(),
-                run_ended: Notify::new(),
                 alerts_due: Notify::new(),
                 jobs_changed: std::sync::atomic::AtomicBool::new(false),
                 waiting_noted: Default::default(),
@@ -135,12 +132,6 @@ impl Runner {
     /// Wakes the dispatch loop (a run was queued or a slot freed).
     pub fn wake(&self) {
         self.inner.wake.notify_one();
-    }
-
-    /// A future that completes when this replica next records the end of a run. Create it
-    /// (and `enable` it) before looking at a run's status, so that no end slips between.
-    pub fn run_ended(&self) -> tokio::sync::futures::Notified<'_> {
-        self.inner.run_ended.notified()
     }
 
     /// Tells the runner that a job changed (its schedule may have).

@@ -127,7 +127,7 @@ async fn settle(
     tx.commit().await.map_err(StoreError::from)?;
     if recorded {
         r.observe_settled(run, status, retry).await;
-        r.inner.run_ended.notify_waiters();
+        r.inner.ctx.run_ended.notify_waiters();
         tracing::info!(status = %status, retry, exit_code = ?outcome.exit_code, "attempt ended");
     }
     for a in raised {

@@ -75,9 +75,10 @@ async fn channel_id(ctx: &Ctx, name: &str) -> Result<String> {
 pub async fn deliveries(
     ctx: &Ctx,
     channel: &str,
-    cursor: Option<i64>,
+    cursor: Option<&str>,
     limit: usize,
 ) -> Result<Page<Delivery>> {
+    let cursor = super::page::numeric_cursor(cursor)?;
     let id = channel_id(ctx, channel).await?;
     let mut rows = ctx.store.deliveries(&id, cursor, limit as i64 + 1).await?;
     let more = rows.len() > limit;

@@ -3,10 +3,14 @@
 //! rule lives in one place.
 
 pub mod alerts;
+pub mod anomalies;
+pub mod audit;
 pub mod channels;
 pub mod jobs;
 pub mod keys;
 pub mod locks;
+pub mod logs;
+pub mod page;
 pub mod runs;
 pub mod stats;
 pub mod tokens;
@@ -36,6 +40,9 @@ pub struct Ctx {
     pub default_backend: BackendName,
     /// This process's metrics.
     pub metrics: crate::metrics::Metrics,
+    /// Notified whenever this replica records the end of a run; long polls wait on it (and
+    /// poll for the runs that other replicas end).
+    pub run_ended: Arc<tokio::sync::Notify>,
 }
 
 /// Who acts, for the audit log.

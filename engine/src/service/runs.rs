@@ -1,12 +1,15 @@
 //! Triggering, reading and cancelling runs. A trigger snapshots the job's definition, and
 //! idempotency is decided by a unique index, so a retried HTTP call never starts a second run.
 
+use std::time::Duration;
+
 use jobdock_types::{
-    FieldError, JobSpec, OnConflict, Page, Run, RunAttempt, RunStatus, Scope, TriggerRequest,
+    FieldError, JobSpec, OnConflict, Page, Run, RunAttempt, RunEvent, RunStatus, Scope,
+    TriggerRequest,
 };
 use serde_json::json;
 
-use super::{validate, Actor, Ctx, Result, ServiceError};
+use super::{page, validate, Actor, Ctx, Result, ServiceError};
 use crate::store::runs::{self, AttemptRow, NewRun, RunRow};
 use crate::store::{self, from_ms, now_ms, StoreError};
 
@@ -429,6 +432,64 @@ pub async fn get(ctx: &Ctx, id: &str) -> Result<Run> {
     Ok(run)
 }
 
+/// Most seconds a read may wait for a run to end.
+pub const MAX_WAIT_SECONDS: u64 = 60;
+
+/// One run; with `wait_seconds` (at most [`MAX_WAIT_SECONDS`]), a long poll: the answer comes
+/// as soon as the run has ended, or when the wait is over.
+pub async fn read(ctx: &Ctx, id: &str, wait_seconds: Option<u64>) -> Result<Run> {
+    if let Some(wait) = wait_seconds {
+        if wait > MAX_WAIT_SECONDS {
+            return Err(ServiceError::invalid(
+                "wait_seconds",
+                format!("must be at most {MAX_WAIT_SECONDS}"),
+            ));
+        }
+        wait_for_end(ctx, id, Duration::from_secs(wait)).await?;
+    }
+    get(ctx, id).await
+}
+
+/// Waits until the run has ended (or is gone), or `wait` is over. Woken at once when this
+/// replica ends a run; polling covers the runs that other replicas end.
+pub async fn wait_for_end(ctx: &Ctx, id: &str, wait: Duration) -> Result<()> {
+    let until = tokio::time::Instant::now() + wait;
+    loop {
+        // Listening before looking, so that no end slips in between.
+        let ended = ctx.run_ended.notified();
+        tokio::pin!(ended);
+        ended.as_mut().enable();
+        let done = ctx
+            .store
+            .status_of(id)
+            .await?
+            .is_none_or(|st| st.is_final());
+        if done || tokio::time::Instant::now() >= until {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = ended => {}
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+}
+
+/// A page of a run's timeline, oldest first; the cursor is the last event's id.
+pub async fn events(
+    ctx: &Ctx,
+    id: &str,
+    cursor: Option<&str>,
+    limit: usize,
+) -> Result<Page<RunEvent>> {
+    let after = page::numeric_cursor(cursor)?;
+    let items = ctx.store.events_after(id, after, limit as i64).await?;
+    let next_cursor = match items.len() == limit {
+        true => items.last().map(|e| e.id.to_string()),
+        false => None,
+    };
+    Ok(Page { items, next_cursor })
+}
+
 /// The run's row (for authorisation by job name).
 pub async fn row(ctx: &Ctx, id: &str) -> Result<RunRow> {
     ctx.store.run(id).await.map_err(|e| match e {
@@ -437,36 +498,27 @@ pub async fn row(ctx: &Ctx, id: &str) -> Result<RunRow> {
     })
 }
 
-/// A page of runs, newest first; the cursor is the last run's position.
+/// A page of runs, newest first, of the jobs `visible` lets through; the cursor is the last
+/// run's position.
 pub async fn list(
     ctx: &Ctx,
     job: Option<&str>,
     status: Option<RunStatus>,
-    cursor: Option<i64>,
+    cursor: Option<&str>,
     limit: usize,
     visible: impl Fn(&str) -> bool,
 ) -> Result<Page<Run>> {
-    let mut items = Vec::new();
-    let mut before = cursor;
-    loop {
-        let batch = ctx
-            .store
-            .runs(job, status, before, limit as i64 + 1)
-            .await?;
-        let exhausted = batch.len() <= limit;
-        for r in &batch {
-            if items.len() == limit {
-                return with_anomalies(ctx, items, before.map(|b| b.to_string())).await;
-            }
-            before = Some(r.seq);
-            if visible(&r.job_name) {
-                items.push(to_api(r, Vec::new()));
-            }
-        }
-        if exhausted {
-            return with_anomalies(ctx, items, None).await;
-        }
-    }
+    let cursor = page::numeric_cursor(cursor)?;
+    let rows = page::visible(
+        cursor,
+        limit,
+        |before, n| ctx.store.runs(job, status, before, n),
+        |r: &RunRow| r.seq,
+        |r| visible(&r.job_name),
+    )
+    .await?;
+    let items = rows.items.iter().map(|r| to_api(r, Vec::new())).collect();
+    with_anomalies(ctx, items, rows.next_cursor).await
 }
 
 /// A page of runs with their anomalies, read in one query.
