@@ -159,25 +159,9 @@ impl From<ServiceError> for ApiError {
             ServiceError::Invalid(f) => Self::Invalid(f),
             ServiceError::Forbidden(m) => Self::Forbidden(m),
             ServiceError::Store(StoreError::NotFound) => Self::NotFound("not found".into()),
-            ServiceError::Store(StoreError::Database(ref d)) if busy(d) => {
-                Self::Busy(anyhow::Error::new(e))
-            }
+            ServiceError::Store(ref s) if s.is_busy() => Self::Busy(anyhow::Error::new(e)),
             e => Self::Internal(anyhow::Error::new(e)),
         }
-    }
-}
-
-/// A database error that says "too busy now", not "broken": no pooled connection came free
-/// in time; PostgreSQL broke a deadlock or a serialization conflict (40P01, 40001); or it
-/// refused a connection for having too many (53300) or while starting up (57P03).
-fn busy(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::PoolTimedOut => true,
-        sqlx::Error::Database(d) => matches!(
-            d.code().as_deref(),
-            Some("40001" | "40P01" | "53300" | "57P03")
-        ),
-        _ => false,
     }
 }
 

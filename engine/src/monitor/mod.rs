@@ -10,18 +10,17 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use jobdock_types::{Anomaly, Monitoring, RunStatus};
-use sqlx::AnyConnection;
 
 use crate::store::anomalies::{self, NewAnomaly};
 use crate::store::runs::{Outcome, RunRow};
-use crate::store::{now_ms, Store, StoreError};
+use crate::store::{now_ms, Conn, Store, StoreError};
 use rules::{Finding, Usual};
 
 /// Successes "usual" is learned from.
 const HISTORY: i64 = 20;
 
 async fn usual_of(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     job: &str,
     except_run: &str,
     m: &Monitoring,
@@ -31,7 +30,7 @@ async fn usual_of(
 }
 
 async fn raise(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     run_id: &str,
     attempt: i64,
     job: &str,
@@ -52,7 +51,7 @@ async fn raise(
 /// Decides the end-of-run anomalies of a run that has just reached `status`, in the
 /// transaction that recorded it; returns those raised.
 pub async fn after_finish(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     run: &RunRow,
     status: RunStatus,
     outcome: &Outcome,

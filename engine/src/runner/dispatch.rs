@@ -10,10 +10,7 @@ use super::Runner;
 use crate::store::events;
 use crate::store::locks::lock_usage;
 use crate::store::runs::{self, RunRow};
-use crate::store::{Dialect, StoreError};
-
-/// Serialises claims across replicas on PostgreSQL; any constant shared by all replicas.
-const CLAIM_LOCK: i64 = 0x006a_6f62_646f_636b;
+use crate::store::{Conn, StoreError};
 
 /// Queued runs read per page; a pass reads at most `PAGES` pages, so that runs stuck behind
 /// a full lock do not hide startable ones further back.
@@ -53,16 +50,7 @@ impl Runner {
 
     /// Claims what may start now: queued → starting under this replica's lease.
     async fn claim(&self) -> Result<Vec<RunRow>, StoreError> {
-        let store = &self.inner.ctx.store;
-        let mut tx = store.begin_write().await?;
-        if store.dialect() == Dialect::Postgres {
-            // One claimer at a time across replicas: counting slots and taking them must not
-            // interleave, or two replicas could both see the same free slot.
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(CLAIM_LOCK)
-                .execute(&mut *tx)
-                .await?;
-        }
+        let mut tx = self.inner.ctx.store.begin_claim().await?;
         let backends = self.inner.backends.name_strings();
         let mut slots = Slots::default();
         let mut claimed = Vec::new();
@@ -99,7 +87,7 @@ impl Runner {
     /// recorded, so that a long queue costs no write per pass.
     async fn note_waiting(
         &self,
-        tx: &mut sqlx::AnyConnection,
+        tx: &mut Conn,
         run: &RunRow,
         wait: &str,
     ) -> Result<(), StoreError> {
@@ -118,7 +106,7 @@ impl Runner {
     /// `None` when every slot the run needs is free, else what it waits for, in words.
     async fn fits(
         &self,
-        tx: &mut sqlx::AnyConnection,
+        tx: &mut Conn,
         slots: &mut Slots,
         run: &RunRow,
     ) -> Result<Option<String>, StoreError> {

@@ -12,11 +12,7 @@ use crate::store::{self, from_ms, now_ms, StoreError};
 /// Checks that every channel a job's `alerts` names exists, on the caller's transaction (where
 /// the database can, the channels stay share-locked until it ends, so none is deleted
 /// meanwhile).
-pub async fn check_subscriptions(
-    conn: &mut sqlx::AnyConnection,
-    ctx: &Ctx,
-    spec: &JobSpec,
-) -> Result<()> {
+pub async fn check_subscriptions(conn: &mut store::Conn, ctx: &Ctx, spec: &JobSpec) -> Result<()> {
     let mut errors = Vec::new();
     for (i, s) in spec.alerts.iter().enumerate() {
         if !channels::exists_for_share(conn, &ctx.store, &s.channel).await? {

@@ -409,7 +409,7 @@ pub async fn delete(ctx: &Ctx, actor: &Actor, name: &str) -> Result<()> {
 /// Re-seals every channel value not sealed under the ring's first key, on the caller's
 /// transaction (a key rotation); how many.
 pub async fn reseal(
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut store::Conn,
     ring: &crate::crypto::KeyRing,
 ) -> Result<usize, crate::service::keys::KeyError> {
     let stale = channels::not_sealed_with(conn, ring.primary_id()).await?;

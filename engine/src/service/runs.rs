@@ -231,7 +231,7 @@ struct Enqueue<'a> {
 /// transaction.
 async fn enqueue(
     ctx: &Ctx,
-    mut tx: sqlx::Transaction<'static, sqlx::Any>,
+    mut tx: store::Tx,
     job: &store::JobRow,
     snapshot: &JobSpec,
     e: Enqueue<'_>,
@@ -320,7 +320,7 @@ async fn enqueue(
 /// Why a run of this job could not start now, with a run holding that slot: the job's
 /// `max_parallel` is taken by unfinished runs, or one of its locks is full.
 async fn blocker(
-    tx: &mut sqlx::AnyConnection,
+    tx: &mut store::Conn,
     spec: &JobSpec,
     name: &str,
     unfinished: &[RunRow],

@@ -69,6 +69,20 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The database is too busy now, not broken: no pooled connection came free in time;
+    /// PostgreSQL broke a deadlock or a serialization conflict (40P01, 40001); or it refused a
+    /// connection for having too many (53300) or while starting up (57P03). Worth a retry.
+    pub fn is_busy(&self) -> bool {
+        match self {
+            Self::Database(sqlx::Error::PoolTimedOut) => true,
+            Self::Database(sqlx::Error::Database(d)) => matches!(
+                d.code().as_deref(),
+                Some("40001" | "40P01" | "53300" | "57P03")
+            ),
+            _ => false,
+        }
+    }
+
     /// Maps a unique violation to [`StoreError::Conflict`], anything else to a database error.
     fn on_unique(e: sqlx::Error, what: &'static str) -> Self {
         match &e {
@@ -80,6 +94,16 @@ impl StoreError {
 
 /// Shorthand.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A connection of the store, on which functions of several store modules run in one
+/// transaction (a [`Tx`] derefs to it).
+pub type Conn = sqlx::AnyConnection;
+
+/// A transaction of the store, from [`Store::begin_write`] or [`Store::begin_claim`].
+pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+/// Serialises claims across replicas on PostgreSQL; any constant shared by all replicas.
+const CLAIM_LOCK: i64 = 0x006a_6f62_646f_636b;
 
 /// The store: a connection pool and the dialect it speaks. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -158,11 +182,26 @@ impl Store {
     /// Starts a transaction that will write. On SQLite it takes the write lock at once
     /// (`BEGIN IMMEDIATE`), so that a transaction that reads before it writes waits for the
     /// lock instead of failing when another writer got there first.
-    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+    pub async fn begin_write(&self) -> Result<Tx> {
         Ok(match self.dialect {
             Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Dialect::Postgres => self.pool.begin().await?,
         })
+    }
+
+    /// Starts the transaction of a dispatch pass: one claimer at a time across replicas, for
+    /// counting slots and taking them must not interleave, or two replicas could both see the
+    /// same free slot. SQLite's write lock already makes it one; PostgreSQL takes an advisory
+    /// lock held until the transaction ends.
+    pub async fn begin_claim(&self) -> Result<Tx> {
+        let mut tx = self.begin_write().await?;
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(CLAIM_LOCK)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(tx)
     }
 
     /// Closes the pool, waiting for connections to be returned.
