@@ -26,8 +26,8 @@ use crate::store::Store;
 use crate::crypto::CryptoError;
 use crate::store::StoreError;
 
-/// What the service functions need: the store, the key ring, the engine's backends and
-/// this process's metrics.
+/// What the service functions need: the store, the key ring, the engine's backends, this
+/// process's metrics and the signal of the runs it ends.
 #[derive(Debug, Clone)]
 pub struct Ctx {
     /// The store.
