@@ -145,6 +145,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         runner: runner.clone(),
         backends,
         metrics_public: settings.metrics_public,
+        links: std::sync::Arc::new(settings.links.clone()),
     });
     let handle = axum_server::Handle::new();
     tokio::spawn(shutdown_on_signal(handle.clone()));

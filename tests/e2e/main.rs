@@ -5,6 +5,7 @@
 mod alerts;
 mod alerts_api;
 mod anomalies;
+mod async_runs;
 mod auth;
 mod backends;
 mod cli;

@@ -117,6 +117,16 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiE
     if let Some(p) = parts.extensions.get::<Principal>() {
         return Ok(p.clone());
     }
+    if !parts
+        .headers
+        .contains_key(axum::http::header::AUTHORIZATION)
+    {
+        match super::links::signed_run(&state.ctx.keys, parts) {
+            Ok(Some(signed)) => return signed_link_principal(state, &signed.run_id).await,
+            Ok(None) => {}
+            Err(why) => return Err(ApiError::Unauthorized(why)),
+        }
+    }
     let header =
         parts
             .headers
@@ -159,6 +169,20 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiE
         });
     }
     Ok(principal)
+}
+
+/// Whoever holds a signed link: may read the one run it names (the routes are checked by
+/// [`super::links::signed_run`]), so as a principal: read-only, restricted to the run's job.
+async fn signed_link_principal(state: &AppState, run_id: &str) -> Result<Principal, ApiError> {
+    let run = state.ctx.store.run(run_id).await?;
+    let job = glob::Pattern::new(&glob::Pattern::escape(&run.job_name))
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("job name as a pattern: {e}")))?;
+    Ok(Principal {
+        token_id: "signed-link".into(),
+        token_name: format!("signed link to run {run_id}"),
+        scope: Scope::Read,
+        jobs: Some(vec![job]),
+    })
 }
 
 /// The token of an `Authorization` header: `Bearer <token>`, or HTTP Basic with the token as

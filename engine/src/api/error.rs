@@ -90,6 +90,7 @@ pub fn problem(status: StatusCode, detail: Option<String>) -> Problem {
         413 => "payload-too-large",
         415 => "unsupported-media-type",
         422 => "validation-error",
+        424 => "run-did-not-succeed",
         429 => "too-many-requests",
         503 => "unavailable",
         _ if status.is_server_error() => "internal-error",
@@ -103,6 +104,10 @@ pub fn problem(status: StatusCode, detail: Option<String>) -> Problem {
         request_id: None,
         errors: Vec::new(),
         run_id: None,
+        run_status: None,
+        exit_code: None,
+        reason: None,
+        logs_url: None,
     }
 }
 

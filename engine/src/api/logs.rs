@@ -48,6 +48,13 @@ pub struct LogsQuery {
     /// after it.
     #[param(minimum = 1, maximum = 10000)]
     tail: Option<i64>,
+    /// A signed link's expiry (Unix seconds), from a run's `logs_url`. Read by the
+    /// authentication, before the handler.
+    #[allow(dead_code)]
+    exp: Option<i64>,
+    /// A signed link's signature.
+    #[allow(dead_code)]
+    sig: Option<String>,
 }
 
 /// The values of `format`, for the OpenAPI document (the handler reads the text itself, to
@@ -68,6 +75,7 @@ enum Format {
 
 /// A run's log: stdout and stderr interleaved in the order written.
 #[utoipa::path(get, operation_id = "getRunLogs", path = "/api/v1/runs/{id}/logs", tag = "runs", params(("id" = String, Path), LogsQuery),
+    security(("bearer" = []), ("basic" = []), ("signed_link" = [])),
     responses((status = 200, description = "The log: `text/plain` (`format=text`), `application/jsonl` (`format=jsonl`), or server-sent events when the request accepts `text/event-stream`",
         content((String = "text/plain"), (String = "application/jsonl"), (String = "text/event-stream"))),
         (status = 404, body = Problem)))]

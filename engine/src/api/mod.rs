@@ -9,10 +9,12 @@ pub mod error;
 mod health;
 mod jobs;
 pub mod json;
+pub mod links;
 mod locks;
 mod logs;
 mod metrics;
 pub mod openapi;
+mod outcome;
 mod query;
 mod rules;
 mod runs;
@@ -44,6 +46,8 @@ pub struct AppState {
     pub backends: Backends,
     /// `GET /metrics` answers without a token.
     pub metrics_public: bool,
+    /// How the URLs handed out are built.
+    pub links: std::sync::Arc<links::LinkSettings>,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -56,6 +60,7 @@ pub fn openapi_router() -> utoipa_axum::router::OpenApiRouter<AppState> {
         .merge(health::routes())
         .merge(jobs::routes())
         .merge(runs::routes())
+        .merge(outcome::routes())
         .merge(locks::routes())
         .merge(logs::routes())
         .merge(tokens::routes())

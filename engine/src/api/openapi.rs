@@ -1,7 +1,7 @@
 //! The OpenAPI 3 document, generated from the handlers' annotations and the API types.
 
 use axum::Json;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::AppState;
@@ -26,6 +26,14 @@ impl Modify for BearerAuth {
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "signed_link",
+            SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::with_description(
+                "sig",
+                "A signed link: the `exp` and `sig` query parameters of a run's `logs_url` or of \
+                 a 202's `Location`. It reads that run, its log and its outcome until `exp`.",
+            ))),
         );
         components.add_security_scheme(
             "basic",

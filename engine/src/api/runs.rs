@@ -11,6 +11,8 @@ use serde::Deserialize;
 use super::auth::{Caller, Read, Trigger};
 use super::error::{problem, ApiError};
 use super::json::OptionalJson;
+use super::links::BaseUrl;
+use super::outcome;
 use super::query::{ApiQuery, PageQuery};
 use super::AppState;
 use crate::service::runs::{self as svc, Refusal, TriggerError, Triggered};
@@ -28,15 +30,23 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// Start a run of a job. A repeated `Idempotency-Key` (header or body) returns the first run
-/// with 200 instead of starting another.
+/// with 200 instead of starting another. With `Prefer: respond-async` the answer is the
+/// run's outcome (`GET /api/v1/runs/{id}/outcome`): 202 with `Location` and `Retry-After`
+/// while it is not final (a replay of the key too), else 200 or 424.
 #[utoipa::path(post, operation_id = "triggerRun", path = "/api/v1/jobs/{name}/runs", tag = "runs",
-    params(("name" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    params(("name" = String, Path), ("Idempotency-Key" = Option<String>, Header),
+        ("Prefer" = Option<String>, Header, description = "`respond-async` for the asynchronous pattern")),
     request_body(content = TriggerRequest, description = "Optional"),
-    responses((status = 201, body = Run), (status = 200, description = "The run this idempotency key created", body = Run),
+    responses((status = 201, body = Run, headers(("Location" = String, description = "The run's URL"))),
+        (status = 200, description = "The run this idempotency key created", body = Run),
+        (status = 202, description = "With `Prefer: respond-async`: the run is not final; poll `Location` after `Retry-After` seconds", body = Run,
+            headers(("Location" = String, description = "The run's outcome URL, signed"), ("Retry-After" = u32, description = "Seconds"))),
+        (status = 424, description = "With `Prefer: respond-async`: the run (of a replayed key) ended without succeeding", body = Problem),
         (status = 409, body = Problem), (status = 422, body = Problem), (status = 429, body = Problem)))]
 pub async fn trigger(
     caller: Caller<Trigger>,
     State(s): State<AppState>,
+    base: BaseUrl,
     Path(name): Path<String>,
     headers: HeaderMap,
     OptionalJson(req): OptionalJson<TriggerRequest>,
@@ -52,7 +62,11 @@ pub async fn trigger(
         kind: "api",
         header_key,
     };
-    triggered(&s, svc::trigger(&s.ctx, t, &name, req).await)
+    let answer = Answer {
+        base,
+        respond_async: outcome::respond_async(&headers),
+    };
+    answer.triggered(&s, svc::trigger(&s.ctx, t, &name, req).await)
 }
 
 fn refusal(r: Refusal) -> Response {
@@ -75,6 +89,13 @@ pub struct ReadQuery {
     /// Long poll: answer as soon as the run has ended, or after this many seconds (at most 60).
     #[param(minimum = 0, maximum = 60)]
     wait_seconds: Option<u64>,
+    /// A signed link's expiry (Unix seconds), from a `logs_url` or a `Location`. Read by the
+    /// authentication, before the handler.
+    #[allow(dead_code)]
+    exp: Option<i64>,
+    /// A signed link's signature.
+    #[allow(dead_code)]
+    sig: Option<String>,
 }
 
 /// A run's timeline, oldest first: queued, waiting (for what), claimed, launched, started,
@@ -104,16 +125,19 @@ pub struct RunEventPage {
 
 /// One run. With `?wait_seconds=`, the answer comes when the run ends (or the wait is over).
 #[utoipa::path(get, operation_id = "getRun", path = "/api/v1/runs/{id}", tag = "runs", params(("id" = String, Path), ReadQuery),
+    security(("bearer" = []), ("basic" = []), ("signed_link" = [])),
     responses((status = 200, body = Run), (status = 404, body = Problem)))]
 pub async fn read(
     caller: Caller<Read>,
     State(s): State<AppState>,
+    base: BaseUrl,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<ReadQuery>,
 ) -> Result<Json<Run>, ApiError> {
     let run = svc::row(&s.ctx, &id).await?;
     caller.check_job(&run.job_name)?;
-    Ok(Json(svc::read(&s.ctx, &id, q.wait_seconds).await?))
+    let run = svc::read(&s.ctx, &id, q.wait_seconds).await?;
+    Ok(Json(base.run(&s.ctx.keys, run)))
 }
 
 /// Query of `GET /api/v1/runs`.
@@ -147,6 +171,7 @@ pub struct RunPage {
 pub async fn list(
     caller: Caller<Read>,
     State(s): State<AppState>,
+    base: BaseUrl,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Page<Run>>, ApiError> {
     let limit = PageQuery {
@@ -161,10 +186,15 @@ pub async fn list(
         .transpose()
         .map_err(|m| ApiError::invalid("status", m))?;
     let cursor = q.cursor.as_deref();
-    let page = svc::list(&s.ctx, q.job.as_deref(), status, cursor, limit, |job| {
+    let mut page = svc::list(&s.ctx, q.job.as_deref(), status, cursor, limit, |job| {
         caller.principal.may_reach_job(job)
     })
     .await?;
+    page.items = page
+        .items
+        .into_iter()
+        .map(|run| base.run(&s.ctx.keys, run))
+        .collect();
     Ok(Json(page))
 }
 
@@ -175,13 +205,14 @@ pub async fn list(
 pub async fn cancel(
     caller: Caller<Trigger>,
     State(s): State<AppState>,
+    base: BaseUrl,
     Path(id): Path<String>,
 ) -> Result<Json<Run>, ApiError> {
     let run = svc::row(&s.ctx, &id).await?;
     caller.check_job(&run.job_name)?;
     let run = svc::cancel(&s.ctx, &caller.actor, &id).await?;
     s.runner.wake();
-    Ok(Json(run))
+    Ok(Json(base.run(&s.ctx.keys, run)))
 }
 
 /// Start a new run of the same job with the definition this run had. It passes the same
@@ -192,21 +223,55 @@ pub async fn cancel(
 pub async fn rerun(
     caller: Caller<Trigger>,
     State(s): State<AppState>,
+    base: BaseUrl,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let run = svc::row(&s.ctx, &id).await?;
     caller.check_job(&run.job_name)?;
-    triggered(&s, svc::rerun(&s.ctx, &caller.actor, &id).await)
+    let answer = Answer {
+        base,
+        respond_async: outcome::respond_async(&headers),
+    };
+    answer.triggered(&s, svc::rerun(&s.ctx, &caller.actor, &id).await)
 }
 
-fn triggered(s: &AppState, result: Result<Triggered, TriggerError>) -> Result<Response, ApiError> {
-    match result {
-        Ok(Triggered::Created(run)) => {
-            s.runner.wake();
-            Ok((StatusCode::CREATED, Json(*run)).into_response())
+/// How a trigger is answered: with links under `base`, and as an outcome when the caller
+/// asked for the asynchronous pattern.
+struct Answer {
+    base: BaseUrl,
+    respond_async: bool,
+}
+
+impl Answer {
+    fn triggered(
+        &self,
+        s: &AppState,
+        result: Result<Triggered, TriggerError>,
+    ) -> Result<Response, ApiError> {
+        let (status, run) = match result {
+            Ok(Triggered::Created(run)) => {
+                s.runner.wake();
+                (StatusCode::CREATED, *run)
+            }
+            Ok(Triggered::Existing(run)) => (StatusCode::OK, *run),
+            Err(TriggerError::Service(e)) => return Err(e.into()),
+            Err(TriggerError::Refused(r)) => return Ok(refusal(r)),
+        };
+        if self.respond_async {
+            let mut resp = outcome::answer(s, &self.base, run);
+            resp.headers_mut().insert(
+                "preference-applied",
+                axum::http::HeaderValue::from_static("respond-async"),
+            );
+            return Ok(resp);
         }
-        Ok(Triggered::Existing(run)) => Ok((StatusCode::OK, Json(*run)).into_response()),
-        Err(TriggerError::Service(e)) => Err(e.into()),
-        Err(TriggerError::Refused(r)) => Ok(refusal(r)),
+        let location = format!("{}/api/v1/runs/{}", self.base.0, run.id);
+        let run = self.base.run(&s.ctx.keys, run);
+        let mut resp = (status, Json(run)).into_response();
+        if let Ok(v) = axum::http::HeaderValue::from_str(&location) {
+            resp.headers_mut().insert(axum::http::header::LOCATION, v);
+        }
+        Ok(resp)
     }
 }

@@ -453,6 +453,7 @@ mod tests {
             attempts: vec![],
             anomalies: vec![],
             log_complete: true,
+            logs_url: None,
         }
     }
 

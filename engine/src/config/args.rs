@@ -196,9 +196,17 @@ pub struct ServeArgs {
     pub alert_retry_base_ms: Option<u64>,
 
     /// The engine's address as its users reach it, e.g. `https://jobdock.example.com`;
-    /// alerts link to runs under it. [file: public_url]
+    /// every URL the engine hands out (`Location`, a run's `logs_url`, links in alerts and
+    /// callbacks) is built on it. Without it, API answers use the request's scheme and
+    /// `Host`. [file: public_url]
     #[arg(long, env = "JOBDOCK_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,
+
+    /// The engine sits behind a proxy that sets `X-Forwarded-Proto` and `X-Forwarded-Host`:
+    /// build URLs from them when `public_url` is not set. Off, they are ignored, so that a
+    /// caller cannot choose the links the engine hands out. [file: trust_forwarded_headers]
+    #[arg(long, env = "JOBDOCK_TRUST_FORWARDED_HEADERS")]
+    pub trust_forwarded_headers: bool,
 
     /// The first admin token, used verbatim when no token exists yet (stored as a hash).
     /// Without it, `serve` creates one and prints it once.

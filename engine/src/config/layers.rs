@@ -64,6 +64,7 @@ pub(super) struct Layered {
     pub alert_timeout_seconds: Option<u64>,
     pub alert_retry_base_ms: Option<u64>,
     pub public_url: Option<String>,
+    pub trust_forwarded_headers: bool,
 }
 
 impl Default for Layered {
@@ -103,6 +104,7 @@ impl Default for Layered {
             alert_timeout_seconds: None,
             alert_retry_base_ms: None,
             public_url: None,
+            trust_forwarded_headers: false,
         }
     }
 }

@@ -74,6 +74,8 @@ pub struct Settings {
     pub backends: crate::backends::BackendSettings,
     /// `GET /metrics` answers without a token.
     pub metrics_public: bool,
+    /// How the API builds the URLs it hands out.
+    pub links: crate::api::links::LinkSettings,
 }
 
 /// An empty variable (`JOBDOCK_MASTER_KEY=`) means "not set", as it does for most tools.
@@ -152,6 +154,11 @@ impl Settings {
             })?;
         let mut runner = runner_config(&l)?;
         runner.retention = retention::retention_config(&l)?;
+        let links = crate::api::links::LinkSettings {
+            public_url: runner.alerts.public_url.clone(),
+            trust_forwarded_headers: v.trust_forwarded_headers,
+            tls: tls.is_some(),
+        };
         Ok(Self {
             store,
             listen,
@@ -163,6 +170,7 @@ impl Settings {
             runner,
             backends: backend_settings(&l, non_empty(&args.nomad_token))?,
             metrics_public: v.metrics_public,
+            links,
         })
     }
 }

@@ -413,6 +413,7 @@ pub fn to_api(r: &RunRow, attempts: Vec<AttemptRow>) -> Run {
         attempts: attempts.iter().map(attempt_api).collect(),
         anomalies: Vec::new(),
         log_complete: r.log_complete,
+        logs_url: None,
     }
 }
 

@@ -25,9 +25,23 @@ pub struct Problem {
     /// The fields that are wrong, for validation errors.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
-    /// For a 409 caused by a run holding a slot: that run's id.
+    /// For a 409 caused by a run holding a slot: that run's id. For the outcome of a run
+    /// that did not succeed (424): the run's id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
+    /// For the outcome of a run that did not succeed (424): its final status (`failed`,
+    /// `timed_out`, `cancelled`, `lost`, `skipped`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_status: Option<crate::RunStatus>,
+    /// For the outcome of a run that did not succeed: its exit code, if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    /// For the outcome of a run that did not succeed: why, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// For the outcome of a run that did not succeed: where its log is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs_url: Option<String>,
 }
 
 /// One bad field of a request.
@@ -78,6 +92,10 @@ mod tests {
             request_id: None,
             errors,
             run_id: None,
+            run_status: None,
+            exit_code: None,
+            reason: None,
+            logs_url: None,
         }
     }
 

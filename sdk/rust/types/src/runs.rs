@@ -166,6 +166,10 @@ pub struct Run {
     /// event). Output dropped past the log cap does not count: the log ends saying so.
     #[serde(default = "yes")]
     pub log_complete: bool,
+    /// The address of its log, absolute. Signed (`?exp=…&sig=…`): it opens this run's log
+    /// without a token until it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs_url: Option<String>,
     /// Anomalies noticed on the run (`long_running`, `stalled`, `unusually_fast`...), oldest first.
     #[serde(default)]
     pub anomalies: Vec<crate::Anomaly>,
