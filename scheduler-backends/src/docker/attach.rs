@@ -242,6 +242,16 @@ impl Emitter {
         }
     }
 
+    /// Lines handed out so far, stdout and stderr.
+    pub(crate) fn ordinals(&self) -> [u64; 2] {
+        self.ordinals
+    }
+
+    /// The driver's timestamp of the container's first record, once known.
+    pub(crate) fn anchor_ns(&self) -> Option<i64> {
+        self.anchor.ns()
+    }
+
     /// Hands out `lines`, numbering each in its stream.
     pub(crate) async fn lines(&mut self, lines: Vec<LogLine>) -> Result<(), Closed> {
         for mut line in lines {
@@ -338,10 +348,14 @@ impl Emitter {
 
 /// The driver's timestamp of the container's first output record, when that record is
 /// `first` (the first line the attachment delivered): the anchor that lets a later reader
-/// match ordinals against the driver's files. The driver may write the record a moment
-/// after the attachment delivered it, so it is looked for a few times.
+/// match ordinals against the driver's files. The daemon writes the driver's files on its
+/// own time, after the attachment has the output — on a loaded machine seconds after — so
+/// the record is looked for until it is there, for up to about ten seconds. (Without the
+/// anchor a later reader can match lines only by time, which loses the ones written while
+/// the engine lagged.)
 async fn find_anchor(docker: &Docker, id: &str, first: &LogLine) -> Anchor {
-    for _ in 0..20 {
+    let mut wait = Duration::from_millis(25);
+    for _ in 0..40 {
         match first_record(docker, id).await {
             Ok(Some((stream, ts, text))) => {
                 let text = text.strip_suffix(b"\n").unwrap_or(&text);
@@ -351,7 +365,10 @@ async fn find_anchor(docker: &Docker, id: &str, first: &LogLine) -> Anchor {
                     _ => Anchor::Absent,
                 };
             }
-            Ok(None) => tokio::time::sleep(Duration::from_millis(25)).await,
+            Ok(None) => {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_millis(400));
+            }
             // A driver that cannot be read back (`none`, `syslog`, ...): nothing to match.
             Err(_) => return Anchor::Absent,
         }

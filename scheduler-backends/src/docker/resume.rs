@@ -23,7 +23,7 @@ use super::attach::{
 };
 use super::cursor::DockerCursor;
 use super::errors::{for_handle, is_not_found, status_of};
-use super::logs::{split_timestamp, stream_of};
+use super::logs::{split_timestamp, stream_of, LineAssembler};
 use crate::{LogFrom, LogGap, LogStream, LogStreamBox, RunHandle};
 
 /// How long a paused container's last output is given to reach the driver's files before
@@ -32,7 +32,7 @@ const SETTLE: Duration = Duration::from_millis(100);
 
 /// How long the attachment of a paused container must stay silent before all it wrote
 /// before the pause is taken to have arrived.
-const QUIET: Duration = Duration::from_millis(50);
+const QUIET: Duration = Duration::from_millis(100);
 
 /// Where the engine's stored copy of each stream ends, read from a [`LogFrom`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -116,11 +116,33 @@ async fn catch_up(
         true => Some(attach(docker, id).await?),
         false => None,
     };
-    let paused = match &mut attached {
+    let (paused, drained) = match &mut attached {
         Some(frames) => hold(docker, id, frames).await,
-        None => false,
+        None => (false, Drained::default()),
     };
-    let read = read_files(docker, id, stored, emitter).await;
+    let mut read = read_files(docker, id, stored, emitter).await;
+    // The daemon writes the driver's files on its own time, after the attachment had the
+    // output: until the files end where the attachment did before the pause, what they lack
+    // is read again (by ordinal, so nothing twice).
+    let mut wait = Duration::from_millis(50);
+    for _ in 0..30 {
+        let Ok(held) = &read else { break };
+        let anchored = emitter.anchor_ns().is_some() || stored.from_start;
+        if !paused || drained.reached_by(held) || !anchored {
+            break;
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_millis(500));
+        let more = Stored {
+            ordinals: emitter.ordinals(),
+            ts_ns: stored.ts_ns,
+            anchor: emitter.anchor_ns(),
+            from_start: false,
+        };
+        // The files are read from their start again: their partial last line, if any, too.
+        emitter.assembler = LineAssembler::new(None);
+        read = read_files(docker, id, more, emitter).await;
+    }
     if paused {
         unpause(docker, id).await;
     }
@@ -143,7 +165,7 @@ async fn catch_up(
 /// drain: that output also reached the driver's files, which [`read_files`] reads next, so
 /// it is dropped here and `frames` goes on exactly where the files end. Whether it paused
 /// (a container that ended meanwhile does not).
-async fn hold(docker: &Docker, id: &str, frames: &mut Frames) -> bool {
+async fn hold(docker: &Docker, id: &str, frames: &mut Frames) -> (bool, Drained) {
     let paused = match docker.pause_container(id).await {
         Ok(()) => true,
         Err(e) => {
@@ -155,8 +177,49 @@ async fn hold(docker: &Docker, id: &str, frames: &mut Frames) -> bool {
     };
     tokio::time::sleep(SETTLE).await;
     // Until the attachment has been quiet a while (or ended with the container).
-    while let Ok(Some(_)) = tokio::time::timeout(QUIET, frames.next()).await {}
-    paused
+    let mut drained = Drained::default();
+    while let Ok(Some(frame)) = tokio::time::timeout(QUIET, frames.next()).await {
+        if let Ok(frame) = frame {
+            if let Some(stream) = stream_of(&frame) {
+                drained.push(stream, frame.as_ref());
+            }
+        }
+    }
+    (paused, drained)
+}
+
+/// The most a stream's end is compared by, in bytes.
+const COMPARED: usize = 4096;
+
+/// The end of what each stream wrote, as the attachment had it before the pause; and, as
+/// [`read_files`] returns it, the end of what the driver's files hold of each stream.
+#[derive(Debug, Default)]
+struct Drained([Vec<u8>; 2]);
+
+impl Drained {
+    fn push(&mut self, stream: LogStream, bytes: &[u8]) {
+        let buf = &mut self.0[stream_index(stream)];
+        buf.extend_from_slice(bytes);
+        if buf.len() > 2 * COMPARED {
+            buf.drain(..buf.len() - COMPARED);
+        }
+    }
+
+    /// Whether `files` (what the driver's files hold) end with what the attachment had last
+    /// of each stream: then the files hold everything written before the pause.
+    fn reached_by(&self, files: &Drained) -> bool {
+        self.0.iter().zip(&files.0).all(|(attached, held)| {
+            let last = &attached[attached.len().saturating_sub(COMPARED)..];
+            held.ends_with(last)
+        })
+    }
+}
+
+fn stream_index(stream: LogStream) -> usize {
+    match stream {
+        LogStream::Stdout => 0,
+        LogStream::Stderr => 1,
+    }
 }
 
 async fn unpause(docker: &Docker, id: &str) {
@@ -183,7 +246,8 @@ async fn read_files(
     id: &str,
     stored: Stored,
     emitter: &mut Emitter,
-) -> Result<(), Closed> {
+) -> Result<Drained, Closed> {
+    let mut held = Drained::default();
     let mut frames = driver_files(docker, id);
     // Where the stored copy ends, as far as time tells: the older of the two streams.
     let stored_until = stored.ts_ns.iter().flatten().min().copied();
@@ -193,7 +257,10 @@ async fn read_files(
     while let Some(frame) = frames.next().await {
         let frame = match frame {
             Ok(f) => f,
-            Err(e) => return emitter.gap(unreadable_gap(stored_until, &e)).await,
+            Err(e) => {
+                emitter.gap(unreadable_gap(stored_until, &e)).await?;
+                return Ok(held);
+            }
         };
         let Some(stream) = stream_of(&frame) else {
             continue;
@@ -201,6 +268,7 @@ async fn read_files(
         let Some((ts, text)) = split_timestamp(frame.as_ref()) else {
             continue;
         };
+        held.push(stream, text);
         let first_ns = ts.timestamp_nanos_opt();
         let matching = *matching.get_or_insert_with(|| {
             if stored.from_start || (stored.anchor.is_some() && stored.anchor == first_ns) {
@@ -241,7 +309,7 @@ async fn read_files(
         }
         emitter.lines(fresh).await?;
     }
-    Ok(())
+    Ok(held)
 }
 
 fn at(ns: Option<i64>) -> Option<DateTime<Utc>> {
