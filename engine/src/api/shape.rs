@@ -51,39 +51,58 @@ pub fn type_errors(name: &str, body: &Value) -> Vec<FieldError> {
     let Some(validator) = VALIDATORS.get(name) else {
         return Vec::new();
     };
-    let mut errors: Vec<FieldError> = Vec::new();
+    let mut found = Vec::new();
     for e in validator.iter_errors(body) {
-        // A conditional (`if`/`then`) states a rule between fields, which the service checks
-        // with the others and a better message; only the plain shape is checked here.
-        let schema_path = e.schema_path().to_string();
-        if schema_path.contains("/then") || schema_path.contains("/else") {
-            continue;
-        }
-        let at = field_name(&e.instance_path().to_string());
-        let found = match (e.kind(), expected_types(&e)) {
-            (_, Some(expected)) => vec![(at, format!("must be {}", expected.join(" or ")))],
-            // A merge patch may name only the fields of what it patches; a misspelt
-            // `{"descripton": null}` would otherwise change nothing, silently.
-            (ValidationErrorKind::AdditionalProperties { unexpected }, None) => unexpected
-                .iter()
-                .map(|name| {
-                    let field = if at == "body" {
-                        name.clone()
-                    } else {
-                        format!("{at}.{name}")
-                    };
-                    (field, "is not a field of this body".to_owned())
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
-        for (field, message) in found {
-            if !errors.iter().any(|x| x.field == field) {
-                errors.push(FieldError::new(field, message));
-            }
+        shape_errors(&e, &mut found);
+    }
+    let mut errors: Vec<FieldError> = Vec::new();
+    for (field, message) in found {
+        if !errors.iter().any(|x| x.field == field) {
+            errors.push(FieldError::new(field, message));
         }
     }
     errors
+}
+
+/// The (field, message) pairs of `e` that are about the body's shape: a wrong type, or a
+/// member its schema does not have (a misspelt `{"descripton": null}` in a merge patch would
+/// otherwise change nothing, silently). Inside a `oneOf`/`anyOf` whose branches do not all
+/// fail on the type, the branches whose type matched are looked into.
+fn shape_errors(e: &jsonschema::ValidationError<'_>, out: &mut Vec<(String, String)>) {
+    // A conditional (`if`/`then`) states a rule between fields, which the service checks
+    // with the others and a better message; only the plain shape is checked here.
+    let schema_path = e.schema_path().to_string();
+    if schema_path.contains("/then") || schema_path.contains("/else") {
+        return;
+    }
+    let at = field_name(&e.instance_path().to_string());
+    if let Some(expected) = expected_types(e) {
+        out.push((at, format!("must be {}", expected.join(" or "))));
+        return;
+    }
+    match e.kind() {
+        ValidationErrorKind::AdditionalProperties { unexpected } => {
+            for name in unexpected {
+                let field = match at.as_str() {
+                    "body" => name.clone(),
+                    _ => format!("{at}.{name}"),
+                };
+                out.push((field, "is not a field of this body".to_owned()));
+            }
+        }
+        ValidationErrorKind::OneOfNotValid { context } | ValidationErrorKind::AnyOf { context } => {
+            let here = e.instance_path().to_string();
+            for branch in context {
+                let type_matched = !branch
+                    .iter()
+                    .any(|b| b.instance_path().to_string() == here && expected_types(b).is_some());
+                if type_matched {
+                    branch.iter().for_each(|b| shape_errors(b, out));
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 /// The JSON types the schema allows where `e` failed, when it failed on the type: a `type`
@@ -197,6 +216,12 @@ mod tests {
         let removals =
             json!({"description": null, "retries": {"backoff_seconds": null}, "env": {"A": null}});
         assert!(type_errors("JobSpecPatch", &removals).is_empty());
+        let nested = json!({"monitoring": {"": null}});
+        let errors = type_errors("JobSpecPatch", &nested);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].field, "monitoring.");
+        let fine = json!({"monitoring": {"min_samples": null}, "resources": null});
+        assert!(type_errors("JobSpecPatch", &fine).is_empty());
         let wrong = json!({"retries": [1, 2]});
         assert_eq!(type_errors("JobSpecPatch", &wrong)[0].field, "retries");
     }
