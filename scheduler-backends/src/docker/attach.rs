@@ -346,21 +346,25 @@ impl Emitter {
     }
 }
 
-/// The driver's timestamp of the container's first output record, when that record is
-/// `first` (the first line the attachment delivered): the anchor that lets a later reader
-/// match ordinals against the driver's files. The daemon writes the driver's files on its
-/// own time, after the attachment has the output — on a loaded machine seconds after — so
-/// the record is looked for until it is there, for up to about ten seconds. (Without the
-/// anchor a later reader can match lines only by time, which loses the ones written while
-/// the engine lagged.)
+/// The driver's timestamp of the container's first output record: the anchor that lets a
+/// later reader match ordinals against the driver's files. The files are known to begin at
+/// the container's start when their first record of `first`'s stream is `first` (the first
+/// line the attachment delivered). The daemon copies stdout and stderr on their own, to the
+/// attachment and to the files, so the first record of the files may be of the other
+/// stream: it is the anchor all the same.
+///
+/// The daemon writes the files on its own time, after the attachment has the output — on a
+/// loaded machine seconds after — so the records are looked for until they are there, for
+/// up to about ten seconds. (Without the anchor a later reader can match lines only by time,
+/// which loses the ones written while the engine lagged.)
 async fn find_anchor(docker: &Docker, id: &str, first: &LogLine) -> Anchor {
     let mut wait = Duration::from_millis(25);
     for _ in 0..40 {
-        match first_record(docker, id).await {
-            Ok(Some((stream, ts, text))) => {
+        match first_records(docker, id, first.stream).await {
+            Ok(Some((anchor, text))) => {
                 let text = text.strip_suffix(b"\n").unwrap_or(&text);
-                let same = stream == first.stream && first.line.as_bytes().starts_with(text);
-                return match (same, ts.timestamp_nanos_opt()) {
+                let same = first.line.as_bytes().starts_with(text);
+                return match (same, anchor.timestamp_nanos_opt()) {
                     (true, Some(ns)) => Anchor::Known(ns),
                     _ => Anchor::Absent,
                 };
@@ -376,6 +380,30 @@ async fn find_anchor(docker: &Docker, id: &str, first: &LogLine) -> Anchor {
     Anchor::Absent
 }
 
+/// The timestamp of the first record the container's log driver holds, and the text of its
+/// first record of `stream`; `None` until it holds one of `stream`.
+async fn first_records(
+    docker: &Docker,
+    id: &str,
+    stream: LogStream,
+) -> Result<Option<(DateTime<Utc>, Vec<u8>)>, bollard::errors::Error> {
+    let mut frames = driver_files(docker, id);
+    let mut anchor = None;
+    while let Some(frame) = frames.next().await {
+        let frame = frame?;
+        let Some(of) = stream_of(&frame) else {
+            continue;
+        };
+        if let Some((ts, text)) = split_timestamp(frame.as_ref()) {
+            let anchor = *anchor.get_or_insert(ts);
+            if of == stream {
+                return Ok(Some((anchor, text.to_vec())));
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// Everything the container's log driver holds now, timestamped, without following.
 pub(crate) fn driver_files(docker: &Docker, id: &str) -> Frames {
     let options = LogsOptionsBuilder::new()
@@ -385,22 +413,4 @@ pub(crate) fn driver_files(docker: &Docker, id: &str) -> Frames {
         .timestamps(true)
         .build();
     docker.logs(id, Some(options)).boxed()
-}
-
-/// The first record the container's log driver holds: its stream, timestamp and text.
-async fn first_record(
-    docker: &Docker,
-    id: &str,
-) -> Result<Option<(LogStream, DateTime<Utc>, Vec<u8>)>, bollard::errors::Error> {
-    let mut frames = driver_files(docker, id);
-    while let Some(frame) = frames.next().await {
-        let frame = frame?;
-        let Some(stream) = stream_of(&frame) else {
-            continue;
-        };
-        if let Some((ts, text)) = split_timestamp(frame.as_ref()) {
-            return Ok(Some((stream, ts, text.to_vec())));
-        }
-    }
-    Ok(None)
 }
