@@ -215,7 +215,8 @@ pub(crate) struct Emitter {
 /// The reader went away; stop.
 pub(crate) struct Closed;
 
-fn index(stream: LogStream) -> usize {
+/// The place of `stream` in the per-stream arrays: stdout 0, stderr 1.
+pub(crate) fn index(stream: LogStream) -> usize {
     match stream {
         LogStream::Stdout => 0,
         LogStream::Stderr => 1,

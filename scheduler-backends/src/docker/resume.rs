@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
 use super::attach::{
-    attach, driver_files, pipe, reader, Anchor, Attachments, Closed, Emitter, Frames,
+    attach, driver_files, index, pipe, reader, Anchor, Attachments, Closed, Emitter, Frames,
 };
 use super::cursor::DockerCursor;
 use super::errors::{for_handle, is_not_found, status_of};
@@ -198,7 +198,7 @@ struct Drained([Vec<u8>; 2]);
 
 impl Drained {
     fn push(&mut self, stream: LogStream, bytes: &[u8]) {
-        let buf = &mut self.0[stream_index(stream)];
+        let buf = &mut self.0[index(stream)];
         buf.extend_from_slice(bytes);
         if buf.len() > 2 * COMPARED {
             buf.drain(..buf.len() - COMPARED);
@@ -212,13 +212,6 @@ impl Drained {
             let last = &attached[attached.len().saturating_sub(COMPARED)..];
             held.ends_with(last)
         })
-    }
-}
-
-fn stream_index(stream: LogStream) -> usize {
-    match stream {
-        LogStream::Stdout => 0,
-        LogStream::Stderr => 1,
     }
 }
 
@@ -285,10 +278,7 @@ async fn read_files(
         let lines = emitter.assembler.push_at(stream, ts, text);
         let mut fresh = Vec::with_capacity(lines.len());
         for line in lines {
-            let i = match line.stream {
-                LogStream::Stdout => 0,
-                LogStream::Stderr => 1,
-            };
+            let i = index(line.stream);
             seen[i] += 1;
             let stored_already = match matching {
                 Matching::Ordinal => seen[i] <= stored.ordinals[i],
