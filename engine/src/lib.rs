@@ -7,6 +7,7 @@ pub mod backends;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod egress;
 pub mod json;
 pub mod metrics;
 pub mod monitor;

@@ -59,6 +59,7 @@ pub async fn build(settings: &Settings, backends: &Backends) -> anyhow::Result<(
         default_backend: settings.default_backend,
         metrics: crate::metrics::Metrics::new(),
         run_ended: Arc::default(),
+        callbacks: settings.callbacks.clone(),
     };
     match tokens::bootstrap(&ctx, settings.admin_token.as_ref()).await? {
         Bootstrap::AlreadyDone => {

@@ -8,6 +8,7 @@ mod anomalies;
 mod async_runs;
 mod auth;
 mod backends;
+mod callbacks;
 mod cli;
 mod cli_ops;
 mod cli_runs;

@@ -275,6 +275,25 @@ async fn a_retried_trigger_never_starts_a_second_run() {
         .unwrap_err();
     assert_eq!(err.status(), Some(422));
 
+    // A key past 255 characters (a Data Factory run id and a long ForEach item) is kept as
+    // its digest, and still finds its run; one past 4096 is refused.
+    let long = format!("{}-{}", "adf-run-43", "item".repeat(100));
+    let (by_long, created) = c.trigger("idem", &req, Some(&long)).await.unwrap();
+    assert!(created);
+    let digest = by_long.idempotency_key.as_deref().unwrap();
+    assert!(
+        digest.starts_with("sha256:") && digest.len() == 71,
+        "{digest}"
+    );
+    let (again, created) = c.trigger("idem", &req, Some(&long)).await.unwrap();
+    assert_eq!((again.id.as_str(), created), (by_long.id.as_str(), false));
+    let err = c
+        .trigger("idem", &req, Some(&"k".repeat(4097)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(422));
+    c.cancel_run(&by_long.id).await.unwrap();
+
     // Twenty concurrent calls with one new key create exactly one run.
     let calls: Vec<_> = (0..20)
         .map(|_| {
@@ -291,7 +310,7 @@ async fn a_retried_trigger_never_starts_a_second_run() {
     }
     assert_eq!((ids.len(), created), (1, 1));
     let all = c.list_runs(Some("idem"), None, None).await.unwrap().items;
-    assert_eq!(all.len(), 2, "one run per key: {all:?}");
+    assert_eq!(all.len(), 3, "one run per key: {all:?}");
 
     // A repeated key wins over on_conflict: reject.
     c.patch_job("idem", &json!({"on_conflict": "reject"}))

@@ -6,10 +6,10 @@
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
-use jobdock_types::Run;
 
 use super::AppState;
 use crate::crypto::KeyRing;
+pub use crate::service::links::BaseUrl;
 
 /// How the API builds the URLs it hands out; made by `config`.
 #[derive(Debug, Clone, Default)]
@@ -21,14 +21,6 @@ pub struct LinkSettings {
     /// The engine itself speaks HTTPS.
     pub tls: bool,
 }
-
-/// How long a signed link opens its run. Data Factory follows a 202's `Location` for up to
-/// seven days.
-const LINK_TTL_SECONDS: i64 = 7 * 86_400;
-
-/// The base of every URL of one answer, e.g. `https://jobdock.example.com`.
-#[derive(Debug, Clone)]
-pub struct BaseUrl(pub String);
 
 impl FromRequestParts<AppState> for BaseUrl {
     type Rejection = std::convert::Infallible;
@@ -79,31 +71,6 @@ fn is_host(h: &str) -> bool {
         && h.len() <= 255
         && h.chars()
             .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
-}
-
-impl BaseUrl {
-    /// The absolute, signed URL of `tail` under the run (`""`, `"/logs"`, `"/outcome"`).
-    pub fn signed(&self, keys: &KeyRing, run_id: &str, tail: &str) -> String {
-        let now = chrono::Utc::now().timestamp();
-        // Rounded up to the hour, so that the links of a run read twice are the same.
-        let expires_at = (now + LINK_TTL_SECONDS + 3599) / 3600 * 3600;
-        let sig = keys.sign_link(run_id, expires_at);
-        format!(
-            "{}/api/v1/runs/{run_id}{tail}?exp={expires_at}&sig={sig}",
-            self.0
-        )
-    }
-
-    /// The run with its absolute, signed `logs_url`.
-    pub fn run(&self, keys: &KeyRing, mut run: Run) -> Run {
-        run.logs_url = Some(self.signed(keys, &run.id, "/logs"));
-        run
-    }
-
-    /// Where the outcome of a run is polled.
-    pub fn outcome(&self, keys: &KeyRing, run_id: &str) -> String {
-        self.signed(keys, run_id, "/outcome")
-    }
 }
 
 /// What a signed link grants: reading the run `run_id`, through the routes below.

@@ -61,12 +61,19 @@ pub async fn trigger(
         scope: caller.principal.scope,
         kind: "api",
         header_key,
+        base_url: Some(base.0.clone()),
     };
+    let with_callback = req.callback_uri.is_some();
     let answer = Answer {
         base,
         respond_async: outcome::respond_async(&headers),
     };
-    answer.triggered(&s, svc::trigger(&s.ctx, t, &name, req).await)
+    let result = svc::trigger(&s.ctx, t, &name, req).await;
+    if with_callback && result.is_ok() {
+        // The run may have ended already (skipped, or a replay): its callback is due now.
+        s.runner.alerts_due();
+    }
+    answer.triggered(&s, result)
 }
 
 fn refusal(r: Refusal) -> Response {

@@ -322,6 +322,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         env: a.env.into_iter().collect(),
         command: (!a.command.is_empty()).then_some(a.command),
         idempotency_key: None,
+        callback_uri: None,
     };
     let (run, created) = c
         .trigger(&a.job, &req, a.idempotency_key.as_deref())

@@ -208,6 +208,12 @@ pub struct ServeArgs {
     #[arg(long, env = "JOBDOCK_TRUST_FORWARDED_HEADERS")]
     pub trust_forwarded_headers: bool,
 
+    /// Hosts a run's callback (`callBackUri`) may reach besides public ones, comma-separated
+    /// (`hooks.internal,10.0.0.7`); they may also use plain `http`. By default a callback must
+    /// be `https` to a host whose addresses are all public. [file: callback_allowed_hosts]
+    #[arg(long, env = "JOBDOCK_CALLBACK_ALLOWED_HOSTS", value_name = "HOSTS")]
+    pub callback_allowed_hosts: Option<String>,
+
     /// The first admin token, used verbatim when no token exists yet (stored as a hash).
     /// Without it, `serve` creates one and prints it once.
     #[arg(

@@ -65,6 +65,7 @@ pub(super) struct Layered {
     pub alert_retry_base_ms: Option<u64>,
     pub public_url: Option<String>,
     pub trust_forwarded_headers: bool,
+    pub callback_allowed_hosts: Option<String>,
 }
 
 impl Default for Layered {
@@ -105,6 +106,7 @@ impl Default for Layered {
             alert_retry_base_ms: None,
             public_url: None,
             trust_forwarded_headers: false,
+            callback_allowed_hosts: None,
         }
     }
 }

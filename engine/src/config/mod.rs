@@ -76,6 +76,8 @@ pub struct Settings {
     pub metrics_public: bool,
     /// How the API builds the URLs it hands out.
     pub links: crate::api::links::LinkSettings,
+    /// Where a run's callback may go.
+    pub callbacks: crate::egress::CallbackPolicy,
 }
 
 /// An empty variable (`JOBDOCK_MASTER_KEY=`) means "not set", as it does for most tools.
@@ -171,6 +173,7 @@ impl Settings {
             backends: backend_settings(&l, non_empty(&args.nomad_token))?,
             metrics_public: v.metrics_public,
             links,
+            callbacks: callback_policy(&l)?,
         })
     }
 }
@@ -190,5 +193,40 @@ pub fn ensure_dir(dir: &Path) -> Result<(), ConfigError> {
             "cannot create data directory {}: {e}",
             dir.display()
         ))
+    })
+}
+
+/// The hosts a callback may reach besides public ones, lowercase; an IPv6 address is kept
+/// in brackets, as a URL writes it.
+fn callback_policy(l: &Layers) -> Result<crate::egress::CallbackPolicy, ConfigError> {
+    let mut hosts = Vec::new();
+    for h in l
+        .values
+        .callback_allowed_hosts
+        .iter()
+        .flat_map(|v| v.split(','))
+    {
+        let h = h.trim().to_ascii_lowercase();
+        if h.is_empty() {
+            continue;
+        }
+        let as_url = reqwest::Url::parse(&format!("http://{h}/")).ok();
+        match as_url.as_ref().and_then(|u| u.host_str()) {
+            Some(parsed) if parsed == h && as_url.as_ref().and_then(|u| u.port()).is_none() => {
+                hosts.push(h)
+            }
+            _ => {
+                return Err(l.invalid(
+                    "callback_allowed_hosts",
+                    format!(
+                        "callback_allowed_hosts: `{h}` is not a host name or address (no \
+                         scheme, port or path; an IPv6 address in brackets)"
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(crate::egress::CallbackPolicy {
+        allowed_hosts: hosts.into(),
     })
 }

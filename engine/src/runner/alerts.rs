@@ -11,7 +11,10 @@ use tracing::Instrument as _;
 
 use super::deliver;
 use super::Runner;
-use crate::store::alerts::outbox::{AttemptResult, Claimed, Next};
+use jobdock_types::ChannelKind;
+use secrecy::ExposeSecret as _;
+
+use crate::store::alerts::outbox::{AttemptResult, Claimed, Next, OutboxRow, Target};
 use crate::store::{now_ms, Dialect};
 
 /// Delays before the 2nd, 3rd, … attempt, as multiples of the retry base (10 s by default:
@@ -72,13 +75,23 @@ impl Runner {
 
     pub(super) async fn alert_loop(&self) {
         let config = &self.inner.config.alerts;
-        let http = match reqwest::Client::builder()
-            .timeout(config.timeout)
-            // A redirect is an answer, not a place to post the alert again.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("jobdock/", env!("CARGO_PKG_VERSION")))
-            .build()
-        {
+        let client = || {
+            reqwest::Client::builder()
+                .timeout(config.timeout)
+                // A redirect is an answer, not a place to post the alert again.
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("jobdock/", env!("CARGO_PKG_VERSION")))
+        };
+        // Callbacks go where a caller said: through a resolver that refuses this network's
+        // own addresses (see `egress`).
+        let clients = client().build().and_then(|alerts| {
+            let resolver = self.inner.ctx.callbacks.resolver();
+            Ok(Clients {
+                alerts,
+                callbacks: client().dns_resolver(resolver).build()?,
+            })
+        });
+        let http = match clients {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "cannot build the HTTP client; no alerts are sent");
@@ -102,9 +115,14 @@ impl Runner {
                     let n = claimed.len();
                     futures::stream::iter(claimed)
                         .for_each_concurrent(None, |c| {
+                            let channel = match &c.target {
+                                Target::Channel { name, .. } => name.as_str(),
+                                Target::Callback => "-",
+                            };
                             let span = tracing::info_span!("alert", alert_id = %c.alert.id,
-                                channel = %c.channel, event = %c.alert.event,
-                                job = c.alert.job_name.as_deref().unwrap_or("-"));
+                                channel, event = %c.alert.event,
+                                job = c.alert.job_name.as_deref().unwrap_or("-"),
+                                run_id = c.alert.run_id.as_deref().unwrap_or("-"));
                             self.deliver(&http, c).instrument(span)
                         })
                         .await;
@@ -128,31 +146,16 @@ impl Runner {
     }
 
     /// One attempt at one claimed alert, recorded with what becomes of the alert.
-    async fn deliver(&self, http: &reqwest::Client, c: Claimed) {
+    async fn deliver(&self, http: &Clients, c: Claimed) {
         let config = &self.inner.config.alerts;
-        let result =
-            match crate::service::channels::open(&self.inner.ctx, &c.alert.channel_id).await {
-                Ok(opened) => {
-                    let out = deliver::request(
-                        &c.alert,
-                        c.kind,
-                        opened.signing_secret.as_ref(),
-                        config.public_url.as_deref(),
-                        now_ms() / 1000,
-                    );
-                    deliver::send(http, &opened.url, out, config.timeout).await
-                }
-                Err(e) => AttemptResult {
-                    at: now_ms(),
-                    http_status: None,
-                    error: Some(format!("cannot open the channel's sealed values: {e}")),
-                    duration_ms: 0,
-                },
-            };
+        let result = match &c.target {
+            Target::Channel { kind, .. } => self.send_alert(&http.alerts, &c.alert, *kind).await,
+            Target::Callback => self.send_callback(&http.callbacks, &c.alert).await,
+        };
         let attempt = c.alert.attempts + 1;
         let next = if result.error.is_none() {
             Next::Delivered
-        } else if attempt >= i64::from(config.max_attempts) {
+        } else if attempt >= i64::from(config.max_attempts) || refused_for_good(&c, &result) {
             Next::Failed
         } else {
             Next::RetryAt(now_ms() + config.backoff(attempt).as_millis() as i64)
@@ -187,6 +190,74 @@ impl Runner {
                 tracing::warn!(error = %e, "could not record the attempt; the alert is tried again after its lease")
             }
         }
+    }
+}
+
+/// The HTTP clients of the outbox.
+struct Clients {
+    alerts: reqwest::Client,
+    callbacks: reqwest::Client,
+}
+
+/// A callback's receiver that answers 4xx (but 408 and 429) refuses it for good: Data
+/// Factory answers so for an activity that has ended or a URI that is not its own.
+fn refused_for_good(c: &Claimed, result: &AttemptResult) -> bool {
+    c.target == Target::Callback
+        && result
+            .http_status
+            .is_some_and(|s| (400..500).contains(&s) && s != 408 && s != 429)
+}
+
+impl Runner {
+    async fn send_alert(
+        &self,
+        http: &reqwest::Client,
+        alert: &OutboxRow,
+        kind: ChannelKind,
+    ) -> AttemptResult {
+        let config = &self.inner.config.alerts;
+        let channel_id = alert.channel_id.as_deref().unwrap_or_default();
+        match crate::service::channels::open(&self.inner.ctx, channel_id).await {
+            Ok(opened) => {
+                let out = deliver::request(
+                    alert,
+                    kind,
+                    opened.signing_secret.as_ref(),
+                    config.public_url.as_deref(),
+                    now_ms() / 1000,
+                );
+                deliver::send(http, &opened.url, out, config.timeout).await
+            }
+            Err(e) => not_sent(format!("cannot open the channel's sealed values: {e}")),
+        }
+    }
+
+    async fn send_callback(&self, http: &reqwest::Client, alert: &OutboxRow) -> AttemptResult {
+        let ctx = &self.inner.ctx;
+        let id = alert.callback_id.as_deref().unwrap_or_default();
+        let out = match crate::service::callbacks::outgoing(ctx, id).await {
+            Ok(out) => out,
+            Err(e) => return not_sent(format!("cannot build the callback: {e}")),
+        };
+        let allowed = reqwest::Url::parse(out.uri.expose_secret())
+            .is_ok_and(|url| ctx.callbacks.may_call(&url));
+        if !allowed {
+            return not_sent("the callback's address is no longer allowed".into());
+        }
+        let request = deliver::Outgoing {
+            body: out.body,
+            headers: vec![("x-jobdock-delivery", alert.id.clone())],
+        };
+        deliver::send(http, &out.uri, request, self.inner.config.alerts.timeout).await
+    }
+}
+
+fn not_sent(error: String) -> AttemptResult {
+    AttemptResult {
+        at: now_ms(),
+        http_status: None,
+        error: Some(error),
+        duration_ms: 0,
     }
 }
 

@@ -187,7 +187,8 @@ mod tests {
         OutboxRow {
             seq: 1,
             id: "a1".into(),
-            channel_id: "c".into(),
+            channel_id: Some("c".into()),
+            callback_id: None,
             event: "failure".into(),
             job_name: Some("orders".into()),
             run_id: Some("r1".into()),

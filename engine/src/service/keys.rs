@@ -79,6 +79,7 @@ pub async fn load(
     for (channel_id, sealed) in store.channel_sealing_key_samples().await? {
         samples.push((super::channels::sealing_context(&channel_id), sealed));
     }
+    samples.extend(super::callbacks::sealing_samples(store).await?);
     let (ring, origin) = match source {
         MasterKeySource::Inline(k) => (KeyRing::parse(k)?, KeyOrigin::Configured),
         MasterKeySource::File(p) => (KeyRing::read_file(p)?, KeyOrigin::Configured),
@@ -117,7 +118,8 @@ pub async fn rotate(store: &Store, ring: &KeyRing) -> Result<usize, KeyError> {
         store::secrets::put(&mut tx, job_id, &resealed).await?;
     }
     let channels = super::channels::reseal(&mut tx, ring).await?;
-    let resealed = stale.len() + channels;
+    let callbacks = super::callbacks::reseal(&mut tx, ring).await?;
+    let resealed = stale.len() + channels + callbacks;
     store::audit::record(
         &mut tx,
         Actor::default().audit(

@@ -5,9 +5,11 @@
 pub mod alerts;
 pub mod anomalies;
 pub mod audit;
+pub mod callbacks;
 pub mod channels;
 pub mod jobs;
 pub mod keys;
+pub mod links;
 pub mod locks;
 pub mod logs;
 pub mod page;
@@ -43,6 +45,8 @@ pub struct Ctx {
     /// Notified whenever this replica records the end of a run; long polls wait on it (and
     /// poll for the runs that other replicas end).
     pub run_ended: Arc<tokio::sync::Notify>,
+    /// Where a run's callback may go.
+    pub callbacks: crate::egress::CallbackPolicy,
 }
 
 /// Who acts, for the audit log.

@@ -28,6 +28,8 @@ pub struct Trigger<'a> {
     pub kind: &'a str,
     /// The `Idempotency-Key` header, if any.
     pub header_key: Option<String>,
+    /// The engine's address as the caller reached it, for the links of a callback.
+    pub base_url: Option<String>,
 }
 
 /// What a trigger did.
@@ -69,16 +71,28 @@ fn key_of(req: &TriggerRequest, header: Option<&str>) -> Result<Option<String>> 
         (Some(k), _) | (None, Some(k)) => Some(k.to_string()),
         (None, None) => None,
     };
-    if let Some(k) = &key {
-        if k.is_empty() || k.chars().count() > 255 || k.chars().any(char::is_control) {
-            return Err(ServiceError::invalid(
-                "idempotency_key",
-                "must be 1 to 255 printable characters",
-            ));
-        }
+    let Some(k) = key else { return Ok(None) };
+    if k.is_empty() || k.chars().count() > MAX_KEY || k.chars().any(char::is_control) {
+        return Err(ServiceError::invalid(
+            "idempotency_key",
+            format!("must be 1 to {MAX_KEY} printable characters"),
+        ));
     }
-    Ok(key)
+    if k.chars().count() <= STORED_KEY {
+        return Ok(Some(k));
+    }
+    // A caller without a hash function (Data Factory's expressions have none) may send a
+    // long key built from its run id and a ForEach item; the store keeps its digest.
+    let d = ring::digest::digest(&ring::digest::SHA256, k.as_bytes());
+    let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(Some(format!("sha256:{hex}")))
 }
+
+/// Longest idempotency key kept as it is; a longer one is kept as `sha256:<hex>` of it.
+const STORED_KEY: usize = 255;
+
+/// Longest idempotency key accepted.
+const MAX_KEY: usize = 4096;
 
 /// SHA-256 of the parts of the body that shape the run, to spot a key reused for another run.
 fn request_hash(req: &TriggerRequest) -> String {
@@ -130,6 +144,14 @@ pub async fn trigger(
 ) -> Result<Triggered, TriggerError> {
     let key = key_of(&req, t.header_key.as_deref())?;
     let hash = request_hash(&req);
+    let callback = match &req.callback_uri {
+        Some(uri) => Some(super::callbacks::prepare(ctx, uri).await?),
+        None => None,
+    };
+    let callback = callback.as_ref().map(|p| NewCallback {
+        prepared: p,
+        base_url: t.base_url.as_deref().unwrap_or_default(),
+    });
     let mut tx = ctx.store.begin_write().await.map_err(ServiceError::from)?;
     let job = store::jobs::get_for_update(&mut tx, &ctx.store, name)
         .await
@@ -144,7 +166,7 @@ pub async fn trigger(
             .map_err(ServiceError::from)?
         {
             drop(tx);
-            return existing_for_key(ctx, existing, &hash).await;
+            return existing_for_key(ctx, existing, &hash, callback).await;
         }
     }
     let secret_names = store::secrets::names(&mut tx, &job.id)
@@ -165,6 +187,7 @@ pub async fn trigger(
         key: key.as_deref(),
         hash: Some(&hash),
         detail,
+        callback,
     };
     enqueue(ctx, tx, &job, &snapshot, e).await
 }
@@ -185,6 +208,7 @@ pub async fn trigger_scheduled(
         scope: Scope::Admin,
         kind: "schedule",
         header_key: Some(format!("schedule:{}", tick.to_rfc3339())),
+        base_url: None,
     };
     trigger(ctx, t, name, TriggerRequest::default()).await
 }
@@ -213,6 +237,7 @@ pub async fn rerun(ctx: &Ctx, actor: &Actor, id: &str) -> Result<Triggered, Trig
         key: None,
         hash: None,
         detail,
+        callback: None,
     };
     enqueue(ctx, tx, &job, &original.spec, e).await
 }
@@ -224,6 +249,14 @@ struct Enqueue<'a> {
     key: Option<&'a str>,
     hash: Option<&'a str>,
     detail: serde_json::Value,
+    callback: Option<NewCallback<'a>>,
+}
+
+/// A checked callback to add to the run a trigger makes or finds.
+#[derive(Clone, Copy)]
+struct NewCallback<'a> {
+    prepared: &'a super::callbacks::Prepared,
+    base_url: &'a str,
 }
 
 /// The one gate every new run passes (trigger, schedule, re-run): the job's `on_conflict`
@@ -296,7 +329,7 @@ async fn enqueue(
                     ServiceError::Conflict("idempotency key race; retry the call".into())
                 })?;
             drop(conn);
-            return existing_for_key(ctx, existing, e.hash.unwrap_or_default()).await;
+            return existing_for_key(ctx, existing, e.hash.unwrap_or_default(), e.callback).await;
         }
         Err(err) => return Err(ServiceError::from(err).into()),
     };
@@ -307,6 +340,10 @@ async fn enqueue(
     store::audit::record(&mut tx, e.actor.audit("run.trigger", name, detail))
         .await
         .map_err(ServiceError::from)?;
+    if let Some(c) = e.callback {
+        // A run skipped at trigger is final already: its callback is enqueued at once.
+        super::callbacks::add(ctx, &mut tx, c.prepared, &row.id, c.base_url).await?;
+    }
     tx.commit()
         .await
         .map_err(|err| ServiceError::from(StoreError::from(err)))?;
@@ -352,6 +389,7 @@ async fn existing_for_key(
     ctx: &Ctx,
     existing: RunRow,
     hash: &str,
+    callback: Option<NewCallback<'_>>,
 ) -> Result<Triggered, TriggerError> {
     if existing.request_hash.as_deref() != Some(hash) {
         return Err(ServiceError::invalid(
@@ -362,6 +400,15 @@ async fn existing_for_key(
             ),
         )
         .into());
+    }
+    // A replay may bring a new callback (Data Factory's retried Webhook activity does): it
+    // is added, and called at once when the run has already ended.
+    if let Some(c) = callback {
+        let mut tx = ctx.store.begin_write().await.map_err(ServiceError::from)?;
+        super::callbacks::add(ctx, &mut tx, c.prepared, &existing.id, c.base_url).await?;
+        tx.commit()
+            .await
+            .map_err(|err| ServiceError::from(StoreError::from(err)))?;
     }
     Ok(Triggered::Existing(Box::new(get(ctx, &existing.id).await?)))
 }

@@ -10,6 +10,7 @@
 pub mod alerts;
 pub mod anomalies;
 pub mod audit;
+pub mod callbacks;
 pub mod events;
 pub mod jobs;
 mod leases;

@@ -1,5 +1,5 @@
-//! The alert outbox: one row per alert and channel, kept until delivered or given up, and the
-//! attempts at delivering it.
+//! The alert outbox: one row per alert and channel, or per callback of a run, kept until
+//! delivered or given up, and the attempts at delivering it.
 //!
 //! A replica sends a row only while it holds the row's lease. Taking the lease is one
 //! compare-and-set statement — it succeeds only for a row that is pending, due, and not
@@ -41,8 +41,10 @@ pub struct OutboxRow {
     pub seq: i64,
     /// The alert's id (`X-Jobdock-Delivery`).
     pub id: String,
-    /// The channel's id.
-    pub channel_id: String,
+    /// The channel's id, for an alert.
+    pub channel_id: Option<String>,
+    /// The callback's id, for a callback (see `store::callbacks`).
+    pub callback_id: Option<String>,
     /// The event.
     pub event: String,
     /// The job.
@@ -110,7 +112,8 @@ pub enum Next {
     Failed,
 }
 
-const COLUMNS: &str = "seq, id, channel_id, event, job_name, run_id, occurred_at, summary, \
+const COLUMNS: &str =
+    "seq, id, channel_id, callback_id, event, job_name, run_id, occurred_at, summary, \
     details, status, attempts, next_attempt_at, claimed_by, claimed_until, delivered_at";
 
 fn decode(r: &sqlx::any::AnyRow) -> Result<OutboxRow> {
@@ -120,6 +123,7 @@ fn decode(r: &sqlx::any::AnyRow) -> Result<OutboxRow> {
         seq: r.try_get("seq")?,
         id: r.try_get("id")?,
         channel_id: r.try_get("channel_id")?,
+        callback_id: r.try_get("callback_id")?,
         event: r.try_get("event")?,
         job_name: r.try_get("job_name")?,
         run_id: r.try_get("run_id")?,
@@ -159,15 +163,57 @@ pub async fn insert(conn: &mut AnyConnection, a: &NewAlert<'_>) -> Result<String
     Ok(id)
 }
 
-/// A claimed alert with what sending it needs from its channel.
+/// Puts the callback `callback_id` of a run that has ended in the outbox, due at once, on
+/// the caller's connection; its id.
+pub async fn insert_callback(
+    conn: &mut AnyConnection,
+    callback_id: &str,
+    job: &str,
+    run_id: &str,
+    summary: &str,
+    details: &serde_json::Value,
+) -> Result<String> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO alert_outbox (id, callback_id, event, job_name, run_id, occurred_at, summary, \
+         details, status, next_attempt_at, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $6, $6)",
+    )
+    .bind(&id)
+    .bind(callback_id)
+    .bind(crate::store::callbacks::EVENT)
+    .bind(job)
+    .bind(run_id)
+    .bind(now)
+    .bind(summary)
+    .bind(details.to_string())
+    .execute(&mut *conn)
+    .await?;
+    Ok(id)
+}
+
+/// Where a claimed outbox row goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A notification channel.
+    Channel {
+        /// The channel's name.
+        name: String,
+        /// The channel's kind.
+        kind: ChannelKind,
+    },
+    /// A run's callback.
+    Callback,
+}
+
+/// A claimed outbox row with what sending it needs.
 #[derive(Debug, Clone)]
 pub struct Claimed {
-    /// The alert.
+    /// The alert or callback.
     pub alert: OutboxRow,
-    /// The channel's name.
-    pub channel: String,
-    /// The channel's kind.
-    pub kind: ChannelKind,
+    /// Where it goes.
+    pub target: Target,
 }
 
 impl Store {
@@ -200,16 +246,25 @@ impl Store {
         let mut claimed = Vec::with_capacity(rows.len());
         for r in &rows {
             let alert = decode(r)?;
+            let Some(channel_id) = &alert.channel_id else {
+                claimed.push(Claimed {
+                    alert,
+                    target: Target::Callback,
+                });
+                continue;
+            };
             let ch = sqlx::query("SELECT name, kind FROM alert_channels WHERE id = $1")
-                .bind(&alert.channel_id)
+                .bind(channel_id)
                 .fetch_optional(&self.pool)
                 .await?;
             // A channel deleted meanwhile takes its alerts with it.
             let Some(ch) = ch else { continue };
             let kind: String = ch.try_get("kind")?;
             claimed.push(Claimed {
-                channel: ch.try_get("name")?,
-                kind: kind.parse().map_err(StoreError::Corrupt)?,
+                target: Target::Channel {
+                    name: ch.try_get("name")?,
+                    kind: kind.parse().map_err(StoreError::Corrupt)?,
+                },
                 alert,
             });
         }

@@ -92,6 +92,7 @@ pub async fn cancel_queued(conn: &mut AnyConnection, id: &str, reason: &str) -> 
     )
     .detail(serde_json::json!({ "status": "cancelled" }));
     events::record(conn, event).await?;
+    crate::store::callbacks::enqueue_run_end(conn, id).await?;
     Ok(true)
 }
 
@@ -251,6 +252,7 @@ pub async fn finish(
     events::record(conn, event).await?;
     crate::store::stats::record(conn, id).await?;
     crate::store::alerts::enqueue_run_end(conn, id).await?;
+    crate::store::callbacks::enqueue_run_end(conn, id).await?;
     Ok(true)
 }
 

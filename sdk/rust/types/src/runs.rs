@@ -96,9 +96,23 @@ pub struct TriggerRequest {
     pub command: Option<Vec<String>>,
     /// A retried call with the same key returns the first run (200) instead of starting
     /// another. Also accepted as the `Idempotency-Key` header; when both are sent they must
-    /// be equal (422 otherwise).
+    /// be equal (422 otherwise). At most 4096 characters; one longer than 255 is kept as
+    /// `sha256:<hex>` of it, so that a caller without a hash function may send a long one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// A URL the engine POSTs the run's outcome to once the run is final, as Data Factory's
+    /// Webhook activity expects: `{"Output": <the run>, "StatusCode": "200"}` for a run that
+    /// succeeded, else `{"Output": …, "Error": {"ErrorCode", "Message"}, "StatusCode": "424"}`.
+    /// It must be `https` to a host with public addresses only, unless the operator allows
+    /// the host (`callback_allowed_hosts`). Not part of the idempotency comparison: a replay
+    /// with another URI adds it, and calls it at once when the run has ended.
+    #[serde(
+        default,
+        rename = "callBackUri",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[cfg_attr(feature = "openapi", schema(max_length = 4096))]
+    pub callback_uri: Option<String>,
 }
 
 /// One attempt of a run.
