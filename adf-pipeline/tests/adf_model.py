@@ -290,6 +290,20 @@ def check_pipeline(doc: dict[str, Any]) -> list[str]:
     return errors + checker.errors
 
 
+def check_linked_service(doc: dict[str, Any]) -> list[str]:
+    """Every problem found in a `{name, properties}` linked service document."""
+    try:
+        M.LinkedServiceResource.deserialize(doc)
+    except Exception as err:
+        return [f"the SDK cannot deserialize it: {err}"]
+    checker = Checker({"properties": {}})
+    for key in doc:
+        if key not in ("name", "properties"):
+            checker.error(f"$.{key}", "a linked service document has only name and properties")
+    checker.model(M.LinkedServiceResource, doc, "$")
+    return checker.errors
+
+
 def _sdk_activities(items: list[Any]) -> Iterator[Any]:
     for a in items:
         yield a

@@ -19,7 +19,8 @@ from conftest import PIPELINES_DIR, TEMPLATES_DIR, load_pipelines
 
 PIPELINES = load_pipelines()
 ARM_FILES = sorted(p for p in TEMPLATES_DIR.glob("*/*.json") if p.name != "manifest.json")
-ALL_JSON = sorted(PIPELINES_DIR.glob("*.json")) + sorted(TEMPLATES_DIR.glob("*/*.json"))
+LINKED_SERVICES = sorted((PIPELINES_DIR.parent / "linkedServices").glob("*.json"))
+ALL_JSON = sorted(PIPELINES_DIR.glob("*.json")) + sorted(TEMPLATES_DIR.glob("*/*.json")) + LINKED_SERVICES
 EXPECTED = {"Jobdock_RunJob", "Jobdock_RunJob_Async", "Jobdock_RunJob_Webhook", "Jobdock_RunJob_ForEach"}
 
 
@@ -92,6 +93,15 @@ def test_arm_templates_are_up_to_date():
         [sys.executable, str(TEMPLATES_DIR.parent / "package"), "--check"], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("path", LINKED_SERVICES, ids=lambda p: p.stem)
+def test_the_example_linked_service_matches_the_sdk_models(path: Path):
+    doc = json.loads(path.read_text())
+    assert adf_model.check_linked_service(doc) == []
+    broken = copy.deepcopy(doc)
+    _rename(broken["properties"]["typeProperties"], "baseUrl", "baseURL")
+    assert any("baseURL" in e for e in adf_model.check_linked_service(broken))
 
 
 def test_the_webhook_template_asks_for_its_key_vault_linked_service():
