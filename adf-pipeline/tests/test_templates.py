@@ -235,3 +235,22 @@ def test_every_trigger_defaults_its_key_to_the_pipeline_run_id(name: str):
     triggers = [a for a in adf_model.all_activities(PIPELINES[name]) if "idempotency_key" in json.dumps(a.get("typeProperties", {}))]
     assert len(triggers) == 1
     assert "if(empty(pipeline().parameters.idempotencyKey), pipeline().RunId, pipeline().parameters.idempotencyKey)" in triggers[0]["typeProperties"]["body"]["value"]
+
+
+def test_the_checker_walks_into_if_condition_activities():
+    """No template uses If Condition, but a user's copy may: its branches are walked too."""
+    doc = copy.deepcopy(PIPELINES["Jobdock_RunJob"])
+    fail = copy.deepcopy(_fail(doc))
+    _acts(doc).append({
+        "name": "Branch",
+        "type": "IfCondition",
+        "dependsOn": [{"activity": "Check outcome", "dependencyConditions": ["Succeeded"]}],
+        "userProperties": [],
+        "typeProperties": {
+            "expression": {"value": "@equals(activity('Poll run').output.status, 'failed')", "type": "Expression"},
+            "ifTrueActivities": [{**fail, "name": "Fail again"}],
+        },
+    })
+    assert adf_model.check_pipeline(doc) == []
+    _rename(_acts(doc)[-1]["typeProperties"]["ifTrueActivities"][0]["typeProperties"], "message", "mesage")
+    assert any("mesage" in e for e in adf_model.check_pipeline(doc))
