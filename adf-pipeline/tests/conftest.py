@@ -32,7 +32,8 @@ KEY_VAULT_LINKED_SERVICE = "JobdockKeyVault"
 JOBS = {
     "adf-ok": ["sh", "-c", 'echo "customer=$CUSTOMER"; echo "note=$NOTE"'],
     "adf-fail": ["sh", "-c", 'echo "failing for $CUSTOMER" >&2; exit 3'],
-    "adf-slow": ["sh", "-c", "echo started; sleep 120"],
+    # Ends at once on SIGTERM (a shell as PID 1 would ignore it), so a cancel is quick.
+    "adf-slow": ["sh", "-c", "trap 'exit 143' TERM; echo started; sleep 120 & wait"],
 }
 
 
