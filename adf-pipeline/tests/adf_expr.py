@@ -1,11 +1,12 @@
 """A minimal evaluator of the Azure Data Factory expression language, for replaying templates.
 
-Why not a library: the maintained one, Microsoft's `data-factory-testing-framework`, evaluates
-expressions in a .NET assembly loaded through pythonnet and needs a .NET runtime (5 or
-newer), which neither Debian's packages nor PyPI supply on our machines; its 0.2 series also
-loads the CoreCLR at import. So this module implements the part of the language the
-templates use, and is strict where Data Factory is strict or where its behaviour is not
-documented: an unknown function, a missing property without `?.`, a null passed to `concat`
+Why not a library: the maintained one, Microsoft's `data-factory-testing-framework` (1.4),
+evaluates expressions in a .NET assembly (net5.0) loaded through pythonnet's CoreCLR, so it
+needs a .NET runtime of version 5 or newer. Debian 12's packages have none, PyPI has only
+Microsoft's .NET Core 3.1 bundle (`dotnetcore2`, too old) and unofficial third-party
+repackagings we will not put in a test chain, and its 0.2 series loads the CoreCLR at import
+too. So this module implements the part of the language the templates use, and is strict
+where Data Factory is strict or where its behaviour is not documented: an unknown function, a missing property without `?.`, a null passed to `concat`
 or `string`, or a non-boolean condition is an error, never a silent default. A template that
 only works because an evaluator is lenient must fail here.
 
