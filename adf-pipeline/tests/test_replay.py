@@ -19,6 +19,8 @@ import pytest
 
 from adf_runtime import PipelineRun, Runtime
 
+pytestmark = pytest.mark.engine
+
 FINAL = {"succeeded", "failed", "timed_out", "cancelled", "lost", "skipped"}
 
 
