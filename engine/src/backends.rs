@@ -45,6 +45,9 @@ pub struct NomadSettings {
 #[derive(Clone, Default)]
 pub struct Backends {
     map: BTreeMap<BackendName, Arc<dyn Backend>>,
+    /// The host's address on the local Docker engine's bridge network, where its
+    /// containers reach the host.
+    docker_gateway: Option<std::net::IpAddr>,
 }
 
 impl std::fmt::Debug for Backends {
@@ -66,6 +69,7 @@ impl Backends {
     pub fn from_list(list: Vec<(BackendName, Arc<dyn Backend>)>) -> Self {
         Self {
             map: list.into_iter().collect(),
+            docker_gateway: None,
         }
     }
 
@@ -77,11 +81,13 @@ impl Backends {
     /// `/readyz` says why, instead of jobs being refused).
     pub async fn detect(settings: &BackendSettings) -> Self {
         let mut map: BTreeMap<BackendName, Arc<dyn Backend>> = BTreeMap::new();
+        let mut docker_gateway = None;
         let docker_there = std::env::var_os("DOCKER_HOST").is_some()
             || std::path::Path::new("/var/run/docker.sock").exists();
         if docker_there {
             match DockerBackend::connect(settings.docker.clone()).await {
                 Ok(b) => {
+                    docker_gateway = b.bridge_gateway().await;
                     map.insert(BackendName::Docker, Arc::new(b));
                 }
                 Err(e) => tracing::warn!(error = %e, "the Docker backend is not available"),
@@ -128,7 +134,15 @@ impl Backends {
                 Err(e) => tracing::warn!(error = %e, "the Nomad backend is not available"),
             }
         }
-        Self { map }
+        Self {
+            map,
+            docker_gateway,
+        }
+    }
+
+    /// The host's address on the local Docker engine's bridge network, if there is one.
+    pub fn docker_gateway(&self) -> Option<std::net::IpAddr> {
+        self.docker_gateway
     }
 
     /// The backend of this name.

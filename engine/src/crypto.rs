@@ -56,7 +56,11 @@ struct MasterKey {
     id: String,
     key: LessSafeKey,
     links: ring::hmac::Key,
+    run_tokens: ring::hmac::Key,
 }
+
+/// How a run token starts (see [`KeyRing::run_token`]).
+pub const RUN_TOKEN_PREFIX: &str = "jdrun_";
 
 /// The master keys: the first seals, all of them open.
 pub struct KeyRing {
@@ -96,7 +100,8 @@ impl KeyRing {
                 key: LessSafeKey::new(
                     UnboundKey::new(&AES_256_GCM, &bytes).map_err(|_| bad("rejected".into()))?,
                 ),
-                links: link_key(&bytes),
+                links: derived_key(&bytes, b"link signing v1"),
+                run_tokens: derived_key(&bytes, b"run tokens v1"),
             });
         }
         if ring.is_empty() {
@@ -129,6 +134,36 @@ impl KeyRing {
         self.keys
             .iter()
             .any(|k| ring::hmac::verify(&k.links, message.as_bytes(), &tag).is_ok())
+    }
+
+    /// The token of attempt `attempt` of run `run_id` (`JOBDOCK_RUN_TOKEN`):
+    /// `jdrun_<run id>.<attempt>.<HMAC>`. Derived, not stored, so that an engine that adopts
+    /// a running container after a restart knows it again (to redact it from the log).
+    pub fn run_token(&self, run_id: &str, attempt: i64) -> String {
+        let tag = ring::hmac::sign(
+            &self.keys[0].run_tokens,
+            format!("{run_id}:{attempt}").as_bytes(),
+        );
+        let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tag.as_ref());
+        format!("{RUN_TOKEN_PREFIX}{run_id}.{attempt}.{sig}")
+    }
+
+    /// The run and attempt a run token was made for by [`KeyRing::run_token`] under any key
+    /// of the ring; `None` for anything else. Whether that attempt still runs is the
+    /// caller's to check.
+    pub fn verify_run_token(&self, token: &str) -> Option<(String, i64)> {
+        let rest = token.strip_prefix(RUN_TOKEN_PREFIX)?;
+        let (run_id, rest) = rest.split_once('.')?;
+        let (attempt, sig) = rest.split_once('.')?;
+        let tag = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(sig)
+            .ok()?;
+        let message = format!("{run_id}:{attempt}");
+        let valid = self
+            .keys
+            .iter()
+            .any(|k| ring::hmac::verify(&k.run_tokens, message.as_bytes(), &tag).is_ok());
+        valid.then(|| Some((run_id.to_string(), attempt.parse().ok()?)))?
     }
 
     /// A fresh random key, as base64.
@@ -216,9 +251,11 @@ fn aad(job: &str, key: &str) -> Vec<u8> {
 }
 
 /// The key that signs links, derived from a master key (HKDF-SHA256).
-fn link_key(master: &[u8]) -> ring::hmac::Key {
+/// A key for one purpose, derived from a master key (HKDF-SHA256), so that a signature made
+/// for one purpose is worthless for another.
+fn derived_key(master: &[u8], purpose: &'static [u8]) -> ring::hmac::Key {
     let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"jobdock");
-    let info: &[&[u8]] = &[b"link signing v1"];
+    let info: &[&[u8]] = &[purpose];
     let prk = salt.extract(master);
     let okm = prk
         .expand(info, ring::hmac::HMAC_SHA256)
@@ -258,6 +295,34 @@ mod tests {
 
     fn ring(keys: &[&str]) -> KeyRing {
         KeyRing::parse(&SecretString::from(keys.join(","))).unwrap()
+    }
+
+    #[test]
+    fn a_run_token_names_its_run_and_attempt_and_nothing_else_passes() {
+        let old = KeyRing::generate_key().unwrap();
+        let new = KeyRing::generate_key().unwrap();
+        let r = ring(&[&old]);
+        let t = r.run_token("0190-run", 2);
+        assert!(t.starts_with("jdrun_0190-run.2."), "{t}");
+        assert_eq!(r.verify_run_token(&t), Some(("0190-run".into(), 2)));
+        // After a rotation the old key still verifies it; another ring does not.
+        assert_eq!(
+            ring(&[&new, &old]).verify_run_token(&t),
+            Some(("0190-run".into(), 2))
+        );
+        assert_eq!(ring(&[&new]).verify_run_token(&t), None);
+        // Another run or attempt with the same signature, a link's signature, garbage.
+        let sig = t.rsplit('.').next().unwrap();
+        for forged in [
+            format!("jdrun_0190-run.3.{sig}"),
+            format!("jdrun_0190-other.2.{sig}"),
+            format!("jdrun_0190-run.2.{}", r.sign_link("0190-run", 2)),
+            "jdrun_0190-run.2".into(),
+            "jd_0190-run.2.x".into(),
+            String::new(),
+        ] {
+            assert_eq!(r.verify_run_token(&forged), None, "{forged}");
+        }
     }
 
     #[test]

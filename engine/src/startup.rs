@@ -133,23 +133,52 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let backends = Backends::detect(&settings.backends).await;
     tracing::info!(backends = ?backends, "backends");
     let (ctx, installation) = build(&settings, &backends).await?;
+    let mut runner_config = settings.runner.clone();
+    let run_listener = match &runner_config.run_url {
+        Some(_) => None,
+        None => {
+            let main = listener.local_addr()?;
+            let (url, extra) =
+                bridge_listener(main, backends.docker_gateway(), settings.tls.is_some());
+            runner_config.run_url = url;
+            extra
+        }
+    };
+    match &runner_config.run_url {
+        Some(u) => tracing::info!(url = %u.url, all_backends = u.all_backends, "runs reach the engine at JOBDOCK_URL"),
+        None => tracing::warn!("runs get no JOBDOCK_URL (no local Docker bridge): set JOBDOCK_ADVERTISE_URL for the SDK's state calls"),
+    }
     // The runner's backend calls count their errors; readiness asks the backends directly.
     let runner = Runner::new(
         ctx.clone(),
         crate::metrics::metered(&backends, &ctx.metrics),
-        settings.runner.clone(),
+        runner_config,
         installation,
     );
     runner.start().await;
-    let app = api::router(AppState {
+    let state = AppState {
         ctx: ctx.clone(),
         runner: runner.clone(),
         backends,
         metrics_public: settings.metrics_public,
         links: std::sync::Arc::new(settings.links.clone()),
-    });
+    };
     let handle = axum_server::Handle::new();
     tokio::spawn(shutdown_on_signal(handle.clone()));
+    if let Some(extra) = run_listener {
+        extra.set_nonblocking(true)?;
+        let addr = extra.local_addr()?;
+        tracing::info!(%addr, "serving runs on Docker's bridge (plain http, the routes runs use only)");
+        let server = axum_server::from_tcp(extra)
+            .handle(handle.clone())
+            .serve(api::run_router(state.clone()).into_make_service());
+        tokio::spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "the listener for runs stopped");
+            }
+        });
+    }
+    let app = api::router(state);
     listener.set_nonblocking(true)?;
     let addr: SocketAddr = listener.local_addr()?;
     let service = app.into_make_service();
@@ -183,6 +212,41 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     ctx.store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Where runs on the local Docker engine reach the engine: the host's address on Docker's
+/// bridge (`gateway`). When the main listener already covers it (it listens on every
+/// address) that is the URL; when it listens on loopback only, a second listener on the
+/// bridge address serves the routes runs use (plain HTTP, on a network local to the host),
+/// on the same port if it is free.
+fn bridge_listener(
+    main: SocketAddr,
+    gateway: Option<std::net::IpAddr>,
+    tls: bool,
+) -> (Option<crate::runner::RunUrl>, Option<std::net::TcpListener>) {
+    let Some(gateway) = gateway else {
+        return (None, None);
+    };
+    let url = |port: u16| {
+        Some(crate::runner::RunUrl {
+            url: format!("http://{}", SocketAddr::new(gateway, port)),
+            all_backends: false,
+        })
+    };
+    // Behind TLS the main listener's certificate does not name the bridge address: runs get
+    // a plain listener of their own.
+    if !tls && (main.ip().is_unspecified() || main.ip() == gateway) {
+        return (url(main.port()), None);
+    }
+    let bound = std::net::TcpListener::bind(SocketAddr::new(gateway, main.port()))
+        .or_else(|_| std::net::TcpListener::bind(SocketAddr::new(gateway, 0)));
+    match bound.and_then(|l| Ok((l.local_addr()?.port(), l))) {
+        Ok((port, l)) => (url(port), Some(l)),
+        Err(e) => {
+            tracing::warn!(%gateway, error = %e, "cannot listen on Docker's bridge for runs");
+            (None, None)
+        }
+    }
 }
 
 async fn shutdown_on_signal(handle: axum_server::Handle) {

@@ -10,7 +10,14 @@ use std::path::{Path, PathBuf};
 /// The layers, lowest first. A module may use the modules of lower layers only.
 const LAYERS: &[&[&str]] = &[
     // Of the engine, these use nothing.
-    &["store", "json", "schedule", "telemetry", "backends"],
+    &[
+        "store",
+        "json",
+        "schedule",
+        "telemetry",
+        "backends",
+        "egress",
+    ],
     &["crypto", "auth", "monitor", "metrics"],
     &["service"],
     &["runner"],

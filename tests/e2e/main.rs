@@ -27,6 +27,7 @@ mod runs_limits;
 mod schedules;
 mod secrets;
 mod service;
+mod state;
 mod tenancy;
 
 use jobdock_testkit::TestApp;

@@ -138,12 +138,17 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiE
     let token = header
         .to_str()
         .ok()
-        .and_then(token_of)
+        .and_then(bearer_or_basic)
         .ok_or(ApiError::Unauthorized(
             "the Authorization header must be `Bearer <token>`, or `Basic` with the token as \
              the password",
         ))?;
     let token = token.as_str();
+    if token.starts_with(crate::crypto::RUN_TOKEN_PREFIX) {
+        return Err(ApiError::Unauthorized(
+            "a run token reaches only its own job's state (/api/v1/jobs/{name}/state)",
+        ));
+    }
     let hash = hash_token(token);
     let row = state
         .ctx
@@ -188,7 +193,7 @@ async fn signed_link_principal(state: &AppState, run_id: &str) -> Result<Princip
 /// The token of an `Authorization` header: `Bearer <token>`, or HTTP Basic with the token as
 /// the password and any user name, for callers that cannot send a bearer header (Data
 /// Factory's Webhook activity and linked services offer Basic only).
-fn token_of(header: &str) -> Option<String> {
+pub(super) fn bearer_or_basic(header: &str) -> Option<String> {
     use base64::Engine as _;
     let (scheme, rest) = header.split_once(' ')?;
     let rest = rest.trim();
@@ -208,7 +213,7 @@ fn token_of(header: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::token_of;
+    use super::bearer_or_basic as token_of;
 
     #[test]
     fn bearer_and_basic_carry_the_token() {

@@ -34,6 +34,9 @@ pub enum ApiError {
     /// 409.
     #[error("{0}")]
     Conflict(String),
+    /// 412: an `If-Match` that no longer holds.
+    #[error("{0}")]
+    PreconditionFailed(String),
     /// 413.
     #[error("the request body is larger than the engine accepts (4 MiB)")]
     PayloadTooLarge,
@@ -69,6 +72,7 @@ impl ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -87,6 +91,7 @@ pub fn problem(status: StatusCode, detail: Option<String>) -> Problem {
         404 => "not-found",
         405 => "method-not-allowed",
         409 => "conflict",
+        412 => "precondition-failed",
         413 => "payload-too-large",
         415 => "unsupported-media-type",
         422 => "validation-error",
@@ -163,6 +168,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::Conflict(m) => Self::Conflict(m),
             ServiceError::Invalid(f) => Self::Invalid(f),
             ServiceError::Forbidden(m) => Self::Forbidden(m),
+            ServiceError::PreconditionFailed(m) => Self::PreconditionFailed(m),
             ServiceError::Store(StoreError::NotFound) => Self::NotFound("not found".into()),
             ServiceError::Store(ref s) if s.is_busy() => Self::Busy(anyhow::Error::new(e)),
             e => Self::Internal(anyhow::Error::new(e)),

@@ -19,6 +19,7 @@ mod query;
 mod rules;
 mod runs;
 mod shape;
+mod state;
 mod stats;
 mod tokens;
 
@@ -62,6 +63,7 @@ pub fn openapi_router() -> utoipa_axum::router::OpenApiRouter<AppState> {
         .merge(runs::routes())
         .merge(outcome::routes())
         .merge(locks::routes())
+        .merge(state::routes())
         .merge(logs::routes())
         .merge(tokens::routes())
         .merge(channels::routes())
@@ -74,6 +76,24 @@ pub fn openapi_router() -> utoipa_axum::router::OpenApiRouter<AppState> {
 
 /// The whole application.
 pub fn router(state: AppState) -> Router {
+    let (routes, doc) = openapi_router().split_for_parts();
+    serve_with_layers(
+        routes.layer(axum::Extension(std::sync::Arc::new(openapi::finish(doc)))),
+        state,
+    )
+}
+
+/// The routes a run uses — its job's state, and health — for the listener on Docker's
+/// bridge, which containers reach; nothing else of the API is served there.
+pub fn run_router(state: AppState) -> Router {
+    let (routes, _) = utoipa_axum::router::OpenApiRouter::with_openapi(openapi::base())
+        .merge(health::routes())
+        .merge(state::routes())
+        .split_for_parts();
+    serve_with_layers(routes, state)
+}
+
+fn serve_with_layers(routes: Router<AppState>, state: AppState) -> Router {
     let layers = ServiceBuilder::new()
         .layer(axum::middleware::from_fn_with_state(
             state.ctx.metrics.clone(),
@@ -99,9 +119,7 @@ pub fn router(state: AppState) -> Router {
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_secs(120),
         ));
-    let (routes, doc) = openapi_router().split_for_parts();
     routes
-        .layer(axum::Extension(std::sync::Arc::new(openapi::finish(doc))))
         .layer(DefaultBodyLimit::max(4 * 1024 * 1024))
         .layer(layers)
         .with_state(state)

@@ -75,7 +75,7 @@ fn body_rules() -> Vec<(&'static str, &'static str, Value)> {
         (
             "TriggerRequest",
             "idempotency_key",
-            json!({"pattern": NO_CONTROL, "minLength": 1, "maxLength": 255}),
+            json!({"pattern": NO_CONTROL, "minLength": 1, "maxLength": 4096}),
         ),
         (
             "TriggerRequest",
@@ -182,6 +182,7 @@ fn parameter_rules() -> Vec<(&'static str, &'static str, Value)> {
         "listAuditEntries",
         "listAnomalies",
         "listChannelDeliveries",
+        "listJobStateVersions",
     ];
     let cursors = numbered
         .into_iter()
@@ -195,7 +196,12 @@ fn parameter_rules() -> Vec<(&'static str, &'static str, Value)> {
             (
                 "triggerRun",
                 "Idempotency-Key",
-                json!({"pattern": NO_CONTROL, "minLength": 1, "maxLength": 255}),
+                json!({"pattern": NO_CONTROL, "minLength": 1, "maxLength": 4096}),
+            ),
+            (
+                "putJobState",
+                "If-Match",
+                json!({"type": "string", "pattern": "^\\s*(\\*|(W/)?\"?[0-9]{1,18}\"?)\\s*$"}),
             ),
         ])
         .collect()

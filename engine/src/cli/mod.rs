@@ -5,6 +5,7 @@ mod client;
 mod ops;
 mod output;
 mod runs;
+mod state;
 
 use std::process::ExitCode;
 
@@ -46,6 +47,8 @@ enum Command {
     Anomalies(client::ClientArgs<ops::AnomaliesCommand>),
     /// List named locks with their holders and waiters, and set their capacity.
     Locks(client::ClientArgs<ops::LocksCommand>),
+    /// A job's state between runs: read, set, list versions, revert.
+    State(client::ClientArgs<state::StateCommand>),
     /// Trigger a run of a job; with `--wait` or `--follow`, exit with its exit code.
     Run(runs::RunArgs),
     /// List, show and cancel runs.
@@ -141,6 +144,7 @@ async fn run(command: Command, matches: &ArgMatches) -> anyhow::Result<ExitCode>
         Command::Channels(a) => ops::channels(a).await,
         Command::Anomalies(a) => ops::anomalies(a).await,
         Command::Locks(a) => ops::locks(a).await,
+        Command::State(a) => state::state(a).await,
         Command::Run(a) => runs::run(a).await,
         Command::Runs(a) => runs::runs(a).await,
         Command::Logs(a) => runs::logs(a).await,

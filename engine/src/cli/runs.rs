@@ -151,7 +151,7 @@ pub fn exit_code(run: &Run) -> u8 {
     }
 }
 
-const RUN_HEADERS: &[&str] = &["ID", "JOB", "STATUS", "ATTEMPT"];
+const RUN_HEADERS: &[&str] = &["ID", "JOB", "STATUS", "ATTEMPT", "PROGRESS"];
 const LIST_HEADERS: &[&str] = &[
     "ID", "JOB", "STATUS", "ATTEMPT", "EXIT", "CREATED", "DURATION", "REASON",
 ];
@@ -166,7 +166,19 @@ fn run_rows(r: &Run) -> Vec<Vec<String>> {
         r.job.clone(),
         r.status.as_str().to_string(),
         attempt(r),
+        progress(r).unwrap_or_else(|| "-".into()),
     ]]
+}
+
+/// The run's latest progress for people: `40/100 loading orders`.
+fn progress(r: &Run) -> Option<String> {
+    let p = r.progress.as_ref()?;
+    let counts = match (p.done, p.total) {
+        (Some(d), Some(t)) => format!("{d}/{t} "),
+        (Some(d), None) => format!("{d} "),
+        _ => String::new(),
+    };
+    Some(format!("{counts}{}", p.message).trim().to_string())
 }
 
 fn list_rows(runs: &[Run]) -> Vec<Vec<String>> {
@@ -216,6 +228,9 @@ fn summary(r: &Run) -> String {
     }
     if let Some(reason) = &r.reason {
         s.push_str(&format!(": {reason}"));
+    }
+    if let Some(p) = progress(r) {
+        s.push_str(&format!(" (last progress: {p})"));
     }
     s
 }
@@ -454,6 +469,7 @@ mod tests {
             attempts: vec![],
             anomalies: vec![],
             log_complete: true,
+            progress: None,
             logs_url: None,
         }
     }

@@ -214,6 +214,14 @@ pub struct ServeArgs {
     #[arg(long, env = "JOBDOCK_CALLBACK_ALLOWED_HOSTS", value_name = "HOSTS")]
     pub callback_allowed_hosts: Option<String>,
 
+    /// The engine's address as runs reach it, passed to every run as `JOBDOCK_URL` (the
+    /// SDK's state and progress calls go there), e.g. `http://jobdock.internal:8080`.
+    /// Without it, runs on the local Docker engine (and a one-host swarm) get the host's
+    /// address on Docker's bridge, where the engine then also listens, serving the routes a
+    /// run uses only; runs on Kubernetes and Nomad get none. [file: advertise_url]
+    #[arg(long, env = "JOBDOCK_ADVERTISE_URL", value_name = "URL")]
+    pub advertise_url: Option<String>,
+
     /// The first admin token, used verbatim when no token exists yet (stored as a hash).
     /// Without it, `serve` creates one and prints it once.
     #[arg(

@@ -66,6 +66,7 @@ pub(super) struct Layered {
     pub public_url: Option<String>,
     pub trust_forwarded_headers: bool,
     pub callback_allowed_hosts: Option<String>,
+    pub advertise_url: Option<String>,
 }
 
 impl Default for Layered {
@@ -107,6 +108,7 @@ impl Default for Layered {
             public_url: None,
             trust_forwarded_headers: false,
             callback_allowed_hosts: None,
+            advertise_url: None,
         }
     }
 }

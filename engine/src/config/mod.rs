@@ -156,6 +156,22 @@ impl Settings {
             })?;
         let mut runner = runner_config(&l)?;
         runner.retention = retention::retention_config(&l)?;
+        if let Some(url) = &v.advertise_url {
+            let ok = reqwest::Url::parse(url).ok().is_some_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host_str().is_some_and(|h| !h.is_empty())
+            });
+            if !ok {
+                return Err(l.invalid(
+                    "advertise_url",
+                    format!("advertise_url `{url}` must be an http:// or https:// URL, e.g. http://jobdock.internal:8080"),
+                ));
+            }
+            runner.run_url = Some(crate::runner::RunUrl {
+                url: url.trim_end_matches('/').to_string(),
+                all_backends: true,
+            });
+        }
         let links = crate::api::links::LinkSettings {
             public_url: runner.alerts.public_url.clone(),
             trust_forwarded_headers: v.trust_forwarded_headers,

@@ -13,10 +13,14 @@ pub fn launch_spec(
     run: &RunRow,
     installation_id: &str,
     secrets: Vec<(String, SecretString)>,
+    run_url: Option<&str>,
 ) -> Result<LaunchSpec, String> {
     let s = &run.spec;
     let mut env: Vec<(String, String)> =
         s.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    if let Some(url) = run_url {
+        env.push(("JOBDOCK_URL".into(), url.to_string()));
+    }
     env.push(("JOBDOCK_RUN_ID".into(), run.id.clone()));
     env.push(("JOBDOCK_JOB".into(), run.job_name.clone()));
     env.push(("JOBDOCK_ATTEMPT".into(), run.attempt.to_string()));

@@ -79,6 +79,8 @@ struct Buffer {
     /// The latest progress report not recorded yet, and when one last was.
     progress: Option<String>,
     progress_at: Option<tokio::time::Instant>,
+    /// The latest progress report and its time, for the run itself (every batch).
+    latest_progress: Option<(String, i64)>,
     /// The stored position after the lines written so far.
     mark: LogMark,
 }
@@ -146,6 +148,7 @@ impl Pump<'_> {
             gap: None,
             progress: None,
             progress_at: None,
+            latest_progress: None,
             mark: from.mark.clone(),
         };
         let mut deadline: Option<tokio::time::Instant> = None;
@@ -186,7 +189,9 @@ impl Pump<'_> {
             }
             let line = self.redactor.redact(&l.line);
             if let Some(text) = line.strip_prefix(PROGRESS_MARKER) {
-                buf.progress = Some(text.trim().chars().take(500).collect());
+                let text: String = text.trim().chars().take(500).collect();
+                buf.latest_progress = Some((text.clone(), l.ts.timestamp_millis()));
+                buf.progress = Some(text);
             }
             let len = line.len() as i64;
             // Past the cap a line is counted, not stored.
@@ -258,6 +263,7 @@ impl Pump<'_> {
         totals.mark = Some(buf.mark.clone());
         totals.owner = Some(self.owner.to_owned());
         totals.gap = buf.gap.take();
+        totals.latest_progress = buf.latest_progress.take();
         let due = last
             || buf
                 .progress_at

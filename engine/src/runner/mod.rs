@@ -55,6 +55,29 @@ pub struct RunnerConfig {
     pub retention: RetentionConfig,
     /// How alerts are delivered.
     pub alerts: AlertConfig,
+    /// The engine's address as runs reach it (`JOBDOCK_URL`), set when serving starts.
+    pub run_url: Option<RunUrl>,
+}
+
+/// The engine's address for its runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunUrl {
+    /// E.g. `http://172.17.0.1:8080`.
+    pub url: String,
+    /// Configured (`advertise_url`): every backend's runs get it. Derived from the local
+    /// Docker bridge: only the runs of `docker` and `swarm`, which run on this host.
+    pub all_backends: bool,
+}
+
+impl RunUrl {
+    /// The URL a run on `backend` with network `network` gets, if any: none for a job
+    /// without a network.
+    pub fn for_run(&self, backend: &str, network: Option<&str>) -> Option<&str> {
+        if network == Some("none") {
+            return None;
+        }
+        (self.all_backends || matches!(backend, "docker" | "swarm")).then_some(self.url.as_str())
+    }
 }
 
 impl Default for RunnerConfig {
@@ -70,6 +93,7 @@ impl Default for RunnerConfig {
             monitor_interval: Duration::from_secs(2),
             retention: RetentionConfig::default(),
             alerts: AlertConfig::default(),
+            run_url: None,
         }
     }
 }

@@ -37,6 +37,9 @@ pub(super) enum Ended {
     LaunchFailed(String),
 }
 
+/// The variable (or file under `/run/secrets`) a run's token reaches its script by.
+pub const RUN_TOKEN_VAR: &str = "JOBDOCK_RUN_TOKEN";
+
 /// Why supervision stopped without an end to record.
 enum Detach {
     /// The engine is shutting down; the container keeps running and is adopted later.
@@ -67,7 +70,14 @@ async fn attempt(r: &Runner, run: RunRow) -> anyhow::Result<()> {
     if settle_kept_end(r, &run, &backend).await? {
         return Ok(());
     }
-    let secrets = crate::service::jobs::open_secrets_of(ctx, &run.job_id, &run.job_name).await?;
+    let mut secrets =
+        crate::service::jobs::open_secrets_of(ctx, &run.job_id, &run.job_name).await?;
+    // The run's own token travels as a secret: delivered as the job's secrets are (variable
+    // or file) and redacted from its log like them.
+    secrets.push((
+        RUN_TOKEN_VAR.to_string(),
+        SecretString::from(ctx.keys.run_token(&run.id, run.attempt)),
+    ));
     let redactor = Redactor::new(&secrets.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>());
 
     let handle = match launch(r, &backend, &run, secrets).await? {
@@ -169,7 +179,11 @@ async fn launch(
     {
         return Ok(Ok(h));
     }
-    let spec = match launch_spec(run, &r.inner.installation_id, secrets) {
+    let run_url = r.inner.config.run_url.as_ref().and_then(|u| {
+        let network = run.spec.network.as_deref();
+        u.for_run(&run.backend, network)
+    });
+    let spec = match launch_spec(run, &r.inner.installation_id, secrets, run_url) {
         Ok(s) => s,
         Err(reason) => return Ok(Err(Ended::LaunchFailed(reason))),
     };

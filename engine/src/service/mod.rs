@@ -14,6 +14,7 @@ pub mod locks;
 pub mod logs;
 pub mod page;
 pub mod runs;
+pub mod state;
 pub mod stats;
 pub mod tokens;
 pub mod validate;
@@ -94,6 +95,9 @@ pub enum ServiceError {
     /// The caller may not do this.
     #[error("{0}")]
     Forbidden(String),
+    /// The caller's precondition (`If-Match`) no longer holds.
+    #[error("{0}")]
+    PreconditionFailed(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -460,6 +460,11 @@ pub fn to_api(r: &RunRow, attempts: Vec<AttemptRow>) -> Run {
         attempts: attempts.iter().map(attempt_api).collect(),
         anomalies: Vec::new(),
         log_complete: r.log_complete,
+        progress: r
+            .progress
+            .as_deref()
+            .zip(r.progress_at)
+            .map(|(text, at)| jobdock_types::RunProgress::parse(text, from_ms(at))),
         logs_url: None,
     }
 }

@@ -97,8 +97,11 @@ pub struct BatchTotals {
     pub dropped: i64,
     /// The mark after this batch; `None` leaves it (for the engine's own notices).
     pub mark: Option<LogMark>,
-    /// The last progress the script reported in this batch (`::jobdock::progress <text>`).
+    /// The last progress the script reported in this batch (`::jobdock::progress <text>`),
+    /// for the run's timeline (at most one every few seconds).
     pub progress: Option<String>,
+    /// The latest progress in this batch and when it came (Unix ms), shown on the run.
+    pub latest_progress: Option<(String, i64)>,
     /// Why output is missing, when a backend reported a gap in this batch: the run's log is
     /// then no longer complete, and its timeline says so.
     pub gap: Option<String>,
@@ -143,6 +146,14 @@ impl Store {
             let event = NewEvent::new(run_id, attempt, RunEventKind::LogGap, why.clone());
             events::record(&mut tx, event).await?;
             sqlx::query("UPDATE runs SET log_complete = 0 WHERE id = $1")
+                .bind(run_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some((text, at)) = &totals.latest_progress {
+            sqlx::query("UPDATE runs SET progress = $1, progress_at = $2 WHERE id = $3")
+                .bind(text)
+                .bind(at)
                 .bind(run_id)
                 .execute(&mut *tx)
                 .await?;

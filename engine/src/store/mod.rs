@@ -21,6 +21,7 @@ pub mod runs;
 mod schedules;
 pub mod secrets;
 mod settings;
+pub mod state;
 pub mod stats;
 pub mod tokens;
 
@@ -178,6 +179,11 @@ impl Store {
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    /// A connection of the pool, for a few reads in a row.
+    pub async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>> {
+        Ok(self.pool.acquire().await?)
     }
 
     /// Starts a transaction that will write. On SQLite it takes the write lock at once

@@ -95,6 +95,32 @@ impl DockerBackend {
     pub fn config(&self) -> &DockerConfig {
         &self.config
     }
+
+    /// The host's address on the daemon's default bridge network (`docker0`'s gateway,
+    /// usually 172.17.0.1): containers reach the host there, so the engine serves its runs
+    /// there. `None` when the daemon has no such network (or no IPv4 gateway on it).
+    pub async fn bridge_gateway(&self) -> Option<std::net::IpAddr> {
+        let network = self.docker.inspect_network("bridge", None).await.ok()?;
+        network
+            .ipam?
+            .config?
+            .into_iter()
+            .find_map(|c| gateway_of(&c))
+    }
+}
+
+/// The IPv4 gateway of a network's IPAM entry: the one it names, else the first address
+/// of its subnet, which Docker's default IPAM gives the bridge when none is named (daemons
+/// 20.10 and older leave `Gateway` out of the default bridge's entry).
+fn gateway_of(c: &bollard::models::IpamConfig) -> Option<std::net::IpAddr> {
+    if let Some(g) = c.gateway.as_deref().and_then(|g| g.parse().ok()) {
+        return Some(g).filter(std::net::IpAddr::is_ipv4);
+    }
+    let (base, _) = c.subnet.as_deref()?.split_once('/')?;
+    let base: std::net::Ipv4Addr = base.parse().ok()?;
+    Some(std::net::IpAddr::V4(std::net::Ipv4Addr::from(
+        u32::from(base).checked_add(1)?,
+    )))
 }
 
 /// A container's output from `from`: the attachment made at launch while it lasts
@@ -183,5 +209,34 @@ impl Backend for DockerBackend {
 
     async fn list_in_flight(&self, installation_id: &str) -> Result<Vec<InFlight>, BackendError> {
         inventory::list_in_flight(&self.docker, installation_id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bollard::models::IpamConfig;
+
+    use super::gateway_of;
+
+    #[test]
+    fn the_bridge_gateway_is_named_or_the_subnets_first_address() {
+        let named = IpamConfig {
+            subnet: Some("172.17.0.0/16".into()),
+            gateway: Some("172.17.0.254".into()),
+            ..Default::default()
+        };
+        assert_eq!(gateway_of(&named), Some("172.17.0.254".parse().unwrap()));
+        let unnamed = IpamConfig {
+            subnet: Some("172.17.0.0/16".into()),
+            ..Default::default()
+        };
+        assert_eq!(gateway_of(&unnamed), Some("172.17.0.1".parse().unwrap()));
+        let v6 = IpamConfig {
+            subnet: Some("fd00::/64".into()),
+            gateway: Some("fd00::1".into()),
+            ..Default::default()
+        };
+        assert_eq!(gateway_of(&v6), None);
+        assert_eq!(gateway_of(&IpamConfig::default()), None);
     }
 }

@@ -331,6 +331,62 @@ impl Client {
             .await
     }
 
+    /// A job's state between runs and its version (0 before any is written).
+    pub async fn get_state(
+        &self,
+        job: &str,
+    ) -> Result<(serde_json::Map<String, serde_json::Value>, i64), Error> {
+        let path = format!("/api/v1/jobs/{}/state", seg(job));
+        let resp = self.request(Method::GET, &path).send().await?;
+        let version = etag_version(&resp);
+        Ok((Self::decode(resp).await?, version))
+    }
+
+    /// Replaces a job's state; with `if_version`, only if it is still at that version
+    /// (412 otherwise). The new version.
+    pub async fn put_state(
+        &self,
+        job: &str,
+        state: &serde_json::Map<String, serde_json::Value>,
+        if_version: Option<i64>,
+    ) -> Result<i64, Error> {
+        let path = format!("/api/v1/jobs/{}/state", seg(job));
+        let mut req = self.request(Method::PUT, &path).json(state);
+        if let Some(v) = if_version {
+            req = req.header("if-match", format!("\"{v}\""));
+        }
+        let resp = req.send().await?;
+        let version = etag_version(&resp);
+        Self::decode::<serde_json::Value>(resp).await?;
+        Ok(version)
+    }
+
+    /// One page of the versions of a job's state, newest first.
+    pub async fn state_versions(
+        &self,
+        job: &str,
+        cursor: Option<&str>,
+    ) -> Result<Page<StateVersion>, Error> {
+        let mut path = format!("/api/v1/jobs/{}/state/versions", seg(job));
+        if let Some(c) = cursor {
+            path.push_str(&format!("?cursor={}", seg(c)));
+        }
+        self.get(&path).await
+    }
+
+    /// Makes version `version`'s content the job's state again; the new version.
+    pub async fn revert_state(&self, job: &str, version: i64) -> Result<i64, Error> {
+        let path = format!("/api/v1/jobs/{}/state/revert", seg(job));
+        let resp = self
+            .request(Method::POST, &path)
+            .json(&StateRevert { version })
+            .send()
+            .await?;
+        let new = etag_version(&resp);
+        Self::decode::<serde_json::Value>(resp).await?;
+        Ok(new)
+    }
+
     /// The run's whole log as text: `<RFC 3339 time> <stream> <line>` per line.
     pub async fn logs_text(&self, id: &str) -> Result<String, Error> {
         let resp = self.logs_response(id, "text", false).await?;
@@ -480,6 +536,15 @@ fn unexpected(status: StatusCode, body: &[u8]) -> Error {
         status: status.as_u16(),
         body: text.chars().take(500).collect(),
     }
+}
+
+/// The version an answer's `ETag` names (`"3"`), or 0.
+fn etag_version(resp: &reqwest::Response) -> i64 {
+    resp.headers()
+        .get(reqwest::header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim_matches('"').parse().ok())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

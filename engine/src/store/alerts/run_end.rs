@@ -166,6 +166,8 @@ mod tests {
             log_dropped: 0,
             log_mark: Default::default(),
             log_complete: true,
+            progress: None,
+            progress_at: None,
         }
     }
 

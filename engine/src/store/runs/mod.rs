@@ -84,6 +84,10 @@ pub struct RunRow {
     pub log_mark: super::logs::LogMark,
     /// False once a backend reported output it could not deliver.
     pub log_complete: bool,
+    /// The latest progress its script reported, as written after the marker.
+    pub progress: Option<String>,
+    /// When, Unix ms.
+    pub progress_at: Option<i64>,
 }
 
 /// A stored attempt.
@@ -153,7 +157,7 @@ pub(super) const COLUMNS: &str =
     reason, created_at, first_started_at, started_at, finished_at, next_attempt_at, \
     cancel_requested, lease_owner, lease_expires_at, log_lines, log_bytes, log_dropped, \
     last_out_ts, last_out_n, last_err_ts, last_err_n, log_out_cursor, log_err_cursor, \
-    log_cursor_attempt, log_complete";
+    log_cursor_attempt, log_complete, progress, progress_at";
 
 fn status(s: String) -> Result<RunStatus> {
     s.parse().map_err(StoreError::Corrupt)
@@ -205,6 +209,8 @@ pub(crate) fn decode(r: &sqlx::any::AnyRow) -> Result<RunRow> {
             cursor_attempt: r.try_get("log_cursor_attempt")?,
         },
         log_complete: r.try_get::<i64, _>("log_complete")? != 0,
+        progress: r.try_get("progress")?,
+        progress_at: r.try_get("progress_at")?,
     })
 }
 

@@ -251,6 +251,9 @@ pub async fn finish(
         .detail(serde_json::json!({ "status": to.as_str(), "exit_code": o.exit_code }));
     events::record(conn, event).await?;
     crate::store::stats::record(conn, id).await?;
+    if to == RunStatus::Succeeded {
+        commit_held_state(conn, id).await?;
+    }
     crate::store::alerts::enqueue_run_end(conn, id).await?;
     crate::store::callbacks::enqueue_run_end(conn, id).await?;
     Ok(true)
@@ -319,4 +322,41 @@ pub async fn requeue(
     );
     events::record(conn, event).await?;
     Ok(true)
+}
+
+/// Makes the state a run that succeeded held its job's state, in the transaction that
+/// ended it. A failure is logged and leaves the bookmark where it was (the next run loads
+/// again from there), and never fails the run's end.
+async fn commit_held_state(conn: &mut AnyConnection, id: &str) -> Result<()> {
+    use sqlx::Connection as _;
+    let mut savepoint = conn.begin().await?;
+    let job: String = sqlx::query("SELECT job_name FROM runs WHERE id = $1")
+        .bind(id)
+        .fetch_one(&mut *savepoint)
+        .await
+        .and_then(|r| sqlx::Row::try_get(&r, "job_name"))?;
+    let committed = match crate::store::state::commit_held(&mut savepoint, &job, id).await {
+        Ok(Some(version)) => {
+            let by = format!("run {id}");
+            let entry = crate::store::NewAuditEntry {
+                token_id: None,
+                token_name: Some(&by),
+                action: "state.commit",
+                target: &job,
+                detail: serde_json::json!({ "version": version, "run_id": id, "on": "success" }),
+                request_id: None,
+            };
+            crate::store::audit::record(&mut savepoint, entry).await
+        }
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
+    };
+    match committed {
+        Ok(()) => savepoint.commit().await?,
+        Err(e) => {
+            savepoint.rollback().await?;
+            tracing::error!(run_id = id, error = %e, "could not make the run's state its job's; the job keeps its previous state");
+        }
+    }
+    Ok(())
 }

@@ -10,6 +10,7 @@ mod jobs;
 mod monitoring;
 mod problem;
 mod runs;
+mod state;
 mod stats;
 mod tokens;
 
@@ -19,6 +20,7 @@ pub use jobs::*;
 pub use monitoring::*;
 pub use problem::*;
 pub use runs::*;
+pub use state::*;
 pub use stats::*;
 pub use tokens::*;
 

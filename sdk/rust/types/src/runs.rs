@@ -180,6 +180,9 @@ pub struct Run {
     /// event). Output dropped past the log cap does not count: the log ends saying so.
     #[serde(default = "yes")]
     pub log_complete: bool,
+    /// The latest progress its script reported (`::jobdock::progress <done>/<total> <text>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<RunProgress>,
     /// The address of its log, absolute. Signed (`?exp=…&sig=…`): it opens this run's log
     /// without a token until it expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -247,4 +250,72 @@ pub struct LockCapacity {
 
 fn yes() -> bool {
     true
+}
+
+/// The latest progress a run's script reported, with a line
+/// `::jobdock::progress <done>[/<total>] [message]` (the SDK's `progress()` prints it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RunProgress {
+    /// Items done, when the line starts with a count.
+    pub done: Option<i64>,
+    /// Items in all, when the line gives `<done>/<total>`.
+    pub total: Option<i64>,
+    /// The rest of the line.
+    pub message: String,
+    /// When the script reported it.
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+impl RunProgress {
+    /// Reads what follows the marker: `40/100 loading orders`, `40 loading`, or words only.
+    pub fn parse(text: &str, at: chrono::DateTime<chrono::Utc>) -> Self {
+        let text = text.trim();
+        let (head, rest) = text.split_once(char::is_whitespace).unwrap_or((text, ""));
+        let counts = match head.split_once('/') {
+            Some((d, t)) => d
+                .parse()
+                .ok()
+                .zip(t.parse().ok())
+                .map(|(d, t)| (d, Some(t))),
+            None => head.parse().ok().map(|d| (d, None)),
+        };
+        match counts {
+            Some((done, total)) => Self {
+                done: Some(done),
+                total,
+                message: rest.trim().to_string(),
+                at,
+            },
+            None => Self {
+                done: None,
+                total: None,
+                message: text.to_string(),
+                at,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RunProgress;
+
+    #[test]
+    fn progress_reads_counts_then_words() {
+        let at = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let p = |t: &str| {
+            let p = RunProgress::parse(t, at);
+            (p.done, p.total, p.message)
+        };
+        assert_eq!(
+            p("40/100 loading orders"),
+            (Some(40), Some(100), "loading orders".into())
+        );
+        assert_eq!(p("  7  rows "), (Some(7), None, "rows".into()));
+        assert_eq!(p("12/80"), (Some(12), Some(80), String::new()));
+        assert_eq!(p("loading 40/100"), (None, None, "loading 40/100".into()));
+        assert_eq!(p("4.5/10 half"), (None, None, "4.5/10 half".into()));
+        assert_eq!(p("40/x odd"), (None, None, "40/x odd".into()));
+    }
 }
