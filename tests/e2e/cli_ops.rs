@@ -135,3 +135,49 @@ async fn anomalies_from_the_command_line() {
     );
     assert!(out.contains("false"), "closed: {out}");
 }
+
+#[tokio::test]
+async fn job_state_from_the_command_line() {
+    let app = app(false).await;
+    app.admin()
+        .create_job(&sh_job("orders", "true"))
+        .await
+        .unwrap();
+    let (out, err) = cli(&app, &["state", "get", "orders"], None);
+    assert_eq!((out.trim(), err.trim()), ("{}", "version 0"));
+    let (_, err) = cli(
+        &app,
+        &["state", "set", "orders", "-f", "-"],
+        Some(r#"{"since": "2026-12-01"}"#),
+    );
+    assert!(err.contains("version 1"), "{err}");
+    // A stale --if-version is refused with the engine's words, and changes nothing.
+    let o = app.cli(
+        &["state", "set", "orders", "-f", "-", "--if-version", "0"],
+        ADMIN_TOKEN,
+        Some(r#"{"since": "x"}"#),
+    );
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("version 1"));
+    cli(
+        &app,
+        &["state", "set", "orders", "-f", "-"],
+        Some(r#"{"since": "2026-12-02"}"#),
+    );
+    let (out, _) = cli(&app, &["state", "versions", "orders"], None);
+    assert!(
+        out.contains("VERSION") && out.contains("2026-12-01"),
+        "{out}"
+    );
+    let (_, err) = cli(&app, &["state", "revert", "orders", "1"], None);
+    assert!(err.contains("as version 3"), "{err}");
+    let (out, _) = cli(&app, &["state", "get", "orders"], None);
+    let state: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(state["since"], "2026-12-01");
+    let o = app.cli(
+        &["state", "set", "orders", "-f", "-"],
+        ADMIN_TOKEN,
+        Some("[1]"),
+    );
+    assert!(!o.status.success(), "a list is not a state");
+}

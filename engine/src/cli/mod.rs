@@ -150,3 +150,15 @@ async fn run(command: Command, matches: &ArgMatches) -> anyhow::Result<ExitCode>
         Command::Logs(a) => runs::logs(a).await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// clap checks a command's definition only when that command is parsed; this checks
+    /// every subcommand at once (two arguments of one name panic at run time otherwise).
+    #[test]
+    fn every_command_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -40,7 +40,8 @@ pub enum StateCommand {
         /// The job.
         job: String,
         /// The version to go back to.
-        version: i64,
+        #[arg(value_name = "VERSION")]
+        to: i64,
     },
 }
 
@@ -91,9 +92,9 @@ pub async fn state(a: ClientArgs<StateCommand>) -> anyhow::Result<ExitCode> {
             .await?;
             output::print_list(a.output, &all, VERSION_HEADERS, version_rows(&all));
         }
-        StateCommand::Revert { job, version } => {
-            let new = c.revert_state(job, *version).await?;
-            eprintln!("job {job}'s state is version {version}'s again, as version {new}");
+        StateCommand::Revert { job, to } => {
+            let new = c.revert_state(job, *to).await?;
+            eprintln!("job {job}'s state is version {to}'s again, as version {new}");
         }
     }
     Ok(ExitCode::SUCCESS)
