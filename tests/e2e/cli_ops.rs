@@ -181,3 +181,89 @@ async fn job_state_from_the_command_line() {
     );
     assert!(!o.status.success(), "a list is not a state");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_builds_the_project_and_makes_the_job_leaving_secrets_alone() {
+    let app = app(false).await;
+    let base = jobdock_testkit::images::busybox_image().unwrap();
+    let project = tempfile::tempdir().unwrap();
+    let p = project.path();
+    std::fs::write(
+        p.join("Dockerfile"),
+        "ARG BASE\nFROM ${BASE}\nARG FLAVOUR=plain\nCOPY app.sh /app.sh\n\
+         RUN echo \"built $FLAVOUR\" > /built.txt\nCMD [\"sh\", \"/app.sh\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        p.join("app.sh"),
+        "cat /built.txt; echo token-set=${TOKEN:+yes}\n",
+    )
+    .unwrap();
+    std::fs::write(p.join("secret-notes.txt"), "left out of the build").unwrap();
+    std::fs::write(p.join(".dockerignore"), "*.txt\n").unwrap();
+    std::fs::write(
+        p.join("job.yaml"),
+        "name: deployed\nimage: deployed:latest\nsecrets: [TOKEN]\n",
+    )
+    .unwrap();
+    let dir = p.to_str().unwrap();
+    let base_arg = format!("BASE={base}");
+    let deploy = |flavour: &str| {
+        let flavour = format!("FLAVOUR={flavour}");
+        app.cli(
+            &[
+                "deploy",
+                dir,
+                "--build-arg",
+                &base_arg,
+                "--build-arg",
+                &flavour,
+            ],
+            ADMIN_TOKEN,
+            None,
+        )
+    };
+    let o = deploy("first");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("secret TOKEN is not set"), "{err}");
+    let first = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    assert!(first.starts_with("deployed:"), "{first}");
+    let c = app.admin();
+    assert_eq!(c.get_job("deployed").await.unwrap().image, first);
+    c.set_secret("deployed", "TOKEN", "t0k3n-value")
+        .await
+        .unwrap();
+
+    // A second deploy changes the image and keeps the secret.
+    std::thread::sleep(Duration::from_millis(1100)); // a new tag (it has the second)
+    let o = deploy("second");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && !err.contains("is not set"), "{err}");
+    let job = c.get_job("deployed").await.unwrap();
+    assert_ne!(job.image, first);
+    assert_eq!(job.secret_names, ["TOKEN"]);
+    let run = run_to_end(&c, "deployed").await;
+    let log = c.logs_text(&run.id).await.unwrap();
+    assert_eq!(run.status, RunStatus::Succeeded, "{log}");
+    assert!(
+        log.contains("built second") && log.contains("token-set=yes"),
+        "{log}"
+    );
+
+    // The ignored file never reached the build context.
+    let o = std::process::Command::new("docker")
+        .args(["run", "--rm", &job.image, "ls", "/"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("secret-notes"));
+    // A broken Dockerfile fails the command with the builder's words.
+    std::fs::write(p.join("Dockerfile"), "FROM scratch\nRUN false\n").unwrap();
+    let o = deploy("third");
+    assert!(!o.status.success());
+    for tag in [first, job.image] {
+        let _ = std::process::Command::new("docker")
+            .args(["rmi", &tag])
+            .output();
+    }
+}

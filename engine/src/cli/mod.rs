@@ -1,7 +1,9 @@
 //! The `jobdock` command line: `serve` and the offline `keys` commands run the engine; every
 //! other command is a client of a running engine's API (`JOBDOCK_URL`, `JOBDOCK_TOKEN`).
 
+mod build;
 mod client;
+mod init;
 mod ops;
 mod output;
 mod runs;
@@ -33,6 +35,13 @@ enum Command {
     /// Run it where the engine's data directory (or `DATABASE_URL`) is; the token is printed
     /// once and the audit log records the recovery.
     RecoverAdmin(StoreArgs),
+    /// Write a new job's project (script, tests, Dockerfile, job.yaml) to `./NAME`.
+    Init(init::InitArgs),
+    /// Build a job's project (from `jobdock init`) into an image through the Docker engine.
+    Build(build::BuildArgs),
+    /// Build a job's project, push its image when a registry is given, and create or update
+    /// the job from its job.yaml (stored secrets stay as they are).
+    Deploy(build::DeployArgs),
     /// Register, list, show and delete jobs.
     Jobs(client::ClientArgs<client::JobsCommand>),
     /// Set and remove job secrets.
@@ -137,6 +146,9 @@ async fn run(command: Command, matches: &ArgMatches) -> anyhow::Result<ExitCode>
             output::emit(&format!("{}\n", t.token));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Init(a) => init::init(a),
+        Command::Build(a) => build::build(a).await,
+        Command::Deploy(a) => build::deploy(a).await,
         Command::Jobs(a) => client::jobs(a).await,
         Command::Secrets(a) => client::secrets(a).await,
         Command::Tokens(a) => client::tokens(a).await,
