@@ -121,7 +121,7 @@ def problem_error(
     cls = StateConflict if status == 412 else ApiError
     return cls(
         _redact.mask(text), method=method, url=url, status=status, attempts=attempts,
-        body=body, title=title, detail=detail, errors=errors,
+        body=_redact.mask(body), title=title, detail=detail, errors=errors,
     )
 
 
