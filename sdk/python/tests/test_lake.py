@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import gzip
+import importlib.util
 import json
 import os
 import re
@@ -235,6 +236,15 @@ def test_an_object_store_without_fsspec_says_what_to_install(monkeypatch: pytest
     monkeypatch.setitem(sys.modules, "fsspec", None)
     with pytest.raises(jobdock.LakeError, match=r"s3:// needs fsspec.*pip install 'jobdock\[lake\]'"):
         lake.writer("s3://bucket/raw", "s", "e")
+
+
+def test_azure_without_adlfs_says_what_to_install() -> None:
+    # adlfs is not in the test environment: Azure Blob is not tested here (README)
+    pytest.importorskip("fsspec")
+    if importlib.util.find_spec("adlfs") is not None:
+        pytest.skip("adlfs is installed")
+    with pytest.raises(jobdock.LakeError, match=r"az:// needs a driver: .*adlfs.*jobdock\[lake\]"):
+        lake.writer("az://container/raw", "s", "e", storage_options={"account_name": "x"})
 
 
 def test_through_fsspec(run_env: str) -> None:

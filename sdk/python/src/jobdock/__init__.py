@@ -15,6 +15,7 @@ The core uses the standard library only. `lake` writes to object stores through 
 """
 
 from . import lake, log, source, state
+from ._http import Retry
 from .config import Run, config, current_run, secret, secrets_dir
 from .errors import (
     ApiError,
@@ -40,6 +41,7 @@ __all__ = [
     "LakeError",
     "MissingConfig",
     "MissingSecret",
+    "Retry",
     "Run",
     "StateConflict",
     "config",
