@@ -118,6 +118,14 @@ def test_gzip_answers_are_decompressed(server: TestServer) -> None:
     assert "gzip" in server.seen[0].headers["Accept-Encoding"]
 
 
+def test_a_gzip_body_cut_short_is_retried(server: TestServer, no_sleep: list[float]) -> None:
+    whole = gzip.compress(json.dumps({"z": 1}).encode())
+    server.handler = sequence(Reply(200, whole[:-12], headers={"Content-Encoding": "gzip"}),
+                              Reply(200, whole, headers={"Content-Encoding": "gzip"}))
+    assert request("GET", server.url).json() == {"z": 1}
+    assert len(server.seen) == 2
+
+
 def test_credentials_follow_a_redirect_only_to_the_same_origin(server: TestServer) -> None:
     other = TestServer()
     try:

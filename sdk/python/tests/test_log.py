@@ -148,6 +148,19 @@ def test_progress_is_throttled_but_the_end_always_prints(
     ]
 
 
+def test_progress_takes_any_integer_like_number(capsys: pytest.CaptureFixture[str]) -> None:
+    import decimal
+    import fractions
+
+    class Index:  # what numpy's integers look like to Python
+        def __index__(self) -> int:
+            return 42
+
+    assert jobdock.progress(Index(), decimal.Decimal("100.7"), force=True)  # type: ignore[arg-type]
+    assert jobdock.progress(fractions.Fraction(7, 2), force=True)  # type: ignore[arg-type]
+    assert lines(capsys) == ["::jobdock::progress 42/100", "::jobdock::progress 3"]
+
+
 @pytest.mark.parametrize("args,error", [((-1,), ValueError), ((1, -5), ValueError),
                                         (("3",), TypeError), ((True,), TypeError),
                                         ((float("nan"),), ValueError)])

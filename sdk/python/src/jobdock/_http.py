@@ -161,10 +161,14 @@ def _once(
 
 def _decompress(raw: bytes, headers: Message) -> bytes:
     encoding = (headers.get("Content-Encoding") or "").strip().lower()
-    if encoding == "gzip":
-        return gzip.decompress(raw)
-    if encoding == "deflate":
-        return zlib.decompress(raw)
+    try:
+        if encoding == "gzip":
+            return gzip.decompress(raw)
+        if encoding == "deflate":
+            return zlib.decompress(raw)
+    except (OSError, EOFError, zlib.error) as err:
+        # A body cut short in transit: a transient failure, retried like a dropped connection.
+        raise ConnectionError(f"a {encoding} body that does not decompress: {err}") from None
     return raw
 
 

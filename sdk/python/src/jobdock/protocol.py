@@ -20,7 +20,10 @@ throttled, so that calling them in a tight loop costs nothing and floods no log:
 from __future__ import annotations
 
 import contextlib
+import decimal
 import math
+import numbers
+import operator
 import threading
 import time
 from typing import Callable, Iterator, Optional, Union
@@ -118,12 +121,19 @@ def heartbeats(every: float = 60.0) -> Iterator[None]:
         thread.join(timeout=5)
 
 
-def _count(what: str, value: Number) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+def _count(what: str, value: object) -> int:
+    """A whole, non-negative count from an int (numpy's integers included) or any real
+    number (float, Decimal, Fraction; rounded down)."""
+    if isinstance(value, bool):
+        raise TypeError(f"{what} must be a number, not a bool")
+    if hasattr(value, "__index__"):
+        n = operator.index(value)
+    elif isinstance(value, (numbers.Real, decimal.Decimal)):
+        if not math.isfinite(value):
+            raise ValueError(f"{what} must be finite, not {value}")
+        n = int(math.floor(value))
+    else:
         raise TypeError(f"{what} must be a number, not {type(value).__name__}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{what} must be finite, not {value}")
-    n = math.floor(value)
     if n < 0:
         raise ValueError(f"{what} must not be negative, not {value}")
     return int(n)
