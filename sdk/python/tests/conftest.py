@@ -16,7 +16,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -234,7 +234,3 @@ def state_engine(live_engine: Engine) -> Engine:
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{os.urandom(3).hex()}"
-
-
-def read_text(path: Optional[Path]) -> str:
-    return path.read_text() if path else ""

@@ -4,7 +4,6 @@ versions, a run token's writes held apart until commit, If-Match, problem+json e
 
 from __future__ import annotations
 
-import json
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Optional

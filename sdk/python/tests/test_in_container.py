@@ -115,7 +115,7 @@ def test_config_secrets_logs_and_progress(live_engine: Engine, image: str, deliv
     assert facts == {"id": final["id"], "job": job, "attempt": 1, "length": len(PASSWORD),
                      "as_file": delivery == "files", "in_env": delivery == "env"}
     assert f"jobdock secrets set {job} NOT_SET" in line_after(log, "missing:")
-    progress = [e for e in events(live_engine, final["id"]) if e.get("kind", e.get("type")) == "progress"]
+    progress = [e for e in events(live_engine, final["id"]) if e["kind"] == "progress"]
     assert progress, events(live_engine, final["id"])
     assert "3/3 step 3" in json.dumps(progress[-1])
 

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from pathlib import Path
 
@@ -293,4 +292,3 @@ def test_run_ids_are_made_safe_for_file_names(tmp_path: Path, monkeypatch: pytes
     with lake.writer(str(tmp_path), "s", "e", load_date="2026-01-01") as out:
         out.write({})
     assert [p.name for p in visible(tmp_path / "s/e/load_date=2026-01-01")] == ["part-run_.._1_x-00000.jsonl"]
-    time.sleep(0)

@@ -64,6 +64,11 @@ def test_values_round_trip_and_stay_on_one_line(capsys: pytest.CaptureFixture[st
     }
 
 
+def test_fields_named_like_the_lines_own_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    log.info("x", level=3, msg="y", **{"odd key=": 1})
+    assert lines(capsys) == ["level=info msg=x level_=3 msg_=y odd_key_=1"]
+
+
 def test_levels_below_the_threshold_are_dropped(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -130,21 +130,21 @@ class Logger:
         child._level = self._level
         return child
 
-    def debug(self, msg: str, **fields: Any) -> None:
+    def debug(self, msg: str, /, **fields: Any) -> None:
         self.log("debug", msg, **fields)
 
-    def info(self, msg: str, **fields: Any) -> None:
+    def info(self, msg: str, /, **fields: Any) -> None:
         self.log("info", msg, **fields)
 
-    def warning(self, msg: str, **fields: Any) -> None:
+    def warning(self, msg: str, /, **fields: Any) -> None:
         self.log("warning", msg, **fields)
 
     warn = warning
 
-    def error(self, msg: str, **fields: Any) -> None:
+    def error(self, msg: str, /, **fields: Any) -> None:
         self.log("error", msg, **fields)
 
-    def exception(self, msg: str, **fields: Any) -> None:
+    def exception(self, msg: str, /, **fields: Any) -> None:
         """An error line with the exception being handled as `error=` and its traceback as
         `traceback=` (escaped onto the one line)."""
         exc = sys.exc_info()[1]
@@ -153,7 +153,7 @@ class Logger:
             fields.setdefault("traceback", "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip())
         self.log("error", msg, **fields)
 
-    def log(self, level: str, msg: str, **fields: Any) -> None:
+    def log(self, level: str, msg: str, /, **fields: Any) -> None:
         """Writes one line at `level` (debug, info, warning, error) unless it is below the
         logger's level."""
         name = _ALIASES.get(level.lower(), level.lower())
@@ -161,7 +161,10 @@ class Logger:
             return
         parts = [f"level={name}", f"msg={format_value(str(msg))}"]
         for key, value in {**self._fields, **fields}.items():
-            parts.append(f"{_format_key(str(key))}={format_value(value)}")
+            key = _format_key(str(key))
+            if key in ("level", "msg"):  # the line's own keys stay unambiguous
+                key += "_"
+            parts.append(f"{key}={format_value(value)}")
         write_line(_redact.mask(" ".join(parts)), self._stream)
 
     def handler(self, level: int = logging.NOTSET) -> logging.Handler:
@@ -209,17 +212,17 @@ class _Handler(logging.Handler):
 _default = Logger()
 
 
-def debug(msg: str, **fields: Any) -> None:
+def debug(msg: str, /, **fields: Any) -> None:
     """A debug line (dropped unless `JOBDOCK_LOG_LEVEL=debug` or `set_level("debug")`)."""
     _default.log("debug", msg, **fields)
 
 
-def info(msg: str, **fields: Any) -> None:
+def info(msg: str, /, **fields: Any) -> None:
     """An info line: `level=info msg=... key=value ...`."""
     _default.log("info", msg, **fields)
 
 
-def warning(msg: str, **fields: Any) -> None:
+def warning(msg: str, /, **fields: Any) -> None:
     """A warning line."""
     _default.log("warning", msg, **fields)
 
@@ -227,12 +230,12 @@ def warning(msg: str, **fields: Any) -> None:
 warn = warning
 
 
-def error(msg: str, **fields: Any) -> None:
+def error(msg: str, /, **fields: Any) -> None:
     """An error line."""
     _default.log("error", msg, **fields)
 
 
-def exception(msg: str, **fields: Any) -> None:
+def exception(msg: str, /, **fields: Any) -> None:
     """An error line with the exception being handled (`error=`, `traceback=`); call it in
     an `except` block."""
     _default.exception(msg, **fields)
