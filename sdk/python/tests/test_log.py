@@ -189,7 +189,7 @@ def test_heartbeats_beat_while_a_block_runs(capsys: pytest.CaptureFixture[str]) 
     with jobdock.heartbeats(every=0.05):
         threading.Event().wait(0.3)
     count = lines(capsys).count("::jobdock::heartbeat")
-    assert 3 <= count <= 9
+    assert 2 <= count <= 9  # one at once, then one per 50 ms (fewer on a loaded machine)
     threading.Event().wait(0.15)
     assert lines(capsys) == []  # stopped with the block
 

@@ -121,9 +121,14 @@ def request(
             if status not in retry.statuses:
                 raise _build(error, method, shown, status, attempt, err_body, reason) from None
             wait = retry_after(err.headers)
-        except ssl.SSLCertVerificationError as err:
-            raise _build(error, method, shown, None, attempt, "", f"TLS: {err.verify_message}") from None
         except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
+            inner = err.reason if isinstance(err, urllib.error.URLError) else err
+            if isinstance(inner, ssl.SSLCertVerificationError):
+                raise _build(error, method, shown, None, attempt, "",
+                             f"TLS: {inner.verify_message or inner}") from None
+            if not isinstance(inner, (OSError, http.client.HTTPException)):
+                # e.g. "unknown url type": no retry can help
+                raise _build(error, method, shown, None, attempt, "", _describe(err)) from None
             reason = _describe(err)
         if attempt >= retry.attempts:
             raise _build(error, method, shown, status, attempt, err_body, f"{reason} (after {attempt} attempts)")
