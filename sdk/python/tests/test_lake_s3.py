@@ -97,3 +97,24 @@ def test_a_missing_bucket_is_an_error(s3_server: S3) -> None:
         with lake.writer("s3://no-such-bucket-x1/raw", "erp", "orders",
                          storage_options=s3_server.storage_options()) as out:
             out.write({"i": 1})
+
+
+def test_credentials_and_endpoint_from_the_environment(
+    s3_server: S3, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the README says for a job: the AWS variables (from the job's secrets), no
+    storage_options."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        with lake.writer(f"s3://{bucket}/raw", "erp", "orders", load_date="2026-12-05") as out:
+            out.write({"from": "env"})
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+    (key,) = keys(s3_server, bucket)
+    assert json.loads(body(s3_server, bucket, key)) == {"from": "env"}
