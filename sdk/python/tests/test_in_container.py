@@ -130,9 +130,13 @@ def test_without_a_network_the_state_api_fails_at_once(live_engine: Engine, imag
 
 
 @pytest.mark.engine_state
-def test_a_runs_state_is_held_until_it_succeeds_or_commits(state_engine: Engine, image: str) -> None:
-    # host network: the engine under test listens on 127.0.0.1
-    job = make_job(state_engine, image, COUNTER, network="host")
+@pytest.mark.parametrize("delivery", ["env", "files"])
+def test_a_runs_state_is_held_until_it_succeeds_or_commits(
+    state_engine: Engine, image: str, delivery: str
+) -> None:
+    # The default network: the engine gives the run its address on Docker's bridge. With
+    # files, the run token arrives as /run/secrets/JOBDOCK_RUN_TOKEN.
+    job = make_job(state_engine, image, COUNTER, secret_delivery=delivery)
     admin = state.client(job, url=state_engine.url, token=state_engine.token)
 
     final, log = run(state_engine, job)

@@ -6,6 +6,7 @@ are in test_state_live.py."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -54,9 +55,23 @@ def test_no_url_outside_a_run_says_how_to_pass_one() -> None:
 def test_no_token(monkeypatch: pytest.MonkeyPatch, server: TestServer) -> None:
     monkeypatch.setenv("JOBDOCK_URL", server.url)
     monkeypatch.setenv("JOBDOCK_JOB", "orders")
-    with pytest.raises(jobdock.EngineUnavailable, match="JOBDOCK_RUN_TOKEN is not set"):
+    with pytest.raises(jobdock.EngineUnavailable, match="JOBDOCK_RUN_TOKEN is neither an environment variable nor a file"):
         state.get()
     assert server.seen == []
+
+
+def test_the_run_token_as_a_file(
+    monkeypatch: pytest.MonkeyPatch, server: TestServer, fake: FakeEngine, clean_env: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`secret_delivery: files`: the engine delivers the run token as /run/secrets/JOBDOCK_RUN_TOKEN."""
+    monkeypatch.setenv("JOBDOCK_URL", server.url)
+    monkeypatch.setenv("JOBDOCK_JOB", "orders")
+    (clean_env / "JOBDOCK_RUN_TOKEN").write_text(RUN)
+    assert state.set({"from": "file"}).held
+    assert server.seen[0].headers["Authorization"] == f"Bearer {RUN}"
+    jobdock.log.info(f"the token is {RUN}")
+    assert RUN not in capsys.readouterr().out  # masked, as a secret
 
 
 def test_no_job(monkeypatch: pytest.MonkeyPatch, server: TestServer) -> None:

@@ -1,8 +1,10 @@
 """A client of the engine's API, for the parts of the SDK that call it (`state`).
 
 Inside a run it uses `JOBDOCK_URL` (the engine's address for runs) and `JOBDOCK_RUN_TOKEN`
-(valid only for this run and its own job's state). Outside a run, pass `url` and `token`,
-or set `JOBDOCK_URL` and `JOBDOCK_TOKEN` as for the `jobdock` command line.
+(valid only for this run and its own job's state), which arrives as the job's secrets do: an
+environment variable, or the file `/run/secrets/JOBDOCK_RUN_TOKEN`. Outside a run, pass
+`url` and `token`, or set `JOBDOCK_URL` and `JOBDOCK_TOKEN` as for the `jobdock` command
+line.
 
 When there is no address, `EngineClient()` raises `EngineUnavailable` at once: a job with
 `network: none` has no way to the engine, and a call must not hang trying. Every call has
@@ -18,9 +20,11 @@ import urllib.parse
 from typing import Any, Mapping, Optional
 
 from . import _http, _redact
+from .config import secret, secrets_dir
 from .errors import ApiError, EngineUnavailable, HttpError, StateConflict
 
 DEFAULT_TIMEOUT = 30.0
+RUN_TOKEN = "JOBDOCK_RUN_TOKEN"
 
 
 class EngineClient:
@@ -40,7 +44,8 @@ class EngineClient:
             if os.environ.get("JOBDOCK_RUN_ID"):
                 raise EngineUnavailable(
                     "JOBDOCK_URL is not set: this run has no way to the engine, as its job has "
-                    "`network: none` (give the job a network to use the state API)"
+                    "`network: none` (give the job a network to use the state API), or, on "
+                    "Kubernetes and Nomad, the engine has no JOBDOCK_ADVERTISE_URL to give runs"
                 )
             raise EngineUnavailable(
                 "JOBDOCK_URL is not set: outside a Jobdock run, pass url= and token= "
@@ -49,11 +54,14 @@ class EngineClient:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise EngineUnavailable(f"JOBDOCK_URL is not an http(s) address: {_http.safe_url(url)}")
-        token = token or os.environ.get("JOBDOCK_RUN_TOKEN") or os.environ.get("JOBDOCK_TOKEN")
+        # The engine delivers the run token as it delivers the job's secrets: an environment
+        # variable, or the file /run/secrets/JOBDOCK_RUN_TOKEN (`secret_delivery: files`).
+        token = token or secret(RUN_TOKEN, default=None) or os.environ.get("JOBDOCK_TOKEN")
         if not token:
             raise EngineUnavailable(
-                "no token: JOBDOCK_RUN_TOKEN is not set (the engine gives every run one when it "
-                "supports the state API); outside a run pass token= or set JOBDOCK_TOKEN"
+                f"no token: {RUN_TOKEN} is neither an environment variable nor a file in "
+                f"{secrets_dir()} (the engine gives every run one); outside a run pass token= "
+                "or set JOBDOCK_TOKEN"
             )
         _redact.remember(token)
         self.url = url.rstrip("/")

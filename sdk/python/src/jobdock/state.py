@@ -5,7 +5,8 @@
     ... load everything after the cursor ...
     state.set({"cursor": new_cursor})           # becomes the job's state if this run succeeds
 
-Inside a run the calls use `JOBDOCK_URL` and the run's token `JOBDOCK_RUN_TOKEN`. A run's
+Inside a run the calls use `JOBDOCK_URL` and the run's token `JOBDOCK_RUN_TOKEN` (a variable,
+or the file `/run/secrets/JOBDOCK_RUN_TOKEN` for a job with `secret_delivery: files`). A run's
 `set()` is held apart: the job's state changes only when the run succeeds, so that a failed
 run never moves a cursor past data it did not load; until then `get()` in the same run
 returns what it set. `commit()` makes the held state current at once, for long runs that
