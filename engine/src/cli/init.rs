@@ -83,13 +83,17 @@ pub fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
     let module = a.name.replace('-', "_");
     let n = write(a.template.dir(), &to, &a.name, &module)?;
     eprintln!(
-        "wrote {n} files to {}: a {} job named {}. Next:\n\n    cd {}\n    jobdock deploy\n",
-        to.display(),
-        match a.template {
+        "wrote {n} files to {dir}: a {kind} job named {name}. Next:\n\n    \
+         cd {dir} && jobdock deploy\n    \
+         jobdock secrets set {name} SOURCE_TOKEN   # once: the script's secret\n    \
+         jobdock run {name} --follow\n\n\
+         (deploy builds on jobdock/python:3.11; templates/base-image/build in Jobdock's \
+         repository makes it)",
+        dir = to.display(),
+        kind = match a.template {
             Template::Python => "Python",
         },
-        a.name,
-        to.display(),
+        name = a.name,
     );
     Ok(ExitCode::SUCCESS)
 }

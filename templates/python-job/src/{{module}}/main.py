@@ -1,8 +1,9 @@
 """{{name}}: reads its configuration and secrets, loads what is new since the last
 successful run, and keeps its bookmark in the job's state.
 
-Run it locally with `SOURCE_URL=… SOURCE_TOKEN=… python -m {{module}}.main`; in Jobdock
-the engine provides the configuration (the job's `env`), the secrets and the state.
+In Jobdock the engine provides the configuration (the job's `env`), the secrets and the
+state. To try it on your machine against an engine, with an operator token:
+`JOBDOCK_URL=… JOBDOCK_TOKEN=… JOBDOCK_JOB={{name}} SOURCE_TOKEN=… python -m {{module}}.main`.
 """
 
 from __future__ import annotations
