@@ -165,12 +165,12 @@ async fn run(command: Command, matches: &ArgMatches) -> anyhow::Result<ExitCode>
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory as _;
+    use super::*;
 
     /// clap checks a command's definition only when that command is parsed; this checks
     /// every subcommand at once (two arguments of one name panic at run time otherwise).
     #[test]
     fn every_command_is_well_formed() {
-        super::Cli::command().debug_assert();
+        Cli::command().debug_assert();
     }
 }
