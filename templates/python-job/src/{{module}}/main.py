@@ -1,5 +1,5 @@
-"""{{name}}: reads its configuration and secrets, loads what is new since the last
-successful run, and keeps its bookmark in the job's state.
+"""{{name}}: reads its configuration and secrets, loads the records changed since the last
+successful run from a REST source, and keeps its bookmark in the job's state.
 
 In Jobdock the engine provides the configuration (the job's `env`), the secrets and the
 state. To try it on your machine against an engine, with an operator token:
@@ -9,36 +9,44 @@ state. To try it on your machine against an engine, with an operator token:
 from __future__ import annotations
 
 import sys
+from typing import Any, Iterable, Optional
 
 import jobdock
-from jobdock import log, state
+from jobdock import log, source, state
 
 
-def fetch(source_url: str, token: str, since: str | None) -> list[dict]:
-    """The records changed since `since`. Replace this with your source: for a REST API,
-    `jobdock.source` pages through it with retries that honour 429 and Retry-After."""
-    del source_url, token  # used by a real source
-    records = [
-        {"id": 1, "updated_at": "2026-12-01T08:00:00Z"},
-        {"id": 2, "updated_at": "2026-12-02T08:00:00Z"},
-    ]
-    return [r for r in records if since is None or r["updated_at"] > since]
+def changed_since(
+    records: Iterable[dict[str, Any]], since: Optional[str]
+) -> list[dict[str, Any]]:
+    """The records updated after `since` (all of them without a bookmark), oldest first."""
+    new = [r for r in records if since is None or r["updated_at"] > since]
+    return sorted(new, key=lambda r: r["updated_at"])
+
+
+def bookmark(loaded: list[dict[str, Any]], since: Optional[str]) -> Optional[str]:
+    """Where the next run starts: after the newest record loaded."""
+    return max((r["updated_at"] for r in loaded), default=since)
 
 
 def run() -> int:
-    source_url = jobdock.config("SOURCE_URL", default="https://api.example.com")
-    token = jobdock.secret("SOURCE_TOKEN")
+    api = source.Source(
+        jobdock.config("SOURCE_URL"),
+        headers={"Authorization": f"Bearer {jobdock.secret('SOURCE_TOKEN')}"},
+    )
     since = state.get().get("since")
-    log.info("starting", source=source_url, since=since)
+    log.info("starting", since=since)
 
-    records = fetch(source_url, token, since)
-    for done, record in enumerate(records, start=1):
-        # Write each record where it belongs (a database, or jobdock.lake for raw files).
-        jobdock.progress(done, len(records), "records")
-    if records:
-        # Held until the run succeeds: a run that fails later never moves the bookmark.
-        state.set({"since": max(r["updated_at"] for r in records)})
-    log.info("done", records=len(records))
+    # The source pages with a `next` link; see jobdock.source for the other kinds.
+    params = {"since": since} if since else {}
+    records = api.records("records", params=params, items="items",
+                          pagination=source.NextLink("next"))
+    loaded = changed_since(records, since)
+    for done, record in enumerate(loaded, start=1):
+        # Write each record where it belongs: a database, or jobdock.lake for raw files.
+        jobdock.progress(done, len(loaded), "records")
+    # Held until the run succeeds: a run that fails later never moves the bookmark.
+    state.set({"since": bookmark(loaded, since)})
+    log.info("done", records=len(loaded), since=bookmark(loaded, since))
     return 0
 
 
@@ -46,7 +54,7 @@ def main() -> None:
     try:
         sys.exit(run())
     except jobdock.JobdockError as e:
-        # A missing setting or secret, the engine unreachable: say what, and fail the run.
+        # A missing setting or secret, a source or engine that failed: say what, and fail.
         log.error(str(e))
         sys.exit(2)
 
