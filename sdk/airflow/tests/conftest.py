@@ -7,6 +7,7 @@ migrated sqlite database; the engine binary comes from JOBDOCK_BIN.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import uuid
@@ -58,3 +59,16 @@ def make_job(jd: Engine) -> Callable[..., str]:
 
     return make
 
+
+
+@pytest.fixture
+def task_log(capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> Callable[[], str]:
+    """What the test's DAG runs logged so far: Airflow 3 writes task logs to stdout through
+    structlog, Airflow 2.10's dag.test() to stdout and to Python logging (the trigger's
+    records only to the latter)."""
+    caplog.set_level(logging.INFO)
+
+    def read() -> str:
+        return capfd.readouterr().out + "\n" + caplog.text
+
+    return read
