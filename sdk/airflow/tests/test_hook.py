@@ -92,3 +92,10 @@ def test_the_async_calls_long_poll_and_cancel(jd, make_job) -> None:
     assert seen["status"] in ("queued", "starting", "running")
     assert cancelled is not None and cancelled["id"] == run["id"]
     assert ended["status"] == "cancelled" or jd.wait_final(run["id"])["status"] == "cancelled"
+
+
+def test_the_connection_test_button(jd) -> None:
+    assert JobdockHook().test_connection()[0] is True
+    with connection_env("jobdock_bad", jd.url, "jd_wrong_token"):
+        ok, message = JobdockHook("jobdock_bad").test_connection()
+    assert ok is False and "401" in message and "jd_wrong_token" not in message
