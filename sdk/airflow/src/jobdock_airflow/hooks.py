@@ -146,7 +146,7 @@ class JobdockHook(BaseHook):
             accept="text/plain",
         )
         if response.status_code != 200:
-            self._json(response, (200,), what=f"reading the log of run {run_id}")
+            raise error_from_response(response, f"reading the log of run {run_id}")
         return response.text
 
     def cancel_run(self, run_id: str) -> dict[str, Any] | None:
@@ -213,6 +213,7 @@ class JobdockHook(BaseHook):
         params: dict[str, Any] | None = None,
         timeout: float = REQUEST_TIMEOUT,
     ) -> httpx.Response:
+        # The trigger only reads runs and cancels them: both are safe to send again.
         endpoint = await self.aendpoint()
         async with httpx.AsyncClient(
             base_url=endpoint.base_url, headers=endpoint.headers, verify=endpoint.verify
