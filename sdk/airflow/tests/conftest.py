@@ -60,7 +60,6 @@ def make_job(jd: Engine) -> Callable[..., str]:
     return make
 
 
-
 @pytest.fixture
 def task_log(capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> Callable[[], str]:
     """What the test's DAG runs logged so far: Airflow 3 writes task logs to stdout through

@@ -38,7 +38,8 @@ def write_dag(dag_id: str, tasks: str, **dag_kwargs: Any) -> Path:
     kwargs = "".join(f", {key}={value!r}" for key, value in dag_kwargs.items())
     source = (
         HEADER
-        + f"with DAG({dag_id!r}, schedule=None, start_date=pendulum.datetime(2026, 1, 1), catchup=False{kwargs}) as dag:\n"
+        + f"with DAG({dag_id!r}, schedule=None, start_date=pendulum.datetime(2026, 1, 1), "
+        + f"catchup=False{kwargs}) as dag:\n"
         + textwrap.indent(textwrap.dedent(tasks).strip() + "\n", "    ")
     )
     path = folder / f"{dag_id}.py"

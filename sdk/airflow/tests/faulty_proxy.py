@@ -62,7 +62,8 @@ def faulty_proxy(upstream: str) -> Iterator[Proxy]:
                 self.end_headers()
                 self.wfile.write(payload)
                 return
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length", "connection")}
+            hop = ("host", "content-length", "connection")
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in hop}
             answer = client.request(self.command, self.path, content=body, headers=headers)
             if fault == HANG_UP:
                 self.close_connection = True

@@ -113,7 +113,7 @@ def test_a_user_kill_cancels_a_deferred_run_and_a_triggerer_stop_does_not(jd, ma
         for task, job in jobs.items():
             wait_for_run_status(jd, job, "running")
             wait_until(
-                lambda: trigger_logs_mention(f"Jobdock run {runs[task]} is running"),
+                lambda task=task: trigger_logs_mention(f"Jobdock run {runs[task]} is running"),
                 f"the triggerer did not watch run {runs[task]}",
                 90,
                 output,

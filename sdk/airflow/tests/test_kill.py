@@ -54,8 +54,8 @@ def test_a_killed_task_cancels_its_run(jd, make_job, tmp_path: Path) -> None:
         os.killpg(task.pid, signal.SIGTERM)
         try:
             task.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"the task did not end after SIGTERM:\n{log_path.read_text()[-4000:]}")
+        except subprocess.TimeoutExpired as err:
+            raise AssertionError(f"the task did not end after SIGTERM:\n{log_path.read_text()[-4000:]}") from err
     finally:
         stop_group(task)
     output = log_path.read_text()

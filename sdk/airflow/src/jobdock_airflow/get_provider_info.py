@@ -14,9 +14,7 @@ def get_provider_info() -> dict[str, Any]:
         "name": "Jobdock",
         "description": "Run Jobdock jobs (containerised scripts) from Airflow and wait for their runs.",
         "versions": [__version__],
-        "connection-types": [
-            {"connection-type": "jobdock", "hook-class-name": "jobdock_airflow.hooks.JobdockHook"}
-        ],
+        "connection-types": [{"connection-type": "jobdock", "hook-class-name": "jobdock_airflow.hooks.JobdockHook"}],
         "hooks": [{"integration-name": "Jobdock", "python-modules": ["jobdock_airflow.hooks"]}],
         "operators": [{"integration-name": "Jobdock", "python-modules": ["jobdock_airflow.operators"]}],
         "sensors": [{"integration-name": "Jobdock", "python-modules": ["jobdock_airflow.sensors"]}],

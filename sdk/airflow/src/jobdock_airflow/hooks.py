@@ -161,9 +161,7 @@ class JobdockHook(BaseHook):
 
     async def aget_run(self, run_id: str, wait_seconds: int = 0) -> dict[str, Any]:
         params, timeout = long_poll(wait_seconds)
-        response = await self._asend(
-            "GET", f"{API}/runs/{quote(run_id, safe='')}", params=params, timeout=timeout
-        )
+        response = await self._asend("GET", f"{API}/runs/{quote(run_id, safe='')}", params=params, timeout=timeout)
         return self._json(response, (200,), what=f"reading run {run_id}")
 
     async def acancel_run(self, run_id: str) -> dict[str, Any] | None:
@@ -238,7 +236,12 @@ class JobdockHook(BaseHook):
     def _log_retry(self, method: str, path: str, what: str, delay: float, attempt: int) -> None:
         self.log.warning(
             "Jobdock %s %s %s; sending it again in %.1f s (retry %d of %d)",
-            method, path, what, delay, attempt, self.retry_policy.max_retries,
+            method,
+            path,
+            what,
+            delay,
+            attempt,
+            self.retry_policy.max_retries,
         )
 
     @staticmethod

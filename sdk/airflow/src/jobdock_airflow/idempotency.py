@@ -30,6 +30,4 @@ def idempotency_key(dag_id: str, task_id: str, run_id: str, map_index: int, try_
 def idempotency_key_from_context(context: Any) -> str:
     ti = context["ti"]
     map_index = getattr(ti, "map_index", -1)
-    return idempotency_key(
-        ti.dag_id, ti.task_id, ti.run_id, -1 if map_index is None else map_index, ti.try_number
-    )
+    return idempotency_key(ti.dag_id, ti.task_id, ti.run_id, -1 if map_index is None else map_index, ti.try_number)

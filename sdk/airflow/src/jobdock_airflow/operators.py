@@ -69,7 +69,7 @@ class JobdockRunJobOperator(BaseOperator):
         self.poll_interval = poll_interval
         self.timeout = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
         self.log_tail_lines = log_tail_lines
-        self.run_id: str | None = None
+        self.jobdock_run_id: str | None = None
         self._run_ended = False
 
     def hook(self) -> JobdockHook:
@@ -79,7 +79,7 @@ class JobdockRunJobOperator(BaseOperator):
         hook = self.hook()
         key = idempotency_key_from_context(context)
         run = hook.trigger_run(self.job, env=self.env, idempotency_key=key)
-        self.run_id = run["id"]
+        self.jobdock_run_id = run["id"]
         self.log.info("Jobdock run %s of job %s is %s (idempotency key %s)", run["id"], self.job, run["status"], key)
         context["ti"].xcom_push(key=XCOM_RUN_ID, value=run["id"])
         if not self.wait:
@@ -102,17 +102,15 @@ class JobdockRunJobOperator(BaseOperator):
     def execute_complete(self, context: Any, event: dict[str, Any]) -> str:
         """Resumes a deferred task with the trigger's event."""
         hook = self.hook()
-        self.run_id = event["run_id"]
-        context["ti"].xcom_push(key=XCOM_RUN_ID, value=self.run_id)
+        self.jobdock_run_id = event["run_id"]
+        context["ti"].xcom_push(key=XCOM_RUN_ID, value=self.jobdock_run_id)
         if event["status"] == "timeout":
-            return self._finish(hook, self._cancel_late_run(hook, self.run_id), context, timed_out=True)
+            return self._finish(hook, self._cancel_late_run(hook, self.jobdock_run_id), context, timed_out=True)
         if event["status"] == "error":
-            raise AirflowException(f"Waiting for Jobdock run {self.run_id} failed: {event.get('message')}")
+            raise AirflowException(f"Waiting for Jobdock run {self.jobdock_run_id} failed: {event.get('message')}")
         return self._finish(hook, event["run"], context)
 
-    def _wait(
-        self, hook: JobdockHook, run: dict[str, Any], deadline: float | None
-    ) -> tuple[dict[str, Any], bool]:
+    def _wait(self, hook: JobdockHook, run: dict[str, Any], deadline: float | None) -> tuple[dict[str, Any], bool]:
         """Long-polls the run until it ends; once `deadline` passes, cancels it. Returns the
         run and whether it timed out."""
         wait = max(1, min(int(self.poll_interval), MAX_WAIT_SECONDS))
@@ -166,11 +164,11 @@ class JobdockRunJobOperator(BaseOperator):
 
     def on_kill(self) -> None:
         """The task was killed while it waited: cancel the run (one that already ended is fine)."""
-        if self.run_id is None or self._run_ended:
+        if self.jobdock_run_id is None or self._run_ended:
             return
-        self.log.info("Cancelling Jobdock run %s", self.run_id)
+        self.log.info("Cancelling Jobdock run %s", self.jobdock_run_id)
         try:
-            if self.hook().cancel_run(self.run_id) is None:
-                self.log.info("Jobdock run %s had already ended", self.run_id)
+            if self.hook().cancel_run(self.jobdock_run_id) is None:
+                self.log.info("Jobdock run %s had already ended", self.jobdock_run_id)
         except Exception:
-            self.log.exception("Cancelling Jobdock run %s failed", self.run_id)
+            self.log.exception("Cancelling Jobdock run %s failed", self.jobdock_run_id)

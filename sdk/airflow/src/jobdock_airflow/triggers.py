@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -70,9 +70,7 @@ class JobdockRunTrigger(BaseTrigger):
             while True:
                 wait = self._next_wait()
                 if wait is None:
-                    yield TriggerEvent(
-                        {"status": "timeout", "run_id": self.run_id, "run_status": run.get("status")}
-                    )
+                    yield TriggerEvent({"status": "timeout", "run_id": self.run_id, "run_status": run.get("status")})
                     return
                 run = await hook.aget_run(self.run_id, wait_seconds=wait)
                 if is_final(run):
@@ -81,8 +79,8 @@ class JobdockRunTrigger(BaseTrigger):
                 self.log.info("Jobdock run %s is %s", self.run_id, run.get("status"))
         except asyncio.CancelledError:
             # Airflow 3.3+ calls on_kill() for a user's kill; before, this is the only place.
-            if not AIRFLOW_V_3_3_PLUS and self.cancel_on_kill and await self.task_was_killed():
-                await self._cancel(hook)
+            if not AIRFLOW_V_3_3_PLUS and self.cancel_on_kill:
+                await _shielded(self._cancel_if_killed(hook))
             raise
         except Exception as err:
             self.log.exception("Waiting for Jobdock run %s failed", self.run_id)
@@ -91,7 +89,11 @@ class JobdockRunTrigger(BaseTrigger):
     async def on_kill(self) -> None:
         """Airflow 3.3+: the user killed the deferred task (mark failed/success, clear)."""
         if self.cancel_on_kill:
-            await self._cancel(self._hook())
+            await _shielded(self._cancel(self._hook()))
+
+    async def _cancel_if_killed(self, hook: JobdockHook) -> None:
+        if await self.task_was_killed():
+            await self._cancel(hook)
 
     async def _cancel(self, hook: JobdockHook) -> None:
         self.log.info("The task was killed: cancelling Jobdock run %s", self.run_id)
@@ -127,6 +129,21 @@ class JobdockRunTrigger(BaseTrigger):
         state = getattr(state, "value", state)
         self.log.info("Task instance state is %s while the trigger is cancelled", state)
         return state is not None and state != "deferred"
+
+
+# Cancels under way, referenced so that they finish even when the trigger's task is gone.
+_CANCELS: set[asyncio.Task[None]] = set()
+
+
+async def _shielded(work: Coroutine[Any, Any, None]) -> None:
+    """Runs `work` in a task of its own and waits for it. The triggerer repeats its cancel of
+    a trigger's task until that task has ended, which would otherwise interrupt the cancel
+    request on its way to the engine; shielded, the request goes on even when this wait is
+    cancelled again."""
+    task = asyncio.ensure_future(work)
+    _CANCELS.add(task)
+    task.add_done_callback(_CANCELS.discard)
+    await asyncio.shield(task)
 
 
 async def _task_state(ti: Any) -> str | None:
