@@ -23,6 +23,7 @@ import uuid
 from pathlib import Path
 
 from dags import load_dag, write_dag
+from jobdock_airflow.compat import AIRFLOW_V_3_0_PLUS
 from jobdock_airflow.hooks import JobdockHook
 from jobdock_airflow.idempotency import idempotency_key
 from jobdock_airflow.triggers import JobdockRunTrigger
@@ -75,6 +76,20 @@ def trigger_logs_mention(text: str) -> bool:
     return False
 
 
+def stop_gracefully(triggerer: subprocess.Popen, output: Path) -> None:
+    """SIGTERM to the triggerer's process group, sent again after 20 s: Airflow 2.10's
+    triggerer sometimes loses the first (its handler's SystemExit is swallowed when the
+    signal lands in a weakref callback), as a process manager would find."""
+    for wait in (20, 60):
+        os.killpg(triggerer.pid, signal.SIGTERM)
+        try:
+            triggerer.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    raise AssertionError(f"the triggerer did not stop:\n{output.read_text()[-5000:]}")
+
+
 def timeline(jd, run_id: str) -> str:
     """The run's events (queued, started, cancel_requested, ...) as JSON text."""
     status, _, body = jd.request("GET", f"/api/v1/runs/{run_id}/events?limit=500")
@@ -107,7 +122,7 @@ def test_a_user_kill_cancels_a_deferred_run_and_a_triggerer_stop_does_not(jd, ma
     output = tmp_path / "triggerer.log"
     with open(output, "wb") as out:
         triggerer = subprocess.Popen(
-            [AIRFLOW, "triggerer"], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            [AIRFLOW, "triggerer", "--skip-serve-logs"], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
         for task, job in jobs.items():
@@ -122,8 +137,7 @@ def test_a_user_kill_cancels_a_deferred_run_and_a_triggerer_stop_does_not(jd, ma
         mark_failed(dag_run, "killed")
         assert jd.wait_final(runs["killed"], timeout=90)["status"] == "cancelled", output.read_text()[-5000:]
         # A triggerer that stops (a restart, a deploy): the task stays deferred, the run goes on.
-        os.killpg(triggerer.pid, signal.SIGTERM)
-        triggerer.wait(timeout=60)
+        stop_gracefully(triggerer, output)
         time.sleep(3)
         status, _, kept = jd.request("GET", f"/api/v1/runs/{runs['kept']}")
         assert status == 200 and kept["status"] == "running", kept
@@ -135,3 +149,6 @@ def test_a_user_kill_cancels_a_deferred_run_and_a_triggerer_stop_does_not(jd, ma
             hook.cancel_run(runs["kept"])
     assert trigger_logs_mention(f"The task was killed: cancelling Jobdock run {runs['killed']}")
     assert not trigger_logs_mention(f"cancelling Jobdock run {runs['kept']}")
+    if not AIRFLOW_V_3_0_PLUS:  # the trigger did look, and found its task still deferred
+        # (Airflow 3's triggerer stops writing a trigger's log when it stops, so only here.)
+        assert trigger_logs_mention("Task instance state is deferred while the trigger is cancelled")

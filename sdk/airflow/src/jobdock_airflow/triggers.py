@@ -16,6 +16,12 @@ from jobdock_airflow.hooks import MAX_WAIT_SECONDS, JobdockHook
 from jobdock_airflow.runs import is_final, summary
 
 
+# How long deciding whether to cancel, and cancelling, may take once a trigger is cancelled.
+CANCEL_SECONDS = 30
+# Cancels under way, referenced so that they finish even when the trigger's task is gone.
+_CANCELS: set[asyncio.Task[None]] = set()
+
+
 class JobdockRunTrigger(BaseTrigger):
     """Fires one event when the run reaches a final status, when `deadline` (seconds since the
     epoch) passes first, or when the engine cannot be read:
@@ -80,7 +86,7 @@ class JobdockRunTrigger(BaseTrigger):
         except asyncio.CancelledError:
             # Airflow 3.3+ calls on_kill() for a user's kill; before, this is the only place.
             if not AIRFLOW_V_3_3_PLUS and self.cancel_on_kill:
-                await _shielded(self._cancel_if_killed(hook))
+                await self._shielded(self._cancel_if_killed(hook))
             raise
         except Exception as err:
             self.log.exception("Waiting for Jobdock run %s failed", self.run_id)
@@ -89,7 +95,25 @@ class JobdockRunTrigger(BaseTrigger):
     async def on_kill(self) -> None:
         """Airflow 3.3+: the user killed the deferred task (mark failed/success, clear)."""
         if self.cancel_on_kill:
-            await _shielded(self._cancel(self._hook()))
+            await self._shielded(self._cancel(self._hook()))
+
+    async def _shielded(self, work: Coroutine[Any, Any, None]) -> None:
+        """Runs `work` in a task of its own, for at most CANCEL_SECONDS, and waits for it. The
+        triggerer repeats its cancel of a trigger's task until that task has ended, which would
+        otherwise interrupt the cancel request on its way to the engine; shielded, the request
+        goes on even when this wait is cancelled again. The bound keeps a stuck engine from
+        holding up a triggerer that stops."""
+
+        async def bounded() -> None:
+            try:
+                await asyncio.wait_for(work, timeout=CANCEL_SECONDS)
+            except asyncio.TimeoutError:
+                self.log.warning("Gave up cancelling Jobdock run %s after %d s", self.run_id, CANCEL_SECONDS)
+
+        task = asyncio.ensure_future(bounded())
+        _CANCELS.add(task)
+        task.add_done_callback(_CANCELS.discard)
+        await asyncio.shield(task)
 
     async def _cancel_if_killed(self, hook: JobdockHook) -> None:
         if await self.task_was_killed():
@@ -129,21 +153,6 @@ class JobdockRunTrigger(BaseTrigger):
         state = getattr(state, "value", state)
         self.log.info("Task instance state is %s while the trigger is cancelled", state)
         return state is not None and state != "deferred"
-
-
-# Cancels under way, referenced so that they finish even when the trigger's task is gone.
-_CANCELS: set[asyncio.Task[None]] = set()
-
-
-async def _shielded(work: Coroutine[Any, Any, None]) -> None:
-    """Runs `work` in a task of its own and waits for it. The triggerer repeats its cancel of
-    a trigger's task until that task has ended, which would otherwise interrupt the cancel
-    request on its way to the engine; shielded, the request goes on even when this wait is
-    cancelled again."""
-    task = asyncio.ensure_future(work)
-    _CANCELS.add(task)
-    task.add_done_callback(_CANCELS.discard)
-    await asyncio.shield(task)
 
 
 async def _task_state(ti: Any) -> str | None:
