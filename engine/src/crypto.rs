@@ -267,6 +267,12 @@ fn link_message(run_id: &str, expires_at: i64) -> String {
     format!("run:{run_id}:{expires_at}")
 }
 
+/// The SHA-256 of `data`, as lowercase hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, data);
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn fingerprint(key: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, key);
     digest.as_ref()[..8]

@@ -614,36 +614,3 @@ async fn an_image_that_cannot_be_pulled_fails_the_run_with_a_reason_that_says_so
     );
     assert!(run.started_at.is_none() || run.exit_code.is_none());
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_latest_progress_shows_on_the_run() {
-    let app = app(false).await;
-    let c = app.admin();
-    let script = "echo '::jobdock::progress 40/100 loading orders'; sleep 3; \
-                  echo '::jobdock::progress 100/100 done'";
-    c.create_job(&sh_job("progress", script)).await.unwrap();
-    let (run, _) = c
-        .trigger("progress", &Default::default(), None)
-        .await
-        .unwrap();
-    let during = crate::wait_for(&c, &run.id, 60, |r| r.progress.is_some()).await;
-    let p = during.progress.unwrap();
-    assert_eq!(
-        (p.done, p.total, p.message.as_str()),
-        (Some(40), Some(100), "loading orders")
-    );
-    assert!(
-        !during.status.is_final(),
-        "seen while it runs: {:?}",
-        during.status
-    );
-    let done = c
-        .wait_until_final(&run.id, std::time::Duration::from_secs(60))
-        .await
-        .unwrap();
-    let p = done.progress.unwrap();
-    assert_eq!(
-        (p.done, p.total, p.message.as_str()),
-        (Some(100), Some(100), "done")
-    );
-}

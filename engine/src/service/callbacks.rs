@@ -49,11 +49,10 @@ pub async fn prepare(ctx: &Ctx, uri: &str) -> Result<Prepared> {
         .map_err(|m| ServiceError::invalid(FIELD, m))?;
     let id = uuid::Uuid::now_v7().to_string();
     let sealed = ctx.keys.seal(&sealing_context(&id), URI, url.as_str())?;
-    let digest = ring::digest::digest(&ring::digest::SHA256, url.as_str().as_bytes());
     let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
     Ok(Prepared {
         id,
-        digest: digest.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
+        digest: crate::crypto::sha256_hex(url.as_str().as_bytes()),
         shown: format!(
             "{}://{}{port}/…",
             url.scheme(),

@@ -7,6 +7,7 @@ pub mod anomalies;
 pub mod audit;
 pub mod callbacks;
 pub mod channels;
+pub mod idempotency;
 pub mod jobs;
 pub mod keys;
 pub mod links;

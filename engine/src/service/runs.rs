@@ -9,7 +9,7 @@ use jobdock_types::{
 };
 use serde_json::json;
 
-use super::{page, validate, Actor, Ctx, Result, ServiceError};
+use super::{idempotency, page, validate, Actor, Ctx, Result, ServiceError};
 use crate::store::runs::{self, AttemptRow, NewRun, RunRow};
 use crate::store::{self, from_ms, now_ms, StoreError};
 
@@ -60,47 +60,6 @@ pub enum Refusal {
     },
 }
 
-fn key_of(req: &TriggerRequest, header: Option<&str>) -> Result<Option<String>> {
-    let key = match (req.idempotency_key.as_deref(), header) {
-        (Some(b), Some(h)) if b != h => {
-            return Err(ServiceError::invalid(
-                "idempotency_key",
-                "differs from the Idempotency-Key header; send one or make them equal",
-            ))
-        }
-        (Some(k), _) | (None, Some(k)) => Some(k.to_string()),
-        (None, None) => None,
-    };
-    let Some(k) = key else { return Ok(None) };
-    if k.is_empty() || k.chars().count() > MAX_KEY || k.chars().any(char::is_control) {
-        return Err(ServiceError::invalid(
-            "idempotency_key",
-            format!("must be 1 to {MAX_KEY} printable characters"),
-        ));
-    }
-    if k.chars().count() <= STORED_KEY {
-        return Ok(Some(k));
-    }
-    // A caller without a hash function (Data Factory's expressions have none) may send a
-    // long key built from its run id and a ForEach item; the store keeps its digest.
-    let d = ring::digest::digest(&ring::digest::SHA256, k.as_bytes());
-    let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    Ok(Some(format!("sha256:{hex}")))
-}
-
-/// Longest idempotency key kept as it is; a longer one is kept as `sha256:<hex>` of it.
-const STORED_KEY: usize = 255;
-
-/// Longest idempotency key accepted.
-const MAX_KEY: usize = 4096;
-
-/// SHA-256 of the parts of the body that shape the run, to spot a key reused for another run.
-fn request_hash(req: &TriggerRequest) -> String {
-    let canonical = json!({ "env": req.env, "command": req.command }).to_string();
-    let d = ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes());
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn check_overrides(
     job: &JobSpec,
     secrets: &[String],
@@ -142,8 +101,8 @@ pub async fn trigger(
     name: &str,
     req: TriggerRequest,
 ) -> Result<Triggered, TriggerError> {
-    let key = key_of(&req, t.header_key.as_deref())?;
-    let hash = request_hash(&req);
+    let key = idempotency::key_of(&req, t.header_key.as_deref())?;
+    let hash = idempotency::request_hash(&req);
     let callback = match &req.callback_uri {
         Some(uri) => Some(super::callbacks::prepare(ctx, uri).await?),
         None => None,
