@@ -120,6 +120,18 @@ pub struct RegistryAuth {
     pub server: Option<String>,
 }
 
+/// When a run's image is pulled (the job's `pull_policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullPolicy {
+    /// Before every run, with the run's credentials; a failed pull fails the launch even
+    /// when the host has the image.
+    Always,
+    /// Only when the host lacks the image.
+    IfNotPresent,
+    /// Never: the image must be on the host.
+    Never,
+}
+
 /// Everything a backend needs to start one attempt of one run.
 #[derive(Debug, Clone)]
 pub struct LaunchSpec {
@@ -151,6 +163,9 @@ pub struct LaunchSpec {
     pub labels: BTreeMap<String, String>,
     /// Credentials to pull the image with.
     pub registry_auth: Option<RegistryAuth>,
+    /// When to pull; `None` = the backend's safe default: never run an image that these
+    /// credentials (or their absence) could not pull, whatever a host has cached.
+    pub pull_policy: Option<PullPolicy>,
     /// Deadline counted from the container's start, enforced by the scheduler itself where it can.
     pub timeout: Option<Duration>,
     /// The log driver of the run's container (Docker and Swarm); `None` = the daemon's default.
@@ -465,6 +480,7 @@ pub(crate) fn sample_launch_spec() -> LaunchSpec {
         user: None,
         labels: BTreeMap::new(),
         registry_auth: None,
+        pull_policy: None,
         timeout: None,
         log_driver: None,
     }

@@ -20,6 +20,7 @@ mod metrics;
 mod monitoring;
 mod parallelism;
 mod recovery;
+mod registry;
 mod replicas;
 mod retention;
 mod runs;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use jobdock_backends::{LaunchSpec, RegistryAuth, Resources, Secret, SecretDelivery};
+use jobdock_backends::{LaunchSpec, PullPolicy, RegistryAuth, Resources, Secret, SecretDelivery};
 use secrecy::SecretString;
 
 use crate::store::runs::RunRow;
@@ -73,6 +73,11 @@ pub fn launch_spec(
         user: None,
         labels: s.labels.clone(),
         registry_auth,
+        pull_policy: s.pull_policy.map(|p| match p {
+            jobdock_types::PullPolicy::Always => PullPolicy::Always,
+            jobdock_types::PullPolicy::IfNotPresent => PullPolicy::IfNotPresent,
+            jobdock_types::PullPolicy::Never => PullPolicy::Never,
+        }),
         timeout: s.timeout_seconds.map(|t| Duration::from_secs(t as u64)),
         log_driver: s.log_driver.as_ref().map(|d| jobdock_backends::LogDriver {
             name: d.name.clone(),

@@ -54,6 +54,7 @@ pub fn to_api(row: &JobRow, secret_names: Vec<String>) -> Job {
         network: s.network.clone(),
         log_driver: s.log_driver.clone(),
         registry: s.registry.clone(),
+        pull_policy: s.pull_policy,
         labels: s.labels.clone(),
         description: s.description.clone(),
         alerts: s.alerts.clone(),

@@ -257,6 +257,18 @@ pub fn job_spec(spec: &JobSpec, backends: &[BackendName]) -> Result<(), Vec<Fiel
             );
         }
     }
+    if spec.pull_policy == Some(jobdock_types::PullPolicy::Never)
+        && spec.backend == Some(BackendName::Nomad)
+    {
+        e.check(
+            "pull_policy",
+            Err(
+                "Nomad's docker driver cannot be told never to pull; use `if_not_present` \
+                 or `always`"
+                    .into(),
+            ),
+        );
+    }
     if let Some(d) = &spec.description {
         e.check("description", no_nul(d, MAX_DESCRIPTION));
     }
@@ -422,6 +434,7 @@ mod tests {
         s.timeout_seconds = Some(-5);
         s.lock_keys = vec!["a".into(), "a".into()];
         s.backend = Some(BackendName::Nomad);
+        s.pull_policy = Some(jobdock_types::PullPolicy::Never);
         s.resources = Some(jobdock_types::Resources {
             cpus: Some(0.0),
             memory_mb: Some(1),
@@ -437,6 +450,7 @@ mod tests {
             "timeout_seconds",
             "lock_keys[1]",
             "backend",
+            "pull_policy",
             "resources.cpus",
             "resources.memory_mb",
         ] {

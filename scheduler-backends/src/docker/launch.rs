@@ -4,25 +4,21 @@
 //! second one (409): a launch retried after an engine crash adopts the first container and
 //! starts it only if it was never started.
 
-use bollard::auth::DockerCredentials;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum as Status,
 };
-use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, RemoveContainerOptionsBuilder,
-};
+use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
 use bollard::Docker;
-use futures::StreamExt;
-use secrecy::ExposeSecret;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use super::attach::{attach, Attachments};
 use super::create::{container_body, container_name, validate};
 use super::errors::{from_docker, is_not_found, is_transport, status_of};
+use super::image::ensure_image;
 use super::secrets::{self, Reader};
 use super::DockerConfig;
-use crate::{labels, BackendError, LaunchSpec, RegistryAuth, RunHandle, SecretDelivery};
+use crate::{labels, BackendError, LaunchSpec, RunHandle, SecretDelivery};
 
 /// [`crate::Backend::launch`].
 pub(crate) async fn launch(
@@ -114,83 +110,6 @@ fn handle(spec: &LaunchSpec, backend_ref: String) -> RunHandle {
         run_id: spec.run_id.clone(),
         attempt: spec.attempt,
         backend_ref,
-    }
-}
-
-/// Makes sure the image is local, pulling it only when missing, and returns the user the
-/// image runs as (for the ownership of secret files).
-async fn ensure_image(docker: &Docker, spec: &LaunchSpec) -> Result<Option<String>, BackendError> {
-    match docker.inspect_image(&spec.image).await {
-        Ok(image) => return Ok(image.config.and_then(|c| c.user)),
-        Err(e) if is_not_found(&e) => {}
-        Err(e) => return Err(from_docker(e)),
-    }
-    pull(docker, &spec.image, spec.registry_auth.as_ref()).await?;
-    match docker.inspect_image(&spec.image).await {
-        Ok(image) => Ok(image.config.and_then(|c| c.user)),
-        Err(e) => Err(pull_error(&spec.image, e)),
-    }
-}
-
-/// Pulls `image`; the daemon reports failures either as an error answer or inside the
-/// progress stream, and both become [`BackendError::ImagePull`] with its words.
-async fn pull(
-    docker: &Docker,
-    image: &str,
-    auth: Option<&RegistryAuth>,
-) -> Result<(), BackendError> {
-    let (repo, tag) = split_reference(image);
-    let mut options = CreateImageOptionsBuilder::new().from_image(repo);
-    if let Some(tag) = tag {
-        options = options.tag(tag);
-    }
-    let credentials = auth.map(|a| DockerCredentials {
-        username: Some(a.username.clone()),
-        password: Some(a.password.expose_secret().to_owned()),
-        serveraddress: a.server.clone(),
-        ..Default::default()
-    });
-    tracing::info!(image, "pulling image");
-    let mut progress = docker.create_image(Some(options.build()), None, credentials);
-    while let Some(item) = progress.next().await {
-        let info = item.map_err(|e| pull_error(image, e))?;
-        if let Some(message) = info.error_detail.and_then(|d| d.message) {
-            return Err(BackendError::ImagePull {
-                image: image.to_owned(),
-                message,
-            });
-        }
-    }
-    Ok(())
-}
-
-fn pull_error(image: &str, err: bollard::errors::Error) -> BackendError {
-    if is_transport(&err) {
-        return from_docker(err);
-    }
-    let message = match err {
-        bollard::errors::Error::DockerResponseServerError { message, .. } => message,
-        other => other.to_string(),
-    };
-    BackendError::ImagePull {
-        image: image.to_owned(),
-        message,
-    }
-}
-
-/// Splits a reference into what the pull API wants: the repository and a tag. Without a tag
-/// or digest the daemon would pull every tag, so `latest` is made explicit as the CLI does.
-fn split_reference(image: &str) -> (&str, Option<&str>) {
-    if image.contains('@') {
-        return (image, None);
-    }
-    let last_slash = image.rfind('/').map_or(0, |i| i + 1);
-    match image[last_slash..].rfind(':') {
-        Some(colon) => {
-            let at = last_slash + colon;
-            (&image[..at], Some(&image[at + 1..]))
-        }
-        None => (image, Some("latest")),
     }
 }
 
@@ -301,25 +220,5 @@ fn check_ours(
             ),
             source: None,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::split_reference;
-
-    #[test]
-    fn splits_references_for_the_pull_api() {
-        assert_eq!(split_reference("busybox"), ("busybox", Some("latest")));
-        assert_eq!(split_reference("busybox:1.36"), ("busybox", Some("1.36")));
-        assert_eq!(
-            split_reference("localhost:5000/team/app"),
-            ("localhost:5000/team/app", Some("latest"))
-        );
-        assert_eq!(
-            split_reference("localhost:5000/team/app:v2"),
-            ("localhost:5000/team/app", Some("v2"))
-        );
-        assert_eq!(split_reference("app@sha256:abc"), ("app@sha256:abc", None));
     }
 }

@@ -2,7 +2,7 @@
 //! `DOCKER_HOST`) daemon, driven through bollard.
 //!
 //! Each concern has its module: translating the spec (`create`), launching exactly once
-//! (`launch`), secret files (`secrets`), state and waiting (`status`), output (`logs`), and
+//! (`launch`), the image and its pull policy (`image`), secret files (`secrets`), state and waiting (`status`), output (`logs`), and
 //! finding and removing containers (`inventory`).
 
 // `create`, `errors`, `logs` and `status` hold helpers the Swarm backend shares.
@@ -10,6 +10,7 @@ pub(crate) mod attach;
 pub(crate) mod create;
 mod cursor;
 pub(crate) mod errors;
+pub(crate) mod image;
 mod inventory;
 mod launch;
 pub(crate) mod logs;

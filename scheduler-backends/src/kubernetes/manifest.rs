@@ -13,7 +13,7 @@ use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
 use super::KubernetesConfig;
-use crate::{labels, BackendError, LaunchSpec, SecretDelivery};
+use crate::{labels, BackendError, LaunchSpec, PullPolicy, SecretDelivery};
 
 /// The one container of every pod.
 pub(crate) const CONTAINER: &str = "job";
@@ -92,6 +92,13 @@ pub(crate) fn job(
     let mut container = json!({
         "name": CONTAINER,
         "image": spec.image,
+        "imagePullPolicy": match spec.pull_policy {
+            // The safe default, as the AlwaysPullImages admission sets it: a node's cache
+            // never stands in for the pod's own pull credentials.
+            None | Some(PullPolicy::Always) => "Always",
+            Some(PullPolicy::IfNotPresent) => "IfNotPresent",
+            Some(PullPolicy::Never) => "Never",
+        },
         "env": spec.env.iter().map(|(k, v)| json!({"name": k, "value": verbatim(v)})).collect::<Vec<_>>(),
         "resources": resources(spec, config),
     });
@@ -270,6 +277,22 @@ mod tests {
         let c = &serde_json::to_value(job).unwrap()["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(c["args"], json!(["echo $$(A) $$$$"]));
         assert_eq!(c["env"][0]["value"], "$$(B)");
+    }
+
+    #[test]
+    fn a_node_cache_never_stands_in_for_pull_credentials_by_default() {
+        let policy = |p| {
+            let mut spec = crate::sample_launch_spec();
+            spec.pull_policy = p;
+            let job = job(&spec, "j", &KubernetesConfig::default()).unwrap();
+            serde_json::to_value(job).unwrap()["spec"]["template"]["spec"]["containers"][0]
+                ["imagePullPolicy"]
+                .clone()
+        };
+        assert_eq!(policy(None), "Always");
+        assert_eq!(policy(Some(PullPolicy::Always)), "Always");
+        assert_eq!(policy(Some(PullPolicy::IfNotPresent)), "IfNotPresent");
+        assert_eq!(policy(Some(PullPolicy::Never)), "Never");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
 use super::NomadConfig;
-use crate::{BackendError, LaunchSpec, SecretDelivery};
+use crate::{BackendError, LaunchSpec, PullPolicy, SecretDelivery};
 
 /// The one task group's and task's name; log requests name the task.
 pub(crate) const TASK: &str = "run";
@@ -48,6 +48,13 @@ pub(crate) fn validate(spec: &LaunchSpec) -> Result<(), BackendError> {
     if !safe(&spec.run_id) {
         return Err(BackendError::Invalid(
             "run id must be letters, digits, `-` or `_`".into(),
+        ));
+    }
+    if spec.pull_policy == Some(PullPolicy::Never) {
+        return Err(BackendError::Invalid(
+            "Nomad's docker driver cannot be told never to pull; use `if_not_present` or \
+             `always`"
+                .into(),
         ));
     }
     if spec.image.trim().is_empty() {
@@ -141,7 +148,10 @@ fn task(spec: &LaunchSpec, config: &NomadConfig, job_id: &str) -> Value {
 }
 
 fn driver_config(spec: &LaunchSpec) -> Value {
-    let mut config = json!({ "image": spec.image });
+    // The docker driver pulls only a missing image unless told otherwise; the safe default
+    // pulls every time, so that a job cannot run an image cached by another job.
+    let force_pull = !matches!(spec.pull_policy, Some(PullPolicy::IfNotPresent));
+    let mut config = json!({ "image": spec.image, "force_pull": force_pull });
     if let Some((command, args)) = spec.command.as_ref().and_then(|c| c.split_first()) {
         config["command"] = json!(command);
         config["args"] = json!(args);
@@ -290,6 +300,23 @@ mod tests {
         assert_eq!(task["Templates"][0]["Uid"], 65534);
         assert_eq!(task["Config"]["mounts"][0]["target"], "/run/secrets");
         assert_eq!(variable_body(&s, "p", None)["Items"]["TOKEN"], "s3cret");
+    }
+
+    #[test]
+    fn the_image_is_pulled_every_time_unless_the_job_says_otherwise() {
+        let force_pull = |p| {
+            let mut s = spec();
+            s.pull_policy = p;
+            register_body(&s, &NomadConfig::new("http://x"))["Job"]["TaskGroups"][0]["Tasks"][0]
+                ["Config"]["force_pull"]
+                .clone()
+        };
+        assert_eq!(force_pull(None), true);
+        assert_eq!(force_pull(Some(PullPolicy::Always)), true);
+        assert_eq!(force_pull(Some(PullPolicy::IfNotPresent)), false);
+        let mut s = spec();
+        s.pull_policy = Some(PullPolicy::Never);
+        assert!(validate(&s).is_err(), "the driver has no such setting");
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! The service's name is derived from the run and attempt, so the swarm itself refuses a
 //! second one (409): a launch retried after an engine crash, or racing another, adopts the
 //! first service. The swarm pulls the image on the node that runs the task; a pull that
-//! fails ends the task `rejected`, which [`super::tasks`] reports as the run's end.
+//! fails ends the task `rejected`, which [`super::tasks`] reports as the run's end — unless
+//! the node has the image cached, which it then runs. So the image is first pulled here,
+//! on the manager, with the job's credentials and as its pull policy says (see
+//! [`crate::docker::image`]): a job whose credentials cannot pull the image never starts.
 
 use bollard::auth::DockerCredentials;
 use bollard::models::Service;
@@ -13,7 +16,8 @@ use secrecy::ExposeSecret;
 use super::spec::{service_name, service_spec, validate};
 use super::{secrets, SwarmConfig};
 use crate::docker::errors::{from_docker, is_not_found, status_of};
-use crate::{labels, BackendError, LaunchSpec, RegistryAuth, RunHandle};
+use crate::docker::image::ensure_image;
+use crate::{labels, BackendError, LaunchSpec, PullPolicy, RegistryAuth, RunHandle};
 
 /// [`crate::Backend::launch`].
 pub(crate) async fn launch(
@@ -26,6 +30,9 @@ pub(crate) async fn launch(
     // Cheap check first: a launch of an attempt that exists creates nothing, not even secrets.
     if let Some(handle) = adopt(docker, spec, &name).await? {
         return Ok(handle);
+    }
+    if matches!(spec.pull_policy, None | Some(PullPolicy::Always)) {
+        ensure_image(docker, spec).await?;
     }
     let mounts = secrets::create_all(docker, spec).await?;
     let body = service_spec(spec, config, &mounts)?;

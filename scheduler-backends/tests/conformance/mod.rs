@@ -147,6 +147,7 @@ impl Ctx {
             user: None,
             labels: BTreeMap::from([("dev.jobdock.test".into(), "conformance".into())]),
             registry_auth: None,
+            pull_policy: None,
             timeout: None,
             log_driver: None,
         }

@@ -43,6 +43,7 @@ fn spec(installation: &str) -> LaunchSpec {
         user: None,
         labels: BTreeMap::new(),
         registry_auth: None,
+        pull_policy: None,
         timeout: Some(Duration::from_secs(90)),
         log_driver: None,
     }

@@ -145,9 +145,21 @@ impl TestApp {
 
     /// Runs the `jobdock` binary as a client command against this app.
     pub fn cli(&self, args: &[&str], token: &str, stdin: Option<&str>) -> std::process::Output {
+        self.cli_with_env(args, token, stdin, &[])
+    }
+
+    /// [`Self::cli`] with extra environment variables.
+    pub fn cli_with_env(
+        &self,
+        args: &[&str],
+        token: &str,
+        stdin: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> std::process::Output {
         use std::io::Write;
         let mut child = Command::new(&self.bin)
             .args(args)
+            .envs(env.iter().copied())
             .env("JOBDOCK_URL", &self.url)
             .env("JOBDOCK_TOKEN", token)
             .stdin(Stdio::piped())

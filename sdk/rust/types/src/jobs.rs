@@ -145,6 +145,27 @@ pub struct RegistryAuth {
     pub password_secret: String,
 }
 
+/// When a run's image is pulled before the run starts.
+///
+/// Left out, the engine picks the safe default: a job never runs an image that its own
+/// credentials (or their absence) could not pull, whatever another job left in a host's
+/// cache. On `docker` and `swarm` that is `always`, except for an image that never came
+/// from a registry (built or imported on the host), which runs as it is; on `kubernetes`
+/// and `nomad` it is `always`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum PullPolicy {
+    /// Pull before every run, with the job's credentials; a failed pull fails the run even
+    /// when the host has the image (as Kubernetes' `AlwaysPullImages` admission does).
+    Always,
+    /// Pull only when the host lacks the image. Faster, and it needs no registry once the
+    /// image is cached — but any job naming a cached image runs it.
+    IfNotPresent,
+    /// Never pull: the image must already be on the host.
+    Never,
+}
+
 /// A job definition as sent to `POST /api/v1/jobs` and `PUT /api/v1/jobs/{name}`.
 ///
 /// Every field but `name` and `image` is optional.
@@ -236,6 +257,9 @@ pub struct JobSpec {
     /// Credentials for a private registry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry: Option<RegistryAuth>,
+    /// When the image is pulled; the safe default (see [`PullPolicy`]) when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_policy: Option<PullPolicy>,
     /// Free-form labels for people and filters.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
@@ -301,6 +325,9 @@ pub struct Job {
     pub log_driver: Option<LogDriver>,
     /// Credentials for a private registry (the password stays a secret).
     pub registry: Option<RegistryAuth>,
+    /// When the image is pulled; `null` for the safe default (see [`PullPolicy`]).
+    #[serde(default)]
+    pub pull_policy: Option<PullPolicy>,
     /// Free-form labels.
     pub labels: BTreeMap<String, String>,
     /// What the job does.
@@ -369,6 +396,7 @@ impl Job {
             network: self.network.clone(),
             log_driver: self.log_driver.clone(),
             registry: self.registry.clone(),
+            pull_policy: self.pull_policy,
             labels: self.labels.clone(),
             description: self.description.clone(),
             alerts: self.alerts.clone(),
