@@ -67,10 +67,17 @@ fn exactly(got: &[u64], from: u64, to: u64, step: u64, what: &str) {
     let want: Vec<u64> = (from..=to).filter(|i| i % step == 0).collect();
     if got != want.as_slice() {
         let at = got.iter().zip(&want).position(|(a, b)| a != b);
+        let around = |v: &[u64]| {
+            let i = at.unwrap_or(v.len().min(got.len()));
+            v[i.saturating_sub(3)..(i + 5).min(v.len())].to_vec()
+        };
         panic!(
-            "{what}: {} lines where {} were expected, first difference at {at:?}",
+            "{what}: {} lines where {} were expected, first difference at {at:?}: \
+             got {:?}, expected {:?}",
             got.len(),
-            want.len()
+            want.len(),
+            around(got),
+            around(&want)
         );
     }
 }

@@ -83,6 +83,8 @@ struct Buffer {
     latest_progress: Option<(String, i64)>,
     /// The stored position after the lines written so far.
     mark: LogMark,
+    /// The latest time given to a line of each stream (stdout, stderr), stored or pending.
+    latest: [i64; 2],
 }
 
 /// The line that marks a gap in the log: what is missing, between when, and why.
@@ -150,6 +152,7 @@ impl Pump<'_> {
             progress_at: None,
             latest_progress: None,
             mark: from.mark.clone(),
+            latest: [from.mark.stdout.ts, from.mark.stderr.ts].map(|t| t.unwrap_or(i64::MIN)),
         };
         let mut deadline: Option<tokio::time::Instant> = None;
         loop {
@@ -187,6 +190,14 @@ impl Pump<'_> {
             if l.cursor.is_none() && mark.covers(ts, seen) {
                 continue;
             }
+            // A stream's lines are stored in the order they came, and a whole log is read in
+            // time order: a line is never given a time before its predecessor's. Stamps can
+            // run backwards where sources meet — an attachment stamps a line when the engine
+            // reads it, the daemon's files when the daemon wrote it — so a line read from the
+            // files after a restart may carry an older time than the last one attached.
+            let latest = &mut buf.latest[usize::from(l.stream == LogStream::Stderr)];
+            let ts = ts.max(*latest);
+            *latest = ts;
             let line = self.redactor.redact(&l.line);
             if let Some(text) = line.strip_prefix(PROGRESS_MARKER) {
                 let text: String = text.trim().chars().take(500).collect();
@@ -434,6 +445,25 @@ mod tests {
             .map(|l| l.line)
             .collect();
         assert_eq!(stored, ["a", "b", "c", "first of attempt 2"]);
+        // Read by time, the stream keeps the order it came in: a line never sorts before
+        // its predecessor because its stamp is older.
+        let by_time: Vec<_> = store
+            .logs_by_time(&run_id, None, 0, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| (l.line, l.ts))
+            .collect();
+        let ns = |secs| at(secs).timestamp_nanos_opt().unwrap();
+        assert_eq!(
+            by_time,
+            [
+                ("a".to_string(), ns(10)),
+                ("b".to_string(), ns(20)),
+                ("c".to_string(), ns(20)),
+                ("first of attempt 2".to_string(), ns(20)),
+            ]
+        );
         let mark = store.run(&run_id).await.unwrap().log_mark;
         assert_eq!(mark.stdout.cursor.as_deref(), Some("19"));
         assert_eq!(mark.cursor_attempt, Some(2));
