@@ -109,11 +109,10 @@ macro_rules! conformance_tests {
     )+};
 }
 
-// Not run here: `missing_image_fails_to_pull` (the swarm pulls on the node, so a failed pull
-// ends the run instead of the launch: `missing_image_ends_the_run_with_a_reason`) and
-// `env_and_env_secrets_are_delivered` (secrets are files on Swarm whatever the delivery:
-// `env_secrets_arrive_as_files`).
+// Not run here: `env_and_env_secrets_are_delivered` (secrets are files on Swarm whatever the
+// delivery: `env_secrets_arrive_as_files`).
 conformance_tests!(
+    missing_image_fails_to_pull,
     exit_zero_is_success,
     exit_code_is_reported,
     oom_kill_is_reported,
@@ -245,13 +244,15 @@ async fn launching_twice_makes_one_service() -> Result<()> {
     .await
 }
 
-/// An image no node has and no registry serves ends the run with a reason that says so,
-/// instead of leaving it pending.
+/// Without the engine's own pull first (`if_not_present`), the node pulls: an image no node
+/// has and no registry serves ends the run with a reason that says so, instead of leaving
+/// it pending.
 #[tokio::test]
 async fn missing_image_ends_the_run_with_a_reason() -> Result<()> {
     conformance::run(target().await?, |ctx: Ctx| async move {
         let mut spec = ctx.spec("exit 0");
         spec.image = format!("jobdock-test/missing-{}:1", uuid::Uuid::new_v4().simple());
+        spec.pull_policy = Some(jobdock_backends::PullPolicy::IfNotPresent);
         let handle = ctx.backend.launch(&spec).await?;
         let exit = ctx.wait(&handle).await?;
         ensure!(exit.exit_code.is_none(), "exit {exit:?}");
