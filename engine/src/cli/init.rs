@@ -9,6 +9,7 @@ use clap::{Args, ValueEnum};
 use include_dir::{include_dir, Dir};
 
 static PYTHON_JOB: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/../templates/python-job");
+static SINGER_JOB: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/../templates/singer-job");
 
 /// `jobdock init …`
 #[derive(Debug, Args)]
@@ -29,14 +30,54 @@ pub enum Template {
     /// A Python script on Jobdock's base image, with the SDK.
     #[default]
     Python,
+    /// A Singer tap piped into a Singer target (`tap | target`), run by the SDK's
+    /// `jobdock.singer`, with the job's state as the tap's `--state`.
+    Singer,
 }
 
 impl Template {
     fn dir(self) -> &'static Dir<'static> {
         match self {
             Self::Python => &PYTHON_JOB,
+            Self::Singer => &SINGER_JOB,
         }
     }
+
+    fn kind(self) -> &'static str {
+        match self {
+            Self::Python => "Python",
+            Self::Singer => "Singer pipeline",
+        }
+    }
+}
+
+/// What `jobdock init` prints after writing a project: the next commands.
+fn next_steps(template: Template, dir: &Path, name: &str, files: usize) -> String {
+    let configure = match template {
+        Template::Python => String::new(),
+        Template::Singer => format!(
+            "    # first: the tap and target in tap-requirements.txt and \
+             target-requirements.txt,\n    \
+             # their settings (TAP, TAP_CONFIG, TAP_SECRETS, TARGET, TARGET_CONFIG) in \
+             {dir}/job.yaml\n",
+            dir = dir.display()
+        ),
+    };
+    format!(
+        "wrote {files} files to {dir}: a {kind} job named {name}. Next:\n\n\
+         {configure}    \
+         cd {dir} && jobdock deploy\n    \
+         jobdock secrets set {name} SOURCE_TOKEN   # once: the {what}'s secret\n    \
+         jobdock run {name} --follow\n\n\
+         (deploy builds on jobdock/python:3.11; templates/base-image/build in Jobdock's \
+         repository makes it)",
+        dir = dir.display(),
+        kind = template.kind(),
+        what = match template {
+            Template::Python => "script",
+            Template::Singer => "tap",
+        },
+    )
 }
 
 /// The template's placeholders and their values. Plain replacement: the templates hold two
@@ -82,19 +123,7 @@ pub fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
     }
     let module = a.name.replace('-', "_");
     let n = write(a.template.dir(), &to, &a.name, &module)?;
-    eprintln!(
-        "wrote {n} files to {dir}: a {kind} job named {name}. Next:\n\n    \
-         cd {dir} && jobdock deploy\n    \
-         jobdock secrets set {name} SOURCE_TOKEN   # once: the script's secret\n    \
-         jobdock run {name} --follow\n\n\
-         (deploy builds on jobdock/python:3.11; templates/base-image/build in Jobdock's \
-         repository makes it)",
-        dir = to.display(),
-        kind = match a.template {
-            Template::Python => "Python",
-        },
-        name = a.name,
-    );
+    eprintln!("{}", next_steps(a.template, &to, &a.name, n));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -118,5 +147,57 @@ mod tests {
         assert!(to.join(".dockerignore").exists() && to.join("wheels").is_dir());
         let docker = std::fs::read_to_string(to.join("Dockerfile")).unwrap();
         assert!(docker.contains("orders_sync.main"), "{docker}");
+    }
+
+    #[test]
+    fn a_singer_project_is_written_with_its_names_filled() {
+        let tmp = tempfile::tempdir().unwrap();
+        let to = tmp.path().join("crm-sync");
+        let n = write(&SINGER_JOB, &to, "crm-sync", "crm_sync").unwrap();
+        assert!(n >= 6, "{n} files");
+        let job = std::fs::read_to_string(to.join("job.yaml")).unwrap();
+        assert!(
+            job.contains("name: crm-sync") && !job.contains("{{"),
+            "{job}"
+        );
+        for key in [
+            "TAP:",
+            "TARGET:",
+            "TAP_CONFIG:",
+            "TAP_SECRETS:",
+            "TARGET_CONFIG:",
+        ] {
+            assert!(job.contains(key), "{key} in {job}");
+        }
+        let docker = std::fs::read_to_string(to.join("Dockerfile")).unwrap();
+        assert!(
+            docker.contains("jobdock.singer") && docker.contains("--no-index"),
+            "{docker}"
+        );
+        assert!(to.join("tap-requirements.txt").exists() && to.join("wheels").is_dir());
+        assert!(to.join(".dockerignore").exists());
+    }
+
+    #[test]
+    fn the_hint_names_the_template_and_its_next_steps() {
+        let python = next_steps(Template::Python, Path::new("orders-sync"), "orders-sync", 9);
+        assert!(
+            python.contains("a Python job named orders-sync"),
+            "{python}"
+        );
+        assert!(!python.contains("TAP_CONFIG"), "{python}");
+        let singer = next_steps(Template::Singer, Path::new("crm-sync"), "crm-sync", 7);
+        assert!(
+            singer.contains("a Singer pipeline job named crm-sync"),
+            "{singer}"
+        );
+        assert!(
+            singer.contains("crm-sync/job.yaml") && singer.contains("TAP_CONFIG"),
+            "{singer}"
+        );
+        assert!(
+            singer.contains("jobdock secrets set crm-sync SOURCE_TOKEN"),
+            "{singer}"
+        );
     }
 }
