@@ -4,6 +4,10 @@
 //! a slow password hash) suffices because the values are random, not chosen by people; the
 //! bootstrap token, which an operator may choose, is stored the same way.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use base64::Engine as _;
 use jobdock_types::Scope;
 use ring::rand::{SecureRandom, SystemRandom};
@@ -105,9 +109,106 @@ pub fn validate_pattern(p: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// How long a verified token is trusted without asking the store again. A revocation takes
+/// effect at once on the replica that made it (which clears the cache) and within this long
+/// on the others.
+pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(2);
+
+/// Most tokens kept; past it the stale ones go, and if none is stale, all.
+const TOKEN_CACHE_MAX: usize = 10_000;
+
+/// Verified tokens by hash, so that a request costs no store read for its token: a status
+/// poll is the engine's most frequent request, and the token's read was a fifth of its
+/// work. Written by hand because entries live two seconds: a map that drops its stale
+/// entries when it grows does all a cache crate's eviction policies would.
+#[derive(Debug, Default)]
+pub struct TokenCache {
+    entries: Mutex<HashMap<Vec<u8>, CachedToken>>,
+}
+
+/// A verified token: who it is, and when it was last recorded as used (Unix ms).
+#[derive(Debug, Clone)]
+pub struct CachedToken {
+    /// What its holder may do.
+    pub principal: Principal,
+    /// When its use was last recorded.
+    pub last_used_at: Option<i64>,
+    verified: Instant,
+}
+
+impl TokenCache {
+    /// The token with SHA-256 `hash`, if it was verified less than [`TOKEN_CACHE_TTL`] ago.
+    pub fn get(&self, hash: &[u8]) -> Option<CachedToken> {
+        let entries = self.entries.lock().expect("token cache lock");
+        entries
+            .get(hash)
+            .filter(|c| c.verified.elapsed() < TOKEN_CACHE_TTL)
+            .cloned()
+    }
+
+    /// Remembers a token just verified against the store; returns what it keeps.
+    pub fn put(
+        &self,
+        hash: Vec<u8>,
+        principal: Principal,
+        last_used_at: Option<i64>,
+    ) -> CachedToken {
+        let mut entries = self.entries.lock().expect("token cache lock");
+        if entries.len() >= TOKEN_CACHE_MAX {
+            entries.retain(|_, c| c.verified.elapsed() < TOKEN_CACHE_TTL);
+            if entries.len() >= TOKEN_CACHE_MAX {
+                entries.clear();
+            }
+        }
+        let token = CachedToken {
+            principal,
+            last_used_at,
+            verified: Instant::now(),
+        };
+        entries.insert(hash, token.clone());
+        token
+    }
+
+    /// Notes that the token's use was recorded at `at_ms`.
+    pub fn used(&self, hash: &[u8], at_ms: i64) {
+        if let Some(c) = self.entries.lock().expect("token cache lock").get_mut(hash) {
+            c.last_used_at = Some(at_ms);
+        }
+    }
+
+    /// Forgets every token (after a revocation).
+    pub fn clear(&self) {
+        self.entries.lock().expect("token cache lock").clear();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cached_token_is_trusted_briefly_and_forgotten_on_clear() {
+        let cache = TokenCache::default();
+        let hash = hash_token("jd_x");
+        assert!(cache.get(&hash).is_none());
+        cache.put(hash.clone(), principal(Scope::Read, None), None);
+        assert_eq!(cache.get(&hash).unwrap().principal.token_id, "t");
+        cache.used(&hash, 42);
+        assert_eq!(cache.get(&hash).unwrap().last_used_at, Some(42));
+        assert!(cache.get(&hash_token("jd_y")).is_none());
+        cache.clear();
+        assert!(cache.get(&hash).is_none());
+        // An entry older than the TTL is not trusted.
+        cache.put(hash.clone(), principal(Scope::Read, None), None);
+        cache
+            .entries
+            .lock()
+            .unwrap()
+            .get_mut(&hash)
+            .unwrap()
+            .verified -= TOKEN_CACHE_TTL;
+        assert!(cache.get(&hash).is_none());
+    }
 
     fn principal(scope: Scope, jobs: Option<&[&str]>) -> Principal {
         Principal::from_row(&TokenRow {

@@ -60,6 +60,7 @@ pub async fn build(settings: &Settings, backends: &Backends) -> anyhow::Result<(
         metrics: crate::metrics::Metrics::new(),
         run_ended: Arc::default(),
         callbacks: settings.callbacks.clone(),
+        tokens: Arc::default(),
     };
     match tokens::bootstrap(&ctx, settings.admin_token.as_ref()).await? {
         Bootstrap::AlreadyDone => {

@@ -150,29 +150,36 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiE
         ));
     }
     let hash = hash_token(token);
-    let row = state
-        .ctx
-        .store
-        .token_by_hash(&hash)
-        .await?
-        .filter(|row| hashes_match(&row.token_hash, &hash))
-        .ok_or(ApiError::Unauthorized("the token is unknown or revoked"))?;
-    let principal = Principal::from_row(&row).ok_or_else(|| {
-        ApiError::Internal(anyhow::anyhow!("token {} has a corrupt scope", row.id))
-    })?;
+    let tokens = &state.ctx.tokens;
+    let token = match tokens.get(&hash) {
+        Some(cached) => cached,
+        None => {
+            let row = state
+                .ctx
+                .store
+                .token_by_hash(&hash)
+                .await?
+                .filter(|row| hashes_match(&row.token_hash, &hash))
+                .ok_or(ApiError::Unauthorized("the token is unknown or revoked"))?;
+            let principal = Principal::from_row(&row).ok_or_else(|| {
+                ApiError::Internal(anyhow::anyhow!("token {} has a corrupt scope", row.id))
+            })?;
+            tokens.put(hash.clone(), principal, row.last_used_at)
+        }
+    };
     // Record the use at most once a minute, so that reads stay reads.
-    let stale = row
-        .last_used_at
-        .is_none_or(|t| crate::store::now_ms() - t > 60_000);
-    if stale {
+    let now = crate::store::now_ms();
+    if token.last_used_at.is_none_or(|t| now - t > 60_000) {
+        tokens.used(&hash, now);
         let store = state.ctx.store.clone();
-        let id = row.id.clone();
+        let id = token.principal.token_id.clone();
         tokio::spawn(async move {
             if let Err(e) = store.token_used(&id).await {
                 tracing::debug!(error = %e, "could not record token use");
             }
         });
     }
+    let principal = token.principal;
     Ok(principal)
 }
 

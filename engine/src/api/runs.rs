@@ -141,9 +141,16 @@ pub async fn read(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<ReadQuery>,
 ) -> Result<Json<Run>, ApiError> {
-    let run = svc::row(&s.ctx, &id).await?;
-    caller.check_job(&run.job_name)?;
-    let run = svc::read(&s.ctx, &id, q.wait_seconds).await?;
+    // One read answers a plain poll; a long poll reads again once the wait is over.
+    svc::check_wait(q.wait_seconds)?;
+    let run = svc::get(&s.ctx, &id).await?;
+    caller.check_job(&run.job)?;
+    let run = match q.wait_seconds {
+        Some(wait) if wait > 0 && !run.status.is_final() => {
+            svc::read(&s.ctx, &id, Some(wait)).await?
+        }
+        _ => run,
+    };
     Ok(Json(base.run(&s.ctx.keys, run)))
 }
 

@@ -49,6 +49,8 @@ pub struct Ctx {
     pub run_ended: Arc<tokio::sync::Notify>,
     /// Where a run's callback may go.
     pub callbacks: crate::egress::CallbackPolicy,
+    /// Tokens verified in the last moments (see [`crate::auth::TokenCache`]).
+    pub tokens: Arc<crate::auth::TokenCache>,
 }
 
 /// Who acts, for the audit log.

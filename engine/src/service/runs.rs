@@ -434,13 +434,12 @@ fn run_not_found(id: &str) -> ServiceError {
 
 /// One run, with its attempts.
 pub async fn get(ctx: &Ctx, id: &str) -> Result<Run> {
-    let row = ctx.store.run(id).await.map_err(|e| match e {
+    let (row, attempts, anomalies) = ctx.store.run_view(id).await.map_err(|e| match e {
         StoreError::NotFound => run_not_found(id),
         e => e.into(),
     })?;
-    let attempts = ctx.store.attempts(id).await?;
     let mut run = to_api(&row, attempts);
-    run.anomalies = ctx.store.anomalies_of_runs(&[id]).await?;
+    run.anomalies = anomalies;
     Ok(run)
 }
 
@@ -450,16 +449,22 @@ pub const MAX_WAIT_SECONDS: u64 = 60;
 /// One run; with `wait_seconds` (at most [`MAX_WAIT_SECONDS`]), a long poll: the answer comes
 /// as soon as the run has ended, or when the wait is over.
 pub async fn read(ctx: &Ctx, id: &str, wait_seconds: Option<u64>) -> Result<Run> {
+    check_wait(wait_seconds)?;
     if let Some(wait) = wait_seconds {
-        if wait > MAX_WAIT_SECONDS {
-            return Err(ServiceError::invalid(
-                "wait_seconds",
-                format!("must be at most {MAX_WAIT_SECONDS}"),
-            ));
-        }
         wait_for_end(ctx, id, Duration::from_secs(wait)).await?;
     }
     get(ctx, id).await
+}
+
+/// Refuses a `wait_seconds` above [`MAX_WAIT_SECONDS`].
+pub fn check_wait(wait_seconds: Option<u64>) -> Result<()> {
+    match wait_seconds {
+        Some(wait) if wait > MAX_WAIT_SECONDS => Err(ServiceError::invalid(
+            "wait_seconds",
+            format!("must be at most {MAX_WAIT_SECONDS}"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Waits until the run has ended (or is gone), or `wait` is over. Woken at once when this

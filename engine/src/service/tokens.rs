@@ -109,6 +109,8 @@ pub async fn revoke(ctx: &Ctx, actor: &Actor, id: &str) -> Result<()> {
     )
     .await?;
     tx.commit().await.map_err(StoreError::from)?;
+    // At once on this replica; the others trust what they verified for a moment more.
+    ctx.tokens.clear();
     Ok(())
 }
 

@@ -15,6 +15,7 @@ use jobdock_types::{JobSpec, RunEventKind, RunStatus};
 use sqlx::{AnyConnection, Row};
 
 mod transitions;
+mod view;
 
 pub use transitions::*;
 
