@@ -1,0 +1,1 @@
+"""The figures of `bench/run`, one module each, and what they share (`common`)."""

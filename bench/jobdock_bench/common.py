@@ -1,0 +1,202 @@
+"""What the figures share: building and starting the binaries, the test image, HTTP calls
+to the engine, a process's CPU time and peak memory, and `wrk`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+TOKEN = "bench-admin-token-0123456789abcdef"
+IMAGE = "jobdock-test/busybox:1"
+
+
+def log(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Binaries:
+    engine: Path
+    baseline: Path
+
+
+@dataclass
+class Row:
+    """One figure: Jobdock's side, the best possible side measured in the same run, their
+    ratio (None where the figure is a single quantity) and the goal."""
+
+    figure: str
+    jobdock: str
+    baseline: str
+    ratio: Optional[float]
+    goal: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def build() -> Binaries:
+    """The release binaries; JOBDOCK_BIN names an engine binary to measure instead of
+    building one (e.g. an older build, to compare)."""
+    given = os.environ.get("JOBDOCK_BIN")
+    packages = ["jobdock-bench-baseline"] + ([] if given else ["jobdock-engine"])
+    log(f"building {', '.join(packages)} (release)")
+    subprocess.run(
+        ["cargo", "build", "--release", *(a for p in packages for a in ("-p", p))],
+        cwd=ROOT, check=True,
+    )
+    meta = subprocess.run(["cargo", "metadata", "--format-version", "1", "--no-deps"],
+                          cwd=ROOT, check=True, capture_output=True, text=True)
+    release = Path(json.loads(meta.stdout)["target_directory"]) / "release"
+    return Binaries(Path(given) if given else release / "jobdock",
+                    release / "jobdock-bench-baseline")
+
+
+def ensure_image() -> None:
+    """The busybox test image, built as tests/support/src/images.rs builds it: the host's
+    static busybox in a fresh root filesystem, imported under a temporary tag that then
+    moves to the shared one (no registry is reachable)."""
+    if subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True).returncode == 0:
+        return
+    log(f"building {IMAGE} from /bin/busybox")
+    with tempfile.TemporaryDirectory() as root:
+        r = Path(root)
+        for d in ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "tmp", "proc", "sys", "dev"):
+            (r / d).mkdir(parents=True, exist_ok=True)
+        (r / "tmp").chmod(0o1777)
+        (r / "bin" / "busybox").write_bytes(Path("/bin/busybox").read_bytes())
+        (r / "bin" / "busybox").chmod(0o755)
+        applets = subprocess.run(["/bin/busybox", "--list-full"], check=True,
+                                 capture_output=True, text=True).stdout.split()
+        for applet in applets:
+            link = r / applet
+            if not link.exists() and not link.is_symlink():
+                link.symlink_to("/bin/busybox")
+        (r / "etc" / "passwd").write_text(
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")
+        (r / "etc" / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
+        temp_tag = f"jobdock-test/busybox:build-bench-{os.getpid()}"
+        tar = subprocess.Popen(["tar", "--numeric-owner", "--owner=0", "--group=0", "-C", root,
+                                "-cf", "-", "."], stdout=subprocess.PIPE)
+        subprocess.run(["docker", "import", "--change", 'CMD ["/bin/sh"]', "-", temp_tag],
+                       stdin=tar.stdout, check=True, capture_output=True)
+        tar.wait()
+    if subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True).returncode:
+        subprocess.run(["docker", "tag", temp_tag, IMAGE], check=True)
+    subprocess.run(["docker", "rmi", temp_tag], check=True, capture_output=True)
+
+
+class Process:
+    """A child in a process group of its own, stopped by that group; `addr` is the address
+    it announced on its output."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], pattern: str, log_path: Path):
+        self.out = open(log_path, "w")
+        self.proc = subprocess.Popen(
+            argv, env={**os.environ, **env}, stdout=self.out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, process_group=0,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            m = re.search(pattern, log_path.read_text())
+            if m:
+                self.addr = m.group(1)
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{argv[0]} did not listen: {log_path.read_text()[-2000:]}")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.out.close()
+
+    def __enter__(self) -> "Process":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def engine(binary: Path, work: Path, database_url: Optional[str] = None,
+           args: tuple[str, ...] = ()) -> Process:
+    """`jobdock serve` on a free loopback port with a fresh data directory."""
+    # Requests are traced at debug level: info costs nothing per request.
+    env = {"JOBDOCK_ADMIN_TOKEN": TOKEN, "JOBDOCK_LOG": "info", "JOBDOCK_LOG_FORMAT": "json"}
+    if database_url:
+        # Replicas on PostgreSQL share a master key: the engine asks for one there.
+        key = subprocess.run([str(binary), "keys", "generate"], check=True,
+                             capture_output=True, text=True).stdout.strip()
+        env |= {"DATABASE_URL": database_url, "JOBDOCK_MASTER_KEY": key}
+    data = Path(tempfile.mkdtemp(prefix="data-", dir=work))
+    return Process(
+        [str(binary), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data), *args],
+        env, r'"addr":"(127\.0\.0\.1:\d+)"', data / "engine.log",
+    )
+
+
+def api(url: str, method: str = "GET", body: Optional[dict] = None, timeout: float = 90) -> Any:
+    req = urllib.request.Request(
+        url, method=method, data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        data = r.read()
+    return json.loads(data) if data[:1] in (b"{", b"[") else data
+
+
+def run_to_end(base: str, job: str) -> dict:
+    """Triggers `job` and long-polls its run until it has ended."""
+    run = api(f"{base}/api/v1/jobs/{job}/runs", "POST", {})
+    while run["status"] in ("queued", "starting", "running"):
+        run = api(f"{base}/api/v1/runs/{run['id']}?wait_seconds=60")
+    return run
+
+
+def cpu_ms(pid: int) -> float:
+    """utime+stime of a process so far, in ms (fields 14 and 15 of /proc/PID/stat, counted
+    after the command name, which may hold spaces)."""
+    rest = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    return (int(rest[11]) + int(rest[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
+def wrk(url: str, connections: int = 32, seconds: int = 8) -> dict:
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency",
+         "-H", f"Authorization: Bearer {TOKEN}", url],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise RuntimeError(f"wrk got {errors.group(1)} failed answers from {url}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
+    return {"requests_per_s": round(rps), "p99_ms": round(float(p99.group(1)) * scale, 2)}
