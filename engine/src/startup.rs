@@ -61,6 +61,7 @@ pub async fn build(settings: &Settings, backends: &Backends) -> anyhow::Result<(
         run_ended: Arc::default(),
         callbacks: settings.callbacks.clone(),
         tokens: Arc::default(),
+        watch: Arc::default(),
     };
     match tokens::bootstrap(&ctx, settings.admin_token.as_ref()).await? {
         Bootstrap::AlreadyDone => {

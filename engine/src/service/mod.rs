@@ -19,6 +19,7 @@ pub mod state;
 pub mod stats;
 pub mod tokens;
 pub mod validate;
+pub mod watch;
 
 use std::sync::Arc;
 
@@ -51,6 +52,8 @@ pub struct Ctx {
     pub callbacks: crate::egress::CallbackPolicy,
     /// Tokens verified in the last moments (see [`crate::auth::TokenCache`]).
     pub tokens: Arc<crate::auth::TokenCache>,
+    /// The runs long polls wait for, watched by one task (see [`watch::RunWatch`]).
+    pub watch: Arc<watch::RunWatch>,
 }
 
 /// Who acts, for the audit log.

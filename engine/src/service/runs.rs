@@ -467,28 +467,14 @@ pub fn check_wait(wait_seconds: Option<u64>) -> Result<()> {
     }
 }
 
-/// Waits until the run has ended (or is gone), or `wait` is over. Woken at once when this
-/// replica ends a run; polling covers the runs that other replicas end.
+/// Waits until the run has ended (or is gone), or `wait` is over: woken at once when this
+/// replica ends the run, within a quarter of a second when another one does (see
+/// [`super::watch`]).
 pub async fn wait_for_end(ctx: &Ctx, id: &str, wait: Duration) -> Result<()> {
-    let until = tokio::time::Instant::now() + wait;
-    loop {
-        // Listening before looking, so that no end slips in between.
-        let ended = ctx.run_ended.notified();
-        tokio::pin!(ended);
-        ended.as_mut().enable();
-        let done = ctx
-            .store
-            .status_of(id)
-            .await?
-            .is_none_or(|st| st.is_final());
-        if done || tokio::time::Instant::now() >= until {
-            return Ok(());
-        }
-        tokio::select! {
-            _ = ended => {}
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-        }
-    }
+    ctx.watch
+        .wait_for_end(&ctx.store, &ctx.run_ended, id, wait)
+        .await?;
+    Ok(())
 }
 
 /// A page of a run's timeline, oldest first; the cursor is the last event's id.

@@ -495,6 +495,24 @@ impl Store {
             .await?;
         row.map(|r| status(r.try_get("status")?)).transpose()
     }
+
+    /// Of the runs `ids`, those that exist and have not ended.
+    pub async fn unfinished_of(&self, ids: &[&str]) -> Result<std::collections::HashSet<String>> {
+        if ids.is_empty() {
+            return Ok(Default::default());
+        }
+        let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT id FROM runs WHERE id IN ({}) AND status IN ('queued', 'starting', 'running')",
+            marks.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for id in ids {
+            q = q.bind(*id);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
+    }
 }
 
 /// A job's latest run, as a job's view shows it.

@@ -1,0 +1,47 @@
+"""Many long polls at once: 1,000 connections each holding `GET /api/v1/runs/{id}
+?wait_seconds=60` on a run that goes on longer than the measurement. Jobdock's side: the
+engine's CPU per second while they wait; the best possible side: its CPU per second with the
+same run going and nobody waiting, measured just before."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+from .common import IMAGE, TOKEN, Binaries, Row, api, cpu_ms, engine
+
+GOAL = "no per-waiter database polling: CPU while 1,000 wait close to idle"
+WAITERS = 1000
+SECONDS = 15
+
+
+def measure(bins: Binaries, work: Path) -> list[Row]:
+    with engine(bins.engine, work) as e:
+        base = f"http://{e.addr}"
+        api(f"{base}/api/v1/jobs", "POST", {"name": "bench-long", "image": IMAGE,
+                                             "command": ["sleep", "120"]})
+        run = api(f"{base}/api/v1/jobs/bench-long/runs", "POST", {})
+        while run["status"] != "running":
+            time.sleep(0.2)
+            run = api(f"{base}/api/v1/runs/{run['id']}")
+        c0, t0 = cpu_ms(e.pid), time.monotonic()
+        time.sleep(SECONDS)
+        idle = (cpu_ms(e.pid) - c0) / (time.monotonic() - t0)
+        c0, t0 = cpu_ms(e.pid), time.monotonic()
+        subprocess.run(
+            ["wrk", "-t2", f"-c{WAITERS}", f"-d{SECONDS}s", "--timeout", "90s",
+             "-H", f"Authorization: Bearer {TOKEN}",
+             f"{base}/api/v1/runs/{run['id']}?wait_seconds=60"],
+            check=True, capture_output=True,
+        )
+        waiting = (cpu_ms(e.pid) - c0) / (time.monotonic() - t0)
+        api(f"{base}/api/v1/runs/{run['id']}/cancel", "POST", {})
+    return [Row(
+        f"long polls ({WAITERS} waiting)",
+        f"engine CPU {waiting:.1f} ms/s",
+        f"{idle:.1f} ms/s with nobody waiting",
+        None, GOAL,
+        {"waiters": WAITERS, "seconds": SECONDS, "cpu_ms_per_s_waiting": round(waiting, 2),
+         "cpu_ms_per_s_idle": round(idle, 2)},
+    )]
