@@ -158,7 +158,7 @@ async fn watcher(watch: Arc<RunWatch>, store: Store, run_ended: Arc<Notify>) {
 mod tests {
     use super::*;
 
-    use jobdock_types::{JobSpec, RunStatus};
+    use jobdock_types::JobSpec;
 
     use crate::store::{jobs, runs, NewJob};
 
@@ -172,19 +172,7 @@ mod tests {
         let job = jobs::insert(&mut tx, NewJob { spec: &spec }).await.unwrap();
         let mut ids = Vec::new();
         for _ in 0..2 {
-            let new = runs::NewRun {
-                job_id: &job.id,
-                job_name: "j",
-                status: RunStatus::Queued,
-                spec: &spec,
-                max_attempts: 1,
-                backend: "docker",
-                trigger_kind: "api",
-                triggered_by: None,
-                idempotency_key: None,
-                request_hash: None,
-                reason: None,
-            };
+            let new = runs::NewRun::queued(&job, &spec);
             ids.push(runs::insert(&mut tx, new).await.unwrap().id);
         }
         tx.commit().await.unwrap();

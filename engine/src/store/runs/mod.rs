@@ -137,6 +137,26 @@ pub struct NewRun<'a> {
     pub reason: Option<&'a str>,
 }
 
+#[cfg(test)]
+impl<'a> NewRun<'a> {
+    /// A queued API-triggered run of `job` on Docker, one attempt: what most tests insert.
+    pub fn queued(job: &'a super::jobs::JobRow, spec: &'a JobSpec) -> Self {
+        Self {
+            job_id: &job.id,
+            job_name: &job.name,
+            status: RunStatus::Queued,
+            spec,
+            max_attempts: 1,
+            backend: "docker",
+            trigger_kind: "api",
+            triggered_by: None,
+            idempotency_key: None,
+            request_hash: None,
+            reason: None,
+        }
+    }
+}
+
 /// How an attempt ended.
 #[derive(Debug, Clone, Default)]
 pub struct Outcome {
