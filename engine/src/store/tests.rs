@@ -291,4 +291,17 @@ async fn anomalies_are_raised_once_and_a_success_closes_only_ended_ones(pg: bool
         .filter(|e| e.kind == jobdock_types::RunEventKind::Anomaly)
         .collect();
     assert_eq!(raised.len(), 1, "{events:?}");
+    // The one-statement view of a run agrees with the separate reads, open and closed
+    // anomalies alike.
+    for id in &ids {
+        let (run, attempts, anomalies) = s.run_view(id).await.unwrap();
+        assert_eq!(run.id, *id);
+        assert_eq!(anomalies, s.anomalies_of_runs(&[id]).await.unwrap());
+        assert_eq!(anomalies.len(), 1);
+        assert_eq!(attempts, s.attempts(id).await.unwrap());
+    }
+    assert!(matches!(
+        s.run_view("no-such-run").await,
+        Err(crate::store::StoreError::NotFound)
+    ));
 }

@@ -92,7 +92,7 @@ pub struct RunRow {
 }
 
 /// A stored attempt.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptRow {
     /// From 1.
     pub attempt: i64,
