@@ -228,26 +228,14 @@ async fn migrations_run_again_without_change(pg: bool) {
 mod retention;
 
 async fn anomalies_are_raised_once_and_a_success_closes_only_ended_ones(pg: bool) {
-    use jobdock_types::{AnomalyKind, RunStatus};
+    use jobdock_types::AnomalyKind;
     let (s, _g) = store(pg).await;
     let spec = spec("j");
     let mut tx = s.begin_write().await.unwrap();
     let job = jobs::insert(&mut tx, NewJob { spec: &spec }).await.unwrap();
     let mut ids = Vec::new();
     for _ in 0..2 {
-        let new = runs::NewRun {
-            job_id: &job.id,
-            job_name: "j",
-            status: RunStatus::Queued,
-            spec: &spec,
-            max_attempts: 1,
-            backend: "docker",
-            trigger_kind: "api",
-            triggered_by: None,
-            idempotency_key: None,
-            request_hash: None,
-            reason: None,
-        };
+        let new = runs::NewRun::queued(&job, &spec);
         ids.push(runs::insert(&mut tx, new).await.unwrap().id);
     }
     let raise = |run: usize, kind| anomalies::NewAnomaly {

@@ -156,24 +156,9 @@ async fn end_run(
     exit_code: Option<i64>,
 ) -> String {
     let mut tx = s.begin_write().await.unwrap();
-    let run = runs::insert(
-        &mut tx,
-        NewRun {
-            job_id: &job.id,
-            job_name: &job.name,
-            status: RunStatus::Queued,
-            spec: &job.spec,
-            max_attempts: 1,
-            backend: "docker",
-            trigger_kind: "api",
-            triggered_by: None,
-            idempotency_key: None,
-            request_hash: None,
-            reason: None,
-        },
-    )
-    .await
-    .unwrap();
+    let run = runs::insert(&mut tx, NewRun::queued(job, &job.spec))
+        .await
+        .unwrap();
     assert!(
         runs::mark_starting(&mut tx, &run.id, "me", now_ms() + 60_000)
             .await
