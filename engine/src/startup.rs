@@ -16,6 +16,7 @@ use crate::config::{self, Database, Settings, StoreSettings};
 use crate::runner::Runner;
 use crate::service::keys::{self, KeyOrigin};
 use crate::service::tokens::{self, Bootstrap};
+use crate::service::watch::RunWatch;
 use crate::service::Ctx;
 use crate::store::Store;
 
@@ -52,6 +53,7 @@ pub async fn build(settings: &Settings, backends: &Backends) -> anyhow::Result<(
         .setting_or_init("installation_id", || uuid::Uuid::new_v4().to_string())
         .await?;
     tracing::info!(installation, "store ready");
+    let watch = Arc::new(RunWatch::new(store.dialect()));
     let ctx = Ctx {
         store,
         keys: Arc::new(ring),
@@ -61,8 +63,14 @@ pub async fn build(settings: &Settings, backends: &Backends) -> anyhow::Result<(
         run_ended: Arc::default(),
         callbacks: settings.callbacks.clone(),
         tokens: Arc::default(),
-        watch: Arc::default(),
+        watch,
+        finished: Arc::default(),
+        cancels: Arc::default(),
     };
+    tokio::spawn(crate::service::watch::hear_ends(
+        ctx.watch.clone(),
+        ctx.store.clone(),
+    ));
     match tokens::bootstrap(&ctx, settings.admin_token.as_ref()).await? {
         Bootstrap::AlreadyDone => {
             if let Some(configured) = &settings.admin_token {

@@ -146,3 +146,41 @@ async fn the_others_take_over_when_a_replica_is_killed_midway() {
     apps[2].kill9();
     check(&c, &runs).await;
 }
+
+/// A replica without a backend never supervises a run, so what it is asked about one must
+/// cross to the replica that does: a cancel asked for through it reaches the supervisor
+/// (which looks for other replicas' cancels once a second, in one statement), and the run's
+/// end wakes a long poll held on it (PostgreSQL's notice of the end).
+#[tokio::test]
+async fn a_cancel_and_an_end_cross_between_replicas() {
+    let supervisor = builder().postgres(true).start().await;
+    let front = builder()
+        .replica_of(&supervisor)
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .start()
+        .await;
+    supervisor
+        .admin()
+        .create_job(&sh_job("sleeper", "echo up; sleep 300"))
+        .await
+        .unwrap();
+    let (run, _) = supervisor
+        .admin()
+        .trigger("sleeper", &Default::default(), None)
+        .await
+        .unwrap();
+    let c = front.admin();
+    crate::wait_for(&c, &run.id, 60, |r| r.status == RunStatus::Running).await;
+    let poll = {
+        let (c, id) = (c.clone(), run.id.clone());
+        tokio::spawn(async move { c.wait_run(&id, 60).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.cancel_run(&run.id).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(50), poll)
+        .await
+        .expect("the long poll answered once the run ended, before its 60 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(ended.status, RunStatus::Cancelled, "{ended:?}");
+}

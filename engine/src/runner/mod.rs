@@ -198,12 +198,42 @@ impl Runner {
         tokio::spawn(async move { r.alert_loop().await }.instrument(tracing::info_span!("alerts")));
         let r = self.clone();
         tokio::spawn(
+            async move { r.cancel_loop().await }.instrument(tracing::info_span!("cancels")),
+        );
+        let r = self.clone();
+        tokio::spawn(
             async move { r.monitor_loop().await }.instrument(tracing::info_span!("monitor")),
         );
         let r = self.clone();
         tokio::spawn(
             async move { r.retention_loop().await }.instrument(tracing::info_span!("retention")),
         );
+    }
+
+    /// Tells the supervisors of this replica's runs of the cancels asked for on other
+    /// replicas (those asked for here are told at once), with one statement a second while
+    /// any supervisor waits.
+    async fn cancel_loop(&self) {
+        loop {
+            tokio::select! {
+                _ = self.inner.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            let board = &self.inner.ctx.cancels;
+            if board.is_empty() {
+                continue;
+            }
+            match self
+                .inner
+                .ctx
+                .store
+                .cancels_requested_of(&self.inner.owner)
+                .await
+            {
+                Ok(ids) => ids.iter().for_each(|id| board.requested(id)),
+                Err(e) => tracing::debug!(error = %e, "could not look for cancels"),
+            }
+        }
     }
 
     /// Checks running and waiting runs for anomalies every few seconds. Every replica

@@ -128,6 +128,7 @@ async fn settle(
     if recorded {
         r.observe_settled(run, status, retry).await;
         r.inner.ctx.run_ended.notify_waiters();
+        r.inner.ctx.watch.ended(&run.id);
         tracing::info!(status = %status, retry, exit_code = ?outcome.exit_code, "attempt ended");
     }
     for a in raised {

@@ -37,10 +37,15 @@ const BETWEEN_STEPS: Duration = Duration::from_millis(20);
 impl Runner {
     pub(super) async fn retention_loop(&self) {
         loop {
-            match self.prune().await {
+            let pruned = self.prune().await;
+            match &pruned {
                 Ok(0) => tracing::debug!("nothing to prune"),
                 Ok(n) => tracing::info!(runs = n, "pruned old runs and their logs"),
                 Err(e) => tracing::warn!(error = %e, "pruning old runs failed; retrying later"),
+            }
+            if !matches!(pruned, Ok(0)) {
+                // Ended runs are kept in memory for polls; some are gone now.
+                self.inner.ctx.finished.forget_all();
             }
             tokio::select! {
                 _ = self.inner.shutdown.cancelled() => return,

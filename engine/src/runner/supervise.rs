@@ -306,7 +306,9 @@ async fn watch(
         tokio::time::Instant::now() + Duration::from_millis((at - now_ms()).max(0) as u64)
     });
     let mut stopping: Option<Stopping> = None;
-    let mut cancel_check = tokio::time::interval(Duration::from_secs(1));
+    let cancels = r.inner.ctx.cancels.watch(&run.id);
+    // A cancel asked for before the watch began is found here; later ones are told.
+    let mut check_now = true;
     loop {
         let mut wait = backend.wait(handle);
         let result = loop {
@@ -318,7 +320,9 @@ async fn watch(
                     stopping = Some(Stopping::Timeout);
                     spawn_stop(backend, handle, grace(run));
                 }
-                _ = cancel_check.tick(), if stopping.is_none() => {
+                _ = cancels.requested(), if stopping.is_none() && !check_now => check_now = true,
+                _ = std::future::ready(()), if stopping.is_none() && check_now => {
+                    check_now = false;
                     if r.inner.ctx.store.cancel_requested(&run.id).await.unwrap_or(false) {
                         tracing::info!("cancel requested; stopping the container");
                         stopping = Some(Stopping::Cancel);

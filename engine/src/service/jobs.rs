@@ -274,23 +274,32 @@ pub async fn delete(ctx: &Ctx, actor: &Actor, name: &str, force: bool) -> Result
             ids.join(", ")
         )));
     }
-    let mut cancelled_queued = 0;
+    let mut cancelled_queued = Vec::new();
     for run in &active {
         let reason = format!("cancelled: job `{name}` was deleted");
         if store::runs::cancel_queued(&mut tx, &run.id, &reason).await? {
-            cancelled_queued += 1;
+            cancelled_queued.push(run.id.as_str());
         } else {
             store::runs::request_cancel(&mut tx, &run.id).await?;
         }
     }
+    let requested: Vec<&str> = active
+        .iter()
+        .map(|r| r.id.as_str())
+        .filter(|id| !cancelled_queued.contains(id))
+        .collect();
     store::jobs::soft_delete(&mut tx, &row.id).await?;
     let cancelled: Vec<&str> = active.iter().map(|r| r.id.as_str()).collect();
     let detail = json!({ "force": force, "cancelled_runs": cancelled });
     store::audit::record(&mut tx, actor.audit("job.delete", name, detail)).await?;
     tx.commit().await.map_err(StoreError::from)?;
-    for _ in 0..cancelled_queued {
+    for id in cancelled_queued {
         ctx.metrics
             .run_finished(name, jobdock_types::RunStatus::Cancelled, None);
+        ctx.watch.ended(id);
+    }
+    for id in requested {
+        ctx.cancels.requested(id);
     }
     Ok(())
 }

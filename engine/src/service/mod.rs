@@ -6,7 +6,9 @@ pub mod alerts;
 pub mod anomalies;
 pub mod audit;
 pub mod callbacks;
+pub mod cancels;
 pub mod channels;
+pub mod finished;
 pub mod idempotency;
 pub mod jobs;
 pub mod keys;
@@ -45,8 +47,8 @@ pub struct Ctx {
     pub default_backend: BackendName,
     /// This process's metrics.
     pub metrics: crate::metrics::Metrics,
-    /// Notified whenever this replica records the end of a run; long polls wait on it (and
-    /// poll for the runs that other replicas end).
+    /// Notified whenever this replica records the end of a run (the alerts' sender waits on
+    /// it).
     pub run_ended: Arc<tokio::sync::Notify>,
     /// Where a run's callback may go.
     pub callbacks: crate::egress::CallbackPolicy,
@@ -54,6 +56,10 @@ pub struct Ctx {
     pub tokens: Arc<crate::auth::TokenCache>,
     /// The runs long polls wait for, watched by one task (see [`watch::RunWatch`]).
     pub watch: Arc<watch::RunWatch>,
+    /// Runs that have ended, answered without the database (see [`finished`]).
+    pub finished: Arc<finished::FinishedRuns>,
+    /// Supervisors waiting for a cancel of their run (see [`cancels`]).
+    pub cancels: Arc<cancels::CancelBoard>,
 }
 
 /// Who acts, for the audit log.

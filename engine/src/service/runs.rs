@@ -432,14 +432,18 @@ fn run_not_found(id: &str) -> ServiceError {
     ServiceError::NotFound(format!("run `{id}` does not exist"))
 }
 
-/// One run, with its attempts.
+/// One run, with its attempts; an ended run from memory once read (see [`super::finished`]).
 pub async fn get(ctx: &Ctx, id: &str) -> Result<Run> {
+    if let Some(run) = ctx.finished.get(id) {
+        return Ok(Run::clone(&run));
+    }
     let (row, attempts, anomalies) = ctx.store.run_view(id).await.map_err(|e| match e {
         StoreError::NotFound => run_not_found(id),
         e => e.into(),
     })?;
     let mut run = to_api(&row, attempts);
     run.anomalies = anomalies;
+    ctx.finished.keep(&run);
     Ok(run)
 }
 
@@ -467,13 +471,10 @@ pub fn check_wait(wait_seconds: Option<u64>) -> Result<()> {
     }
 }
 
-/// Waits until the run has ended (or is gone), or `wait` is over: woken at once when this
-/// replica ends the run, within a quarter of a second when another one does (see
-/// [`super::watch`]).
+/// Waits until the run has ended (or is gone), or `wait` is over: woken at once when any
+/// replica ends the run (see [`super::watch`]).
 pub async fn wait_for_end(ctx: &Ctx, id: &str, wait: Duration) -> Result<()> {
-    ctx.watch
-        .wait_for_end(&ctx.store, &ctx.run_ended, id, wait)
-        .await?;
+    ctx.watch.wait_for_end(&ctx.store, id, wait).await?;
     Ok(())
 }
 
@@ -568,6 +569,9 @@ pub async fn cancel(ctx: &Ctx, actor: &Actor, id: &str) -> Result<Run> {
     if ended {
         ctx.metrics
             .run_finished(&run.job_name, RunStatus::Cancelled, None);
+        ctx.watch.ended(id);
+    } else {
+        ctx.cancels.requested(id);
     }
     get(ctx, id).await
 }

@@ -1,30 +1,46 @@
 //! Long polls (`GET /api/v1/runs/{id}?wait_seconds=`) wait here for their run to end.
 //!
-//! Data Factory and Airflow hold many long polls open at once. Instead of each waiter asking
-//! the store about its run four times a second, one watcher task asks about every run that
-//! somebody waits for in a single statement — at once when this replica ends a run, and a
-//! few times a second for the runs that other replicas end — and wakes the waiters of the
-//! runs that have ended. The watcher runs only while somebody waits.
+//! Data Factory and Airflow hold many long polls open at once; none of them asks the store
+//! about its run while it waits. A waiter is woken by [`RunWatch::ended`], which this
+//! replica calls when it ends a run and which [`hear_ends`] calls when PostgreSQL tells of a
+//! run that any replica ended (see `store::notify`). One watcher task, running only while
+//! somebody waits, asks about every waited-for run in a single statement as a safety net:
+//! every few seconds while every end is heard, a few times a second while it may not be
+//! (PostgreSQL's listening connection is down), and at once after that connection was lost.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::store::{Result, Store};
+use crate::store::notify::Heard;
+use crate::store::{Dialect, Result, Store};
 
-/// How often the watcher looks at the waited-for runs without being told a run ended (the
-/// longest a waiter on a run that another replica ends waits past that end).
-const EVERY: Duration = Duration::from_millis(250);
+/// How often the watcher looks at the waited-for runs while ends on other replicas may go
+/// unheard (the longest a waiter then waits past its run's end).
+const UNHEARD: Duration = Duration::from_millis(250);
+
+/// How often it looks while every end is heard: a safety net for runs removed from the store
+/// (retention) and for ends that no notice reached.
+const SAFETY_NET: Duration = Duration::from_secs(5);
+
+/// How long a lost listening connection waits before it is made again.
+const LISTEN_RETRY: Duration = Duration::from_secs(5);
 
 /// Most runs asked about in one statement.
 const CHUNK: usize = 500;
 
 /// The runs being waited for, and whether the watcher task runs.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RunWatch {
     inner: Mutex<Inner>,
+    /// Whether every end of a run reaches [`RunWatch::ended`]: true on SQLite (one engine,
+    /// whose own ends always do), and on PostgreSQL while [`hear_ends`] listens.
+    hears_every_end: AtomicBool,
+    /// Makes the watcher look at once.
+    look_now: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -53,16 +69,24 @@ impl Drop for Registration<'_> {
 }
 
 impl RunWatch {
-    /// Waits until run `id` has ended (or is gone), or `wait` is over. `run_ended` is
-    /// notified whenever this replica ends a run.
+    /// The watch of an engine on `dialect`: on PostgreSQL, ends on other replicas count as
+    /// heard only once [`hear_ends`] listens.
+    pub fn new(dialect: Dialect) -> Self {
+        Self {
+            inner: Mutex::default(),
+            hears_every_end: AtomicBool::new(dialect == Dialect::Sqlite),
+            look_now: Notify::new(),
+        }
+    }
+
+    /// Waits until run `id` has ended (or is gone), or `wait` is over.
     pub async fn wait_for_end(
         self: &Arc<Self>,
         store: &Store,
-        run_ended: &Arc<Notify>,
         id: &str,
         wait: Duration,
     ) -> Result<()> {
-        let (registration, notify) = self.register(store, run_ended, id);
+        let (registration, notify) = self.register(store, id);
         // Listening before looking, so that no end slips in between.
         let ended = notify.notified();
         tokio::pin!(ended);
@@ -75,12 +99,16 @@ impl RunWatch {
         Ok(())
     }
 
-    fn register(
-        self: &Arc<Self>,
-        store: &Store,
-        run_ended: &Arc<Notify>,
-        id: &str,
-    ) -> (Registration<'_>, Arc<Notify>) {
+    /// Run `id` has ended (or may have: a waiter woken early only reads the run again):
+    /// wakes its waiters.
+    pub fn ended(&self, id: &str) {
+        let inner = self.inner.lock().expect("run watch lock");
+        if let Some((_, notify)) = inner.waiting.get(id) {
+            notify.notify_waiters();
+        }
+    }
+
+    fn register(self: &Arc<Self>, store: &Store, id: &str) -> (Registration<'_>, Arc<Notify>) {
         let mut inner = self.inner.lock().expect("run watch lock");
         let entry = inner
             .waiting
@@ -90,7 +118,7 @@ impl RunWatch {
         let notify = entry.1.clone();
         if !inner.watcher_running {
             inner.watcher_running = true;
-            tokio::spawn(watcher(self.clone(), store.clone(), run_ended.clone()));
+            tokio::spawn(watcher(self.clone(), store.clone()));
         }
         let registration = Registration {
             watch: self,
@@ -109,10 +137,11 @@ impl RunWatch {
         Some(inner.waiting.keys().cloned().collect())
     }
 
-    fn wake(&self, id: &str) {
-        let inner = self.inner.lock().expect("run watch lock");
-        if let Some((_, notify)) = inner.waiting.get(id) {
-            notify.notify_waiters();
+    fn set_hears_every_end(&self, hears: bool) {
+        self.hears_every_end.store(hears, Ordering::Relaxed);
+        if !hears {
+            // Whatever ended meanwhile went unheard.
+            self.look_now.notify_one();
         }
     }
 
@@ -123,15 +152,14 @@ impl RunWatch {
     }
 }
 
-/// Asks about every waited-for run in one statement per [`CHUNK`], wakes the waiters of
-/// those that ended; again when this replica ends a run, or after [`EVERY`]. Ends when
-/// nobody waits.
-async fn watcher(watch: Arc<RunWatch>, store: Store, run_ended: Arc<Notify>) {
+/// Asks about every waited-for run in one statement per [`CHUNK`] and wakes the waiters of
+/// those that ended; again after [`SAFETY_NET`] or [`UNHEARD`], or when told to look now.
+/// Ends when nobody waits.
+async fn watcher(watch: Arc<RunWatch>, store: Store) {
     loop {
-        // Listening before looking, as the waiters do.
-        let ended = run_ended.notified();
-        tokio::pin!(ended);
-        ended.as_mut().enable();
+        let look_now = watch.look_now.notified();
+        tokio::pin!(look_now);
+        look_now.as_mut().enable();
         let Some(ids) = watch.waited_for() else {
             return;
         };
@@ -140,17 +168,51 @@ async fn watcher(watch: Arc<RunWatch>, store: Store, run_ended: Arc<Notify>) {
             match store.unfinished_of(&refs).await {
                 Ok(unfinished) => {
                     for id in chunk.iter().filter(|id| !unfinished.contains(*id)) {
-                        watch.wake(id);
+                        watch.ended(id);
                     }
                 }
                 // The store is away a moment: the waiters wait on, and time out at worst.
                 Err(e) => tracing::debug!(error = %e, "could not look at waited-for runs"),
             }
         }
+        let pause = match watch.hears_every_end.load(Ordering::Relaxed) {
+            true => SAFETY_NET,
+            false => UNHEARD,
+        };
         tokio::select! {
-            _ = ended => {}
-            _ = tokio::time::sleep(EVERY) => {}
+            _ = look_now => {}
+            _ = tokio::time::sleep(pause) => {}
         }
+    }
+}
+
+/// Hears the ends of runs on every replica, for as long as the engine runs, and wakes their
+/// waiters here. Returns at once on SQLite, which has no other replicas.
+pub async fn hear_ends(watch: Arc<RunWatch>, store: Store) {
+    loop {
+        match store.listen_for_run_ends().await {
+            Ok(None) => return,
+            Ok(Some(mut ends)) => {
+                watch.set_hears_every_end(true);
+                // Ends before the listening began were not heard.
+                watch.look_now.notify_one();
+                loop {
+                    match ends.next().await {
+                        Ok(Heard::Ended(id)) => watch.ended(&id),
+                        Ok(Heard::Reconnected) => watch.look_now.notify_one(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "lost the connection that hears the ends of runs; long polls fall back to looking a few times a second");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for the ends of runs; long polls fall back to looking a few times a second")
+            }
+        }
+        watch.set_hears_every_end(false);
+        tokio::time::sleep(LISTEN_RETRY).await;
     }
 }
 
@@ -158,6 +220,7 @@ async fn watcher(watch: Arc<RunWatch>, store: Store, run_ended: Arc<Notify>) {
 mod tests {
     use super::*;
 
+    use jobdock_testkit::postgres::TestDb;
     use jobdock_types::JobSpec;
 
     use crate::store::{jobs, runs, NewJob};
@@ -179,43 +242,112 @@ mod tests {
         (ids.remove(0), ids.remove(0))
     }
 
-    /// Waiters on two runs: the one whose run ends (told by nobody, as when another
-    /// replica ends it) is woken by the watcher; the other waits out its time; and once
-    /// nobody waits, the watcher stops.
+    async fn cancel(store: &Store, id: &str) {
+        let mut tx = store.begin_write().await.unwrap();
+        assert!(runs::cancel_queued(&mut tx, id, "test").await.unwrap());
+        tx.commit().await.unwrap();
+    }
+
+    /// A waiter on `id` (for at most 60 s) in a task of its own; the task answers how long
+    /// it waited.
+    fn waiter(watch: &Arc<RunWatch>, store: &Store, id: &str) -> tokio::task::JoinHandle<Duration> {
+        let (watch, store, id) = (watch.clone(), store.clone(), id.to_owned());
+        tokio::spawn(async move {
+            let t0 = tokio::time::Instant::now();
+            watch
+                .wait_for_end(&store, &id, Duration::from_secs(60))
+                .await
+                .unwrap();
+            t0.elapsed()
+        })
+    }
+
+    /// Waiters on two runs, on a watch that does not hear every end (PostgreSQL before its
+    /// listener is connected): the one whose run ends, told by nobody, is woken by the
+    /// watcher's look at the store; the other waits on; and once nobody waits, the watcher
+    /// stops.
     #[tokio::test]
-    async fn one_watcher_wakes_the_waiters_of_ended_runs_and_stops_when_none_wait() {
+    async fn the_watcher_wakes_the_waiters_of_runs_that_ended_unheard_and_stops_when_none_wait() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_sqlite(&dir.path().join("t.db")).await.unwrap();
         let (a, b) = two_queued_runs(&store).await;
-        let watch = Arc::new(RunWatch::default());
-        let run_ended = Arc::new(Notify::new());
-        let wait = |id: String| {
-            let (watch, store, run_ended) = (watch.clone(), store.clone(), run_ended.clone());
-            tokio::spawn(async move {
-                let t0 = tokio::time::Instant::now();
-                watch
-                    .wait_for_end(&store, &run_ended, &id, Duration::from_secs(30))
-                    .await
-                    .unwrap();
-                t0.elapsed()
-            })
-        };
-        let (wa, wb) = (wait(a.clone()), wait(b.clone()));
+        let watch = Arc::new(RunWatch::new(Dialect::Postgres));
+        let (wa, wb) = (waiter(&watch, &store, &a), waiter(&watch, &store, &b));
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(watch.len(), 2);
-        let mut tx = store.begin_write().await.unwrap();
-        assert!(runs::cancel_queued(&mut tx, &a, "test").await.unwrap());
-        tx.commit().await.unwrap();
-        let woken = tokio::time::timeout(Duration::from_secs(5), wa)
+        cancel(&store, &a).await;
+        let woken = tokio::time::timeout(Duration::from_secs(30), wa)
             .await
-            .expect("woken by the watcher, long before its 30 s")
+            .expect("woken by the watcher, long before its 60 s")
             .unwrap();
-        assert!(woken < Duration::from_secs(5), "{woken:?}");
+        assert!(woken < Duration::from_secs(30), "{woken:?}");
         assert!(!wb.is_finished(), "the other run has not ended");
         wb.abort();
         let _ = wb.await;
-        tokio::time::sleep(EVERY * 3).await;
+        tokio::time::sleep(UNHEARD * 3).await;
         assert_eq!(watch.len(), 0);
         assert!(!watch.inner.lock().unwrap().watcher_running);
+    }
+
+    /// On SQLite every end is heard: the watcher looks only every few seconds, and a waiter
+    /// is woken by [`RunWatch::ended`] (which the engine calls once it ended a run), not by
+    /// a look at the store.
+    #[tokio::test]
+    async fn a_waiter_is_woken_by_the_end_it_is_told_of() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("t.db")).await.unwrap();
+        let (a, b) = two_queued_runs(&store).await;
+        let watch = Arc::new(RunWatch::new(Dialect::Sqlite));
+        let (wa, wb) = (waiter(&watch, &store, &a), waiter(&watch, &store, &b));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The store still says queued: only being told can wake it.
+        watch.ended(&a);
+        let woken = tokio::time::timeout(Duration::from_secs(30), wa)
+            .await
+            .expect("woken when told, long before its 60 s")
+            .unwrap();
+        assert!(woken < Duration::from_secs(30), "{woken:?}");
+        assert!(!wb.is_finished(), "nobody told of the other run");
+        wb.abort();
+        let _ = wb.await;
+    }
+
+    /// Two replicas on one PostgreSQL database: a run that replica B ends wakes a waiter on
+    /// replica A through the notice A hears, well before A's next look at the store.
+    #[tokio::test]
+    async fn on_postgres_an_end_on_another_replica_is_heard() {
+        let db = TestDb::create().await;
+        let (a_store, b_store) = (
+            Store::connect(&db.url).await.unwrap(),
+            Store::connect(&db.url).await.unwrap(),
+        );
+        let (run, other) = two_queued_runs(&a_store).await;
+        let watch = Arc::new(RunWatch::new(Dialect::Postgres));
+        let hearing = tokio::spawn(hear_ends(watch.clone(), a_store.clone()));
+        for _ in 0..300 {
+            if watch.hears_every_end.load(Ordering::Relaxed) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(watch.hears_every_end.load(Ordering::Relaxed), "listening");
+        let (w, w_other) = (
+            waiter(&watch, &a_store, &run),
+            waiter(&watch, &a_store, &other),
+        );
+        // Past the looks at the store that a new waiter and a new listener cause.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cancel(&b_store, &run).await;
+        let woken = tokio::time::timeout(Duration::from_secs(30), w)
+            .await
+            .expect("woken, long before its 60 s")
+            .unwrap();
+        assert!(
+            woken < SAFETY_NET - Duration::from_millis(500),
+            "woken by the notice, not by the look every {SAFETY_NET:?}: {woken:?}"
+        );
+        assert!(!w_other.is_finished(), "the other run has not ended");
+        w_other.abort();
+        hearing.abort();
     }
 }

@@ -16,6 +16,7 @@ pub mod jobs;
 mod leases;
 pub mod locks;
 pub mod logs;
+pub mod notify;
 pub mod retention;
 pub mod runs;
 mod schedules;
@@ -112,6 +113,8 @@ const CLAIM_LOCK: i64 = 0x006a_6f62_646f_636b;
 pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
+    /// Where a listener for the ends of runs connects (PostgreSQL only; see [`notify`]).
+    listen_url: notify::ListenUrl,
 }
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -157,7 +160,13 @@ impl Store {
             pool = pool.max_connections(16);
         }
         let pool = pool.connect_with(options).await?;
-        let store = Self { pool, dialect };
+        let listen_url = (dialect == Dialect::Postgres)
+            .then(|| std::sync::Arc::new(secrecy::SecretString::from(url.to_owned())));
+        let store = Self {
+            pool,
+            dialect,
+            listen_url,
+        };
         store.migrate().await?;
         Ok(store)
     }

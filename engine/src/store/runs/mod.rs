@@ -475,6 +475,19 @@ impl Store {
         Ok(())
     }
 
+    /// Of the starting and running runs whose lease `owner` holds, those with a cancel asked
+    /// for (one statement, however many run).
+    pub async fn cancels_requested_of(&self, owner: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT id FROM runs WHERE status IN ('starting', 'running') AND cancel_requested = 1 \
+             AND lease_owner = $1",
+        )
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
+    }
+
     /// Whether a cancel was asked for.
     pub async fn cancel_requested(&self, id: &str) -> Result<bool> {
         let row = sqlx::query("SELECT cancel_requested FROM runs WHERE id = $1")

@@ -93,6 +93,7 @@ pub async fn cancel_queued(conn: &mut AnyConnection, id: &str, reason: &str) -> 
     .detail(serde_json::json!({ "status": "cancelled" }));
     events::record(conn, event).await?;
     crate::store::callbacks::enqueue_run_end(conn, id).await?;
+    crate::store::notify::run_ended(conn, id).await?;
     Ok(true)
 }
 
@@ -256,6 +257,7 @@ pub async fn finish(
     }
     crate::store::alerts::enqueue_run_end(conn, id).await?;
     crate::store::callbacks::enqueue_run_end(conn, id).await?;
+    crate::store::notify::run_ended(conn, id).await?;
     Ok(true)
 }
 
