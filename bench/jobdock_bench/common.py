@@ -139,19 +139,25 @@ class Process:
 
 
 def engine(binary: Path, work: Path, database_url: Optional[str] = None,
-           args: tuple[str, ...] = ()) -> Process:
-    """`jobdock serve` on a free loopback port with a fresh data directory."""
+           args: tuple[str, ...] = (), data: Optional[Path] = None,
+           env: Optional[dict[str, str]] = None) -> Process:
+    """`jobdock serve` on a free loopback port, on `data` (a fresh data directory when
+    None)."""
     # Requests are traced at debug level: info costs nothing per request.
-    env = {"JOBDOCK_ADMIN_TOKEN": TOKEN, "JOBDOCK_LOG": "info", "JOBDOCK_LOG_FORMAT": "json"}
+    env = {"JOBDOCK_ADMIN_TOKEN": TOKEN, "JOBDOCK_LOG": "info", "JOBDOCK_LOG_FORMAT": "json",
+           **(env or {})}
     if database_url:
         # Replicas on PostgreSQL share a master key: the engine asks for one there.
         key = subprocess.run([str(binary), "keys", "generate"], check=True,
                              capture_output=True, text=True).stdout.strip()
         env |= {"DATABASE_URL": database_url, "JOBDOCK_MASTER_KEY": key}
-    data = Path(tempfile.mkdtemp(prefix="data-", dir=work))
+    data = data or Path(tempfile.mkdtemp(prefix="data-", dir=work))
+    log_path = data / "engine.log"
+    if log_path.exists():
+        log_path.rename(data / f"engine.{int(time.time() * 1000)}.log")
     return Process(
         [str(binary), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data), *args],
-        env, r'"addr":"(127\.0\.0\.1:\d+)"', data / "engine.log",
+        env, r'"addr":"(127\.0\.0\.1:\d+)"', log_path,
     )
 
 
@@ -180,17 +186,29 @@ def cpu_ms(pid: int) -> float:
     return (int(rest[11]) + int(rest[12])) * 1000 / os.sysconf("SC_CLK_TCK")
 
 
-def peak_rss_mib(pid: int) -> float:
+def _status_mib(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return round(int(line.split()[1]) / 1024, 1)
     return float("nan")
 
 
-def wrk(url: str, connections: int = 32, seconds: int = 8) -> dict:
+def peak_rss_mib(pid: int) -> float:
+    return _status_mib(pid, "VmHWM")
+
+
+def rss_mib(pid: int) -> float:
+    return _status_mib(pid, "VmRSS")
+
+
+def wrk(url: str, connections: int = 32, seconds: int = 8,
+        script: Optional[Path] = None) -> dict:
+    """Requests/s and p99 of `wrk` on `url`; `script` is a Lua script of wrk's (e.g. for a
+    POST)."""
     out = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency",
-         "-H", f"Authorization: Bearer {TOKEN}", url],
+         "-H", f"Authorization: Bearer {TOKEN}", *(["-s", str(script)] if script else []),
+         url],
         check=True, capture_output=True, text=True,
     ).stdout
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)

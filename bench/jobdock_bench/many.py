@@ -1,0 +1,73 @@
+"""Many runs at once: BENCH_MANY_RUNS containers (default 300) running `sleep` together.
+Jobdock's side, with all of them running: the engine's resident memory, its CPU per second
+(the per-pass cost of supervising them: heartbeats, anomaly checks, cancel checks), and the
+p99 of API calls that read the store (a running run, and the list of running runs). The best
+possible side: the same engine, measured just before, with nothing running."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from .common import IMAGE, Binaries, Row, api, cpu_ms, engine, log, rss_mib, wrk
+
+GOAL = "RSS <= 150 MiB; API p99 <= 1.2x idle; CPU grows with what changes, not with what runs"
+
+
+def running(base: str) -> int:
+    return len(api(f"{base}/api/v1/runs?job=bench-many&status=running&limit=500")["items"])
+
+
+def measure(bins: Binaries, work: Path) -> list[Row]:
+    n = int(os.environ.get("BENCH_MANY_RUNS", "300"))
+    with engine(bins.engine, work, env={"JOBDOCK_MAX_RUNNING": "docker=1000"}) as e:
+        base = f"http://{e.addr}"
+        api(f"{base}/api/v1/jobs", "POST", {
+            "name": "bench-many", "image": IMAGE, "command": ["sleep", "3600"],
+            "max_parallel": n, "max_queued": n, "stop_grace_seconds": 1})
+        api(f"{base}/api/v1/jobs", "POST", {"name": "bench-probe", "image": IMAGE,
+                                             "command": ["sleep", "3600"]})
+        probe = api(f"{base}/api/v1/jobs/bench-probe/runs", "POST", {})
+        while probe["status"] != "running":
+            time.sleep(0.2)
+            probe = api(f"{base}/api/v1/runs/{probe['id']}")
+        paths = {"poll (running run)": f"/api/v1/runs/{probe['id']}",
+                 "list (running runs)": "/api/v1/runs?status=running&limit=50"}
+
+        def sample() -> dict:
+            c0, t0 = cpu_ms(e.pid), time.monotonic()
+            time.sleep(10)
+            cpu = (cpu_ms(e.pid) - c0) / (time.monotonic() - t0)
+            p99 = {k: wrk(f"{base}{p}", connections=8, seconds=5) for k, p in paths.items()}
+            return {"cpu_ms_per_s": round(cpu, 2), "rss_mib": rss_mib(e.pid), **p99}
+
+        log("measuring with one run going")
+        idle = sample()
+        log(f"starting {n} runs")
+        t0 = time.monotonic()
+        for _ in range(n):
+            api(f"{base}/api/v1/jobs/bench-many/runs", "POST", {})
+        while (up := running(base)) < n:
+            if time.monotonic() - t0 > 900:
+                raise RuntimeError(f"only {up} of {n} runs running after 15 minutes")
+            time.sleep(1)
+        started = time.monotonic() - t0
+        log(f"{n} running after {started:.0f} s; measuring")
+        busy = sample()
+        api(f"{base}/api/v1/jobs/bench-many?force=true", "DELETE")
+        api(f"{base}/api/v1/jobs/bench-probe?force=true", "DELETE")
+        while running(base) > 0 or api(
+                f"{base}/api/v1/runs?job=bench-probe&status=running&limit=1")["items"]:
+            time.sleep(1)
+    rows = [Row(
+        f"{n} runs at once: engine", f"CPU {busy['cpu_ms_per_s']} ms/s, RSS {busy['rss_mib']} MiB",
+        f"CPU {idle['cpu_ms_per_s']} ms/s, RSS {idle['rss_mib']} MiB (one run)",
+        round(busy["cpu_ms_per_s"] / idle["cpu_ms_per_s"], 2) if idle["cpu_ms_per_s"] else None,
+        GOAL, {"runs": n, "seconds_to_start": round(started, 1), "busy": busy, "idle": idle},
+    )]
+    for k in paths:
+        rows.append(Row(f"{n} runs at once: {k}", f"p99 {busy[k]['p99_ms']} ms",
+                        f"p99 {idle[k]['p99_ms']} ms (one run)",
+                        round(busy[k]["p99_ms"] / idle[k]["p99_ms"], 2), GOAL, {}))
+    return rows

@@ -1,0 +1,231 @@
+"""A store that has grown: BENCH_STORE_RUNS past runs (default 1,000,000) against an empty
+store, on SQLite.
+
+Two engines run side by side: one on a store holding a few runs, one on a copy into which a
+finished run (its row, attempt, timeline and statistics, as a real run leaves them) was
+cloned directly in the database, spread over 50 jobs and the last 25 days. wrk measures
+both alternately, best of two each: a trigger (a POST that queues a run behind a held lock,
+so that no container starts), a status poll of a running run (the database path; an ended
+run is answered from memory), and the first page of a job's runs. The figures are p99 ratios
+against the empty store, and the bytes the store takes per run.
+
+Then retention: the big engine restarts with its default policy (30 days, 1,000 runs per job)
+on runs that were spread over 90 days instead, and the trigger's p99 is measured while it
+prunes them, against the empty store's in the same rounds.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+from .common import IMAGE, Binaries, Process, Row, api, engine, log, run_to_end, wrk
+
+GOAL_P99 = "p99 <= 1.2x the empty store"
+GOAL_BYTES = "<= 2 KiB per run without its log"
+JOBS = 50
+DAY_MS = 86_400_000
+# The columns of the cloned rows that hold a time, shifted back per clone.
+TIMES = {"created_at", "first_started_at", "started_at", "finished_at", "next_attempt_at",
+         "lease_expires_at", "last_output_at", "progress_at", "at"}
+
+
+def prepare(base: str) -> str:
+    """JOBS jobs and one finished run, the template of the clones; its id."""
+    for k in range(JOBS):
+        api(f"{base}/api/v1/jobs", "POST", {"name": f"bench-store-{k}", "image": IMAGE,
+                                             "command": ["true"]})
+    return run_to_end(base, "bench-store-0")["id"]
+
+
+def hold(base: str) -> str:
+    """A job whose runs queue behind a lock that a sleeping run holds, so that triggers
+    start no container however many runs they make; the holder's id."""
+    api(f"{base}/api/v1/jobs", "POST", {"name": "bench-hold", "image": IMAGE,
+                                         "command": ["sleep", "3600"], "lock_keys": ["bench"]})
+    api(f"{base}/api/v1/jobs", "POST", {"name": "bench-queue", "image": IMAGE,
+                                         "command": ["true"], "lock_keys": ["bench"],
+                                         "max_queued": 100_000})
+    run = api(f"{base}/api/v1/jobs/bench-hold/runs", "POST", {})
+    while run["status"] != "running":
+        time.sleep(0.2)
+        run = api(f"{base}/api/v1/runs/{run['id']}")
+    return run["id"]
+
+
+def release(e: Process, holder: str) -> None:
+    """Cancels what [hold] queued and started, stops the engine, removes the holder's
+    container."""
+    base = f"http://{e.addr}"
+    for job in ("bench-queue", "bench-hold"):
+        try:
+            api(f"{base}/api/v1/jobs/{job}?force=true", "DELETE")
+        except Exception as err:  # noqa: BLE001 - the container is removed below anyway
+            log(f"could not delete {job}: {err}")
+    e.stop()
+    ids = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=dev.jobdock.run-id={holder}"],
+        capture_output=True, text=True).stdout.split()
+    if ids:
+        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
+
+
+def columns(db: sqlite3.Connection, table: str) -> list[str]:
+    return [r[1] for r in db.execute(f"PRAGMA table_info({table})")]
+
+
+def seed(path: Path, template: str, count: int, days: int) -> None:
+    """Clones run `template` `count` times, oldest first, spread over the last `days` days
+    and the JOBS jobs."""
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = OFF")
+    db.execute("CREATE TEMP TABLE seed_jobs (k INTEGER PRIMARY KEY, id TEXT, name TEXT)")
+    db.execute("INSERT INTO seed_jobs (k, id, name) SELECT CAST(substr(name, 13) AS INTEGER), "
+               "id, name FROM jobs WHERE name LIKE 'bench-store-%' AND deleted_at IS NULL")
+    step = days * DAY_MS // count
+    numbers = (f"WITH RECURSIVE n(i) AS (SELECT {count} UNION ALL SELECT i - 1 FROM n "
+               f"WHERE i > 1)")
+
+    def clone(table: str, key: str, skip: tuple[str, ...], extra: dict[str, str]) -> None:
+        cols = [c for c in columns(db, table) if c not in skip]
+        values = []
+        for c in cols:
+            if c == key:
+                values.append("'seed-' || n.i")
+            elif c in extra:
+                values.append(extra[c])
+            elif c in TIMES:
+                values.append(f"t.{c} - n.i * {step}")
+            else:
+                values.append(f"t.{c}")
+        db.execute(f"{numbers} INSERT INTO {table} ({', '.join(cols)}) "
+                   f"SELECT {', '.join(values)} FROM n JOIN {table} t ON t.{key} = ? "
+                   f"JOIN seed_jobs j ON j.k = n.i % {JOBS} ORDER BY n.i DESC", (template,))
+
+    clone("runs", "id", ("seq",), {"job_id": "j.id", "job_name": "j.name"})
+    clone("run_attempts", "run_id", (), {})
+    clone("run_events", "run_id", ("id",), {})
+    clone("run_stats", "run_id", (), {"job_name": "j.name"})
+    db.commit()
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+
+
+def used_bytes(path: Path) -> int:
+    db = sqlite3.connect(path)
+    size = db.execute("PRAGMA page_size").fetchone()[0]
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    free = db.execute("PRAGMA freelist_count").fetchone()[0]
+    db.close()
+    return (pages - free) * size
+
+
+def p99_side(r: dict) -> str:
+    return f"p99 {r['p99_ms']} ms ({r['requests_per_s']}/s)"
+
+
+def measure(bins: Binaries, work: Path) -> list[Row]:
+    count = int(os.environ.get("BENCH_STORE_RUNS", "1000000"))
+    pristine = work / "store-template"
+    pristine.mkdir()
+    post = work / "post.lua"
+    post.write_text('wrk.method = "POST"\nwrk.body = "{}"\n'
+                    'wrk.headers["Content-Type"] = "application/json"\n')
+    keep = {"JOBDOCK_RETENTION_DAYS": "3650", "JOBDOCK_RETENTION_MAX_RUNS_PER_JOB": "10000000"}
+    with engine(bins.engine, work, data=pristine, env=keep) as e:
+        template = prepare(f"http://{e.addr}")
+    small_dir, big_dir = work / "store-small", work / "store-big"
+    for d in (small_dir, big_dir):
+        shutil.copytree(pristine, d)
+    before = used_bytes(big_dir / "jobdock.db")
+    log(f"seeding {count:,} runs")
+    t0 = time.monotonic()
+    seed(big_dir / "jobdock.db", template, count, 25)
+    log(f"seeded in {time.monotonic() - t0:.0f} s")
+    per_run = (used_bytes(big_dir / "jobdock.db") - before) / count
+
+    rows: list[Row] = []
+    with engine(bins.engine, work, data=small_dir, env=keep) as small, \
+            engine(bins.engine, work, data=big_dir, env=keep) as big:
+        sides = {"empty": small, "big": big}
+        holders = {n: hold(f"http://{e.addr}") for n, e in sides.items()}
+        try:
+            targets = {
+                "trigger": lambda b, n: (f"{b}/api/v1/jobs/bench-queue/runs", post),
+                "poll (running run)": lambda b, n: (f"{b}/api/v1/runs/{holders[n]}", None),
+                "list (a job's first page)":
+                    lambda b, n: (f"{b}/api/v1/runs?job=bench-store-1&limit=50", None),
+            }
+            for figure, target in targets.items():
+                got: dict[str, list[dict]] = {"empty": [], "big": []}
+                for _ in range(2):
+                    for name, e in sides.items():
+                        url, script = target(f"http://{e.addr}", name)
+                        got[name].append(wrk(url, connections=8, seconds=5, script=script))
+                best = {n: min(r, key=lambda x: x["p99_ms"]) for n, r in got.items()}
+                rows.append(Row(
+                    f"{figure}, {count:,} runs", p99_side(best["big"]),
+                    f"{p99_side(best['empty'])} (empty store)",
+                    round(best["big"]["p99_ms"] / best["empty"]["p99_ms"], 2), GOAL_P99,
+                    {"big": got["big"], "empty": got["empty"]},
+                ))
+        finally:
+            for name, e in sides.items():
+                release(e, holders.get(name, ""))
+    shutil.rmtree(big_dir)
+    rows.append(Row(f"bytes per run, {count:,} runs", f"{per_run:,.0f} B", "", None, GOAL_BYTES,
+                    {"runs": count, "bytes_per_run": round(per_run)}))
+    rows.append(prune(bins, work, pristine, template, count, post, keep))
+    return rows
+
+
+def pruned_runs(engine_log: Path) -> int | None:
+    """How many runs the first retention pass pruned, once it has ended."""
+    for line in engine_log.read_text().splitlines():
+        if "pruned old runs" in line or "nothing to prune" in line:
+            found = re.search(r'"runs":(\d+)', line)
+            return int(found.group(1)) if found else 0
+    return None
+
+
+def prune(bins: Binaries, work: Path, pristine: Path, template: str, count: int, post: Path,
+          keep: dict[str, str]) -> Row:
+    """Trigger p99 while retention prunes (the default policy, on runs spread over 90
+    days), against the empty store in the same rounds."""
+    small_dir, big_dir = work / "prune-small", work / "prune-big"
+    for d in (small_dir, big_dir):
+        shutil.copytree(pristine, d, ignore=shutil.ignore_patterns("engine*.log"))
+    log(f"seeding {count:,} runs over 90 days for retention")
+    seed(big_dir / "jobdock.db", template, count, 90)
+    rounds: list[tuple[dict, dict]] = []
+    with engine(bins.engine, work, data=small_dir, env=keep) as small, \
+            engine(bins.engine, work, data=big_dir) as big:
+        t0 = time.monotonic()
+        sides = {"empty": small, "big": big}
+        holders = {n: hold(f"http://{e.addr}") for n, e in sides.items()}
+        try:
+            pruned = None
+            while pruned is None and time.monotonic() - t0 < 900:
+                rounds.append(tuple(
+                    wrk(f"http://{e.addr}/api/v1/jobs/bench-queue/runs", 8, 3, post)
+                    for e in (big, small)))
+                pruned = pruned_runs(big_dir / "engine.log")
+            seconds = time.monotonic() - t0
+        finally:
+            for name, e in sides.items():
+                release(e, holders.get(name, ""))
+    worst = max(r[0]["p99_ms"] for r in rounds)
+    worst_empty = max(r[1]["p99_ms"] for r in rounds)
+    return Row(
+        f"trigger while pruning {pruned or 0:,} runs", f"worst p99 {worst} ms",
+        f"worst p99 {worst_empty} ms (empty store, same rounds)",
+        round(worst / worst_empty, 2), "no stall: p99 <= 1.2x the empty store",
+        {"pruned": pruned, "seconds": round(seconds, 1),
+         "runs_per_s": round((pruned or 0) / seconds), "rounds": rounds},
+    )
