@@ -142,7 +142,9 @@ impl Store {
         let options = AnyConnectOptions::from_str(url)?
             .log_statements(tracing::log::LevelFilter::Trace)
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
-        let mut pool = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
+        let mut pool = AnyPoolOptions::new()
+            .acquire_timeout(Duration::from_secs(30))
+            .after_release(|conn, _| Box::pin(release_outside_transactions(conn)));
         if dialect == Dialect::Sqlite {
             // WAL lets readers work while one writer writes; the busy timeout makes a writer
             // wait for the lock instead of failing with "database is locked".
@@ -224,6 +226,29 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Keeps a connection that comes back to the pool only when no transaction is left open on
+/// it. A future dropped at the wrong moment (an HTTP request whose client went away, an
+/// aborted task) can leave one that nothing will end: sqlx acknowledges a `BEGIN` before the
+/// `Transaction` that would roll it back on drop exists, so a drop in between keeps the
+/// transaction open. Returned to the pool, such a connection would hold SQLite's write lock,
+/// stalling every other writer, and refuse every later `BEGIN IMMEDIATE` (on PostgreSQL,
+/// what later transactions committed on it would stay uncommitted); it is closed instead,
+/// which rolls the transaction back. A transaction merely dropped has its rollback on the
+/// way: the ping lets it land first.
+async fn release_outside_transactions(conn: &mut sqlx::AnyConnection) -> sqlx::Result<bool> {
+    use sqlx::Connection as _;
+    if conn.is_in_transaction() {
+        conn.ping().await?;
+        if conn.is_in_transaction() {
+            tracing::warn!(
+                "a connection came back to the pool inside a transaction that nothing will end; closing it"
+            );
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Now, as stored: Unix milliseconds.

@@ -43,6 +43,7 @@ both!(
     audit_filters_and_pages_newest_first,
     settings_are_created_once,
     migrations_run_again_without_change,
+    a_connection_left_inside_a_transaction_is_not_reused,
 );
 
 fn spec(name: &str) -> JobSpec {
@@ -292,4 +293,52 @@ async fn anomalies_are_raised_once_and_a_success_closes_only_ended_ones(pg: bool
         s.run_view("no-such-run").await,
         Err(crate::store::StoreError::NotFound)
     ));
+}
+
+/// A connection that comes back to the pool inside a transaction nothing will end (its
+/// `Transaction` never existed, as when a request is cancelled between `BEGIN` and its
+/// acknowledgement; here it is forgotten) is closed, not handed out again: the write
+/// transactions after it begin at once and what they commit is there for everyone.
+async fn a_connection_left_inside_a_transaction_is_not_reused(pg: bool) {
+    use sqlx::Connection as _;
+    let (s, _g) = store(pg).await;
+    {
+        let mut conn = s.acquire().await.unwrap();
+        let mut tx = (*conn).begin().await.unwrap();
+        // A write, so that on SQLite the forgotten transaction holds the write lock.
+        sqlx::query("INSERT INTO settings (key, value) VALUES ('forgotten', 'x')")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        std::mem::forget(tx);
+    }
+    for i in 0..20 {
+        let mut tx = tokio::time::timeout(std::time::Duration::from_secs(10), s.begin_write())
+            .await
+            .expect("a write transaction begins, not stalled behind the forgotten one")
+            .unwrap();
+        sqlx::query("INSERT INTO settings (key, value) VALUES ($1, 'v')")
+            .bind(format!("k{i}"))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    // Seen from a pool of its own: nothing was committed into the forgotten transaction.
+    let url = match pg {
+        true => s
+            .listen_url
+            .as_ref()
+            .map(|u| secrecy::ExposeSecret::expose_secret(&**u).to_owned()),
+        false => None,
+    };
+    let other = match url {
+        Some(url) => Store::connect(&url).await.unwrap(),
+        None => s.clone(),
+    };
+    let kept: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM settings WHERE key LIKE 'k%'")
+        .fetch_one(&other.pool)
+        .await
+        .unwrap();
+    assert_eq!(kept, 20);
 }
