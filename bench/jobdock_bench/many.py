@@ -32,8 +32,10 @@ def measure(bins: Binaries, work: Path) -> list[Row]:
         while probe["status"] != "running":
             time.sleep(0.2)
             probe = api(f"{base}/api/v1/runs/{probe['id']}")
-        paths = {"poll (running run)": f"/api/v1/runs/{probe['id']}",
-                 "list (running runs)": "/api/v1/runs?status=running&limit=50"}
+        # Answers of the same size with one run going and with all of them.
+        paths = {"poll (a running run)": f"/api/v1/runs/{probe['id']}",
+                 "list (a job's runs)": "/api/v1/runs?job=bench-probe&limit=50",
+                 "list (jobs)": "/api/v1/jobs"}
 
         def sample() -> dict:
             c0, t0 = cpu_ms(e.pid), time.monotonic()

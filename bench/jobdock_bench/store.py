@@ -4,8 +4,8 @@ store, on SQLite.
 Two engines run side by side: one on a store holding a few runs, one on a copy into which a
 finished run (its row, attempt, timeline and statistics, as a real run leaves them) was
 cloned directly in the database, spread over 50 jobs and the last 25 days. wrk measures
-both alternately, best of two each: a trigger (a POST that queues a run behind a held lock,
-so that no container starts), a status poll of a running run (the database path; an ended
+both alternately, best of two each: a trigger (a POST whose run is skipped because a held
+lock is full, so that no container starts), a status poll of a running run (the database path; an ended
 run is answered from memory), and the first page of a job's runs. The figures are p99 ratios
 against the empty store, and the bytes the store takes per run.
 
@@ -22,6 +22,7 @@ import shutil
 import sqlite3
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 from .common import IMAGE, Binaries, Process, Row, api, engine, log, run_to_end, wrk
@@ -44,13 +45,14 @@ def prepare(base: str) -> str:
 
 
 def hold(base: str) -> str:
-    """A job whose runs queue behind a lock that a sleeping run holds, so that triggers
-    start no container however many runs they make; the holder's id."""
+    """A job whose triggers find its lock held by a sleeping run and are skipped
+    (`on_conflict: skip`): each trigger writes its run, and none starts a container or
+    lengthens a queue that later triggers would count; the holder's id."""
     api(f"{base}/api/v1/jobs", "POST", {"name": "bench-hold", "image": IMAGE,
                                          "command": ["sleep", "3600"], "lock_keys": ["bench"]})
     api(f"{base}/api/v1/jobs", "POST", {"name": "bench-queue", "image": IMAGE,
                                          "command": ["true"], "lock_keys": ["bench"],
-                                         "max_queued": 100_000})
+                                         "on_conflict": "skip"})
     run = api(f"{base}/api/v1/jobs/bench-hold/runs", "POST", {})
     while run["status"] != "running":
         time.sleep(0.2)
@@ -73,6 +75,18 @@ def release(e: Process, holder: str) -> None:
         capture_output=True, text=True).stdout.split()
     if ids:
         subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
+
+
+def copy_store(pristine: Path, to: Path) -> None:
+    """A copy of the data directory as another installation: two engines with one
+    installation id on one Docker daemon would each remove the other's containers as
+    leftovers of their own."""
+    shutil.copytree(pristine, to, ignore=shutil.ignore_patterns("engine*.log"))
+    db = sqlite3.connect(to / "jobdock.db")
+    db.execute("UPDATE settings SET value = ? WHERE key = 'installation_id'",
+               (str(uuid.uuid4()),))
+    db.commit()
+    db.close()
 
 
 def columns(db: sqlite3.Connection, table: str) -> list[str]:
@@ -142,7 +156,7 @@ def measure(bins: Binaries, work: Path) -> list[Row]:
         template = prepare(f"http://{e.addr}")
     small_dir, big_dir = work / "store-small", work / "store-big"
     for d in (small_dir, big_dir):
-        shutil.copytree(pristine, d)
+        copy_store(pristine, d)
     before = used_bytes(big_dir / "jobdock.db")
     log(f"seeding {count:,} runs")
     t0 = time.monotonic()
@@ -200,7 +214,7 @@ def prune(bins: Binaries, work: Path, pristine: Path, template: str, count: int,
     days), against the empty store in the same rounds."""
     small_dir, big_dir = work / "prune-small", work / "prune-big"
     for d in (small_dir, big_dir):
-        shutil.copytree(pristine, d, ignore=shutil.ignore_patterns("engine*.log"))
+        copy_store(pristine, d)
     log(f"seeding {count:,} runs over 90 days for retention")
     seed(big_dir / "jobdock.db", template, count, 90)
     rounds: list[tuple[dict, dict]] = []

@@ -229,13 +229,10 @@ async fn enqueue(
     e: Enqueue<'_>,
 ) -> Result<Triggered, TriggerError> {
     let name = job.name.as_str();
-    let unfinished = runs::unfinished_for_job(&mut tx, &job.id)
+    let unfinished = runs::unfinished_of_job(&mut tx, &job.id)
         .await
         .map_err(ServiceError::from)?;
-    let queued = unfinished
-        .iter()
-        .filter(|r| r.status == RunStatus::Queued)
-        .count() as i64;
+    let queued = unfinished.queued;
     let blocker = blocker(&mut tx, &job.spec, name, &unfinished)
         .await
         .map_err(ServiceError::from)?;
@@ -319,13 +316,13 @@ async fn blocker(
     tx: &mut store::Conn,
     spec: &JobSpec,
     name: &str,
-    unfinished: &[RunRow],
+    unfinished: &runs::Unfinished,
 ) -> Result<Option<(String, String)>, StoreError> {
     let max_parallel = spec.max_parallel.unwrap_or(1);
-    if unfinished.len() as i64 >= max_parallel {
+    if unfinished.count >= max_parallel {
         let what =
             format!("job `{name}` already has {max_parallel} run(s) queued, starting or running");
-        return Ok(Some((what, unfinished[0].id.clone())));
+        return Ok(Some((what, unfinished.first.clone().unwrap_or_default())));
     }
     for key in &spec.lock_keys {
         let (held, capacity) = store::locks::lock_usage(tx, key).await?;

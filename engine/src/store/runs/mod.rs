@@ -383,6 +383,37 @@ pub async fn unfinished_for_job(conn: &mut AnyConnection, job_id: &str) -> Resul
     rows.iter().map(decode).collect()
 }
 
+/// How many runs of a job are unfinished, how many of them queued, and the oldest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unfinished {
+    /// Queued, starting or running.
+    pub count: i64,
+    /// Of those, queued.
+    pub queued: i64,
+    /// The oldest of them.
+    pub first: Option<String>,
+}
+
+/// A job's [`Unfinished`] runs, counted in one statement: a trigger asks on every call, and
+/// reading the rows themselves made each trigger cost as much as the job's queue was long.
+pub async fn unfinished_of_job(conn: &mut AnyConnection, job_id: &str) -> Result<Unfinished> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS count, \
+         COALESCE(SUM(CASE WHEN status = 'queued' THEN 1 ELSE 0 END), 0) AS queued, \
+         (SELECT id FROM runs WHERE job_id = $1 AND status IN ('queued', 'starting', 'running') \
+          ORDER BY seq LIMIT 1) AS first \
+         FROM runs WHERE job_id = $1 AND status IN ('queued', 'starting', 'running')",
+    )
+    .bind(job_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Unfinished {
+        count: row.try_get("count")?,
+        queued: row.try_get("queued")?,
+        first: row.try_get("first")?,
+    })
+}
+
 impl Store {
     /// One run.
     pub async fn run(&self, id: &str) -> Result<RunRow> {
@@ -402,16 +433,27 @@ impl Store {
         before_seq: Option<i64>,
         limit: i64,
     ) -> Result<Vec<RunRow>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM runs WHERE seq < $1 AND ($2 IS NULL OR job_name = $2) \
-             AND ($3 IS NULL OR status = $3) ORDER BY seq DESC LIMIT $4"
-        ))
-        .bind(before_seq.unwrap_or(i64::MAX))
-        .bind(job)
-        .bind(status.map(|s| s.as_str()))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        // Only the filters given are in the statement: `($2 IS NULL OR job_name = $2)` keeps
+        // both databases from using the (job_name, seq) and (status, seq) indexes, and a page
+        // of one job's runs then scanned the whole table newest first (30 ms with a million
+        // runs, against 4 ms for an empty store).
+        let mut sql = format!("SELECT {COLUMNS} FROM runs WHERE seq < $1");
+        let mut n = 1;
+        for (column, given) in [("job_name", job.is_some()), ("status", status.is_some())] {
+            if given {
+                n += 1;
+                sql.push_str(&format!(" AND {column} = ${n}"));
+            }
+        }
+        sql.push_str(&format!(" ORDER BY seq DESC LIMIT ${}", n + 1));
+        let mut q = sqlx::query(&sql).bind(before_seq.unwrap_or(i64::MAX));
+        if let Some(job) = job {
+            q = q.bind(job);
+        }
+        if let Some(status) = status {
+            q = q.bind(status.as_str());
+        }
+        let rows = q.bind(limit).fetch_all(&self.pool).await?;
         rows.iter().map(decode).collect()
     }
 
