@@ -44,6 +44,7 @@ both!(
     settings_are_created_once,
     migrations_run_again_without_change,
     a_connection_left_inside_a_transaction_is_not_reused,
+    a_jobs_unfinished_runs_are_counted_with_the_oldest,
 );
 
 fn spec(name: &str) -> JobSpec {
@@ -341,4 +342,40 @@ async fn a_connection_left_inside_a_transaction_is_not_reused(pg: bool) {
         .await
         .unwrap();
     assert_eq!(kept, 20);
+}
+
+/// What a trigger learns of its job's unfinished runs: how many, how many queued, the oldest;
+/// ended runs and other jobs' runs do not count.
+async fn a_jobs_unfinished_runs_are_counted_with_the_oldest(pg: bool) {
+    let (s, _g) = store(pg).await;
+    let (a, b) = (spec("a"), spec("b"));
+    let mut tx = s.begin_write().await.unwrap();
+    let job_a = jobs::insert(&mut tx, NewJob { spec: &a }).await.unwrap();
+    let job_b = jobs::insert(&mut tx, NewJob { spec: &b }).await.unwrap();
+    assert_eq!(
+        runs::unfinished_of_job(&mut tx, &job_a.id).await.unwrap(),
+        runs::Unfinished {
+            count: 0,
+            queued: 0,
+            first: None
+        }
+    );
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let new = runs::NewRun::queued(&job_a, &a);
+        ids.push(runs::insert(&mut tx, new).await.unwrap().id);
+    }
+    runs::insert(&mut tx, runs::NewRun::queued(&job_b, &b))
+        .await
+        .unwrap();
+    assert!(runs::cancel_queued(&mut tx, &ids[0], "test").await.unwrap());
+    assert_eq!(
+        runs::unfinished_of_job(&mut tx, &job_a.id).await.unwrap(),
+        runs::Unfinished {
+            count: 2,
+            queued: 2,
+            first: Some(ids[1].clone())
+        }
+    );
+    tx.commit().await.unwrap();
 }
