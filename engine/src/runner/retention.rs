@@ -3,10 +3,10 @@
 //! each job's statistics to their newest rows. Every replica runs it; on PostgreSQL one
 //! prunes at a time and the others skip their turn.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::store::retention::{Cut, Policy, Step};
-use crate::store::{now_ms, stats, StoreError};
+use crate::store::{now_ms, stats, Dialect, StoreError};
 
 use super::Runner;
 
@@ -31,8 +31,14 @@ impl Default for RetentionConfig {
     }
 }
 
-/// A pause between steps, so that other writers get the database in between.
+/// The shortest pause between steps, so that other writers get the database in between.
 const BETWEEN_STEPS: Duration = Duration::from_millis(20);
+
+/// The shortest pause on SQLite, whose writers wait for its one write lock by trying again
+/// every 100 ms once they have waited a while: a shorter pause let the next step take the
+/// lock first, again and again, and held a trigger up for seconds while a million runs were
+/// pruned.
+const BETWEEN_STEPS_SQLITE: Duration = Duration::from_millis(120);
 
 impl Runner {
     pub(super) async fn retention_loop(&self) {
@@ -75,13 +81,14 @@ impl Runner {
                 if self.inner.shutdown.is_cancelled() {
                     return Ok(deleted);
                 }
+                let started = Instant::now();
                 let mut tx = store.begin_write().await?;
                 let n = stats::trim(&mut tx, &job, stats::KEEP_PER_JOB, 500).await?;
                 tx.commit().await?;
                 if n == 0 {
                     break;
                 }
-                tokio::time::sleep(BETWEEN_STEPS).await;
+                self.pause_after(started).await;
             }
         }
         // Alerts delivered or given up are kept as long as runs are.
@@ -90,13 +97,14 @@ impl Runner {
             if self.inner.shutdown.is_cancelled() {
                 return Ok(deleted);
             }
+            let started = Instant::now();
             let mut tx = store.begin_write().await?;
             let n = crate::store::alerts::outbox::prune(&mut tx, before, 500).await?;
             tx.commit().await?;
             if n == 0 {
                 break;
             }
-            tokio::time::sleep(BETWEEN_STEPS).await;
+            self.pause_after(started).await;
         }
         Ok(deleted)
     }
@@ -114,6 +122,7 @@ impl Runner {
             if self.inner.shutdown.is_cancelled() {
                 return Ok(None);
             }
+            let started = Instant::now();
             match self.inner.ctx.store.prune_step(policy, cut, now).await? {
                 // Nothing went although runs were found: leave them to the next pass.
                 Step::Deleted(0) => return Ok(Some(deleted)),
@@ -125,7 +134,18 @@ impl Runner {
                     return Ok(None);
                 }
             }
-            tokio::time::sleep(BETWEEN_STEPS).await;
+            self.pause_after(started).await;
         }
+    }
+
+    /// Waits between two steps long enough for the writers that waited on the step to have
+    /// their turn: twice the step's time, and at least [`BETWEEN_STEPS`] (or
+    /// [`BETWEEN_STEPS_SQLITE`]).
+    async fn pause_after(&self, step_started: Instant) {
+        let floor = match self.inner.ctx.store.dialect() {
+            Dialect::Sqlite => BETWEEN_STEPS_SQLITE,
+            Dialect::Postgres => BETWEEN_STEPS,
+        };
+        tokio::time::sleep(floor.max(step_started.elapsed() * 2)).await;
     }
 }

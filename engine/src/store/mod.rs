@@ -112,6 +112,12 @@ const CLAIM_LOCK: i64 = 0x006a_6f62_646f_636b;
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// Where write transactions begin: on SQLite a pool of one connection, so that writers
+    /// queue for SQLite's one write lock in the order they came (the pool's waiters are
+    /// served first come, first served) instead of retrying in SQLite's busy handler, which
+    /// sleeps up to 100 ms between tries and lets a newcomer overtake: eight concurrent
+    /// triggers had a p99 of 0.8 s that way. On PostgreSQL, the pool itself.
+    writer: AnyPool,
     dialect: Dialect,
     /// Where a listener for the ends of runs connects (PostgreSQL only; see [`notify`]).
     listen_url: notify::ListenUrl,
@@ -142,30 +148,37 @@ impl Store {
         let options = AnyConnectOptions::from_str(url)?
             .log_statements(tracing::log::LevelFilter::Trace)
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
-        let mut pool = AnyPoolOptions::new()
-            .acquire_timeout(Duration::from_secs(30))
-            .after_release(|conn, _| Box::pin(release_outside_transactions(conn)));
-        if dialect == Dialect::Sqlite {
-            // WAL lets readers work while one writer writes; the busy timeout makes a writer
-            // wait for the lock instead of failing with "database is locked".
-            pool = pool.max_connections(16).after_connect(|conn, _| {
-                Box::pin(async move {
-                    conn.execute(
-                        "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 30000; \
-                         PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;",
-                    )
-                    .await?;
-                    Ok(())
-                })
-            });
-        } else {
-            pool = pool.max_connections(16);
-        }
-        let pool = pool.connect_with(options).await?;
+        let pool_of = |size: u32| {
+            let pool = AnyPoolOptions::new()
+                .max_connections(size)
+                .acquire_timeout(Duration::from_secs(30))
+                .after_release(|conn, _| Box::pin(release_outside_transactions(conn)));
+            match dialect {
+                // WAL lets readers work while one writer writes; the busy timeout makes a
+                // writer wait for the lock instead of failing with "database is locked".
+                Dialect::Sqlite => pool.after_connect(|conn, _| {
+                    Box::pin(async move {
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 30000; \
+                             PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;",
+                        )
+                        .await?;
+                        Ok(())
+                    })
+                }),
+                Dialect::Postgres => pool,
+            }
+        };
+        let pool = pool_of(16).connect_with(options.clone()).await?;
+        let writer = match dialect {
+            Dialect::Sqlite => pool_of(1).connect_with(options).await?,
+            Dialect::Postgres => pool.clone(),
+        };
         let listen_url = (dialect == Dialect::Postgres)
             .then(|| std::sync::Arc::new(secrecy::SecretString::from(url.to_owned())));
         let store = Self {
             pool,
+            writer,
             dialect,
             listen_url,
         };
@@ -202,8 +215,8 @@ impl Store {
     /// lock instead of failing when another writer got there first.
     pub async fn begin_write(&self) -> Result<Tx> {
         Ok(match self.dialect {
-            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Dialect::Postgres => self.pool.begin().await?,
+            Dialect::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
+            Dialect::Postgres => self.writer.begin().await?,
         })
     }
 
@@ -224,6 +237,7 @@ impl Store {
 
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
 }
