@@ -179,6 +179,15 @@ def run_to_end(base: str, job: str) -> dict:
     return run
 
 
+def running_run(base: str, job: str) -> dict:
+    """Triggers `job` and waits until its run is running."""
+    run = api(f"{base}/api/v1/jobs/{job}/runs", "POST", {})
+    while run["status"] != "running":
+        time.sleep(0.2)
+        run = api(f"{base}/api/v1/runs/{run['id']}")
+    return run
+
+
 def cpu_ms(pid: int) -> float:
     """utime+stime of a process so far, in ms (fields 14 and 15 of /proc/PID/stat, counted
     after the command name, which may hold spaces)."""

@@ -11,7 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .common import IMAGE, TOKEN, Binaries, Row, api, cpu_ms, engine
+from .common import IMAGE, TOKEN, Binaries, Row, api, cpu_ms, engine, running_run
 
 GOAL = "no per-waiter database polling: CPU while 1,000 wait close to idle"
 WAITERS = 1000
@@ -25,10 +25,7 @@ def measure(bins: Binaries, work: Path) -> list[Row]:
         base = f"http://{e.addr}"
         api(f"{base}/api/v1/jobs", "POST", {"name": "bench-long", "image": IMAGE,
                                              "command": ["sleep", "120"]})
-        run = api(f"{base}/api/v1/jobs/bench-long/runs", "POST", {})
-        while run["status"] != "running":
-            time.sleep(0.2)
-            run = api(f"{base}/api/v1/runs/{run['id']}")
+        run = running_run(base, "bench-long")
         c0, t0 = cpu_ms(e.pid), time.monotonic()
         time.sleep(SECONDS)
         idle = (cpu_ms(e.pid) - c0) / (time.monotonic() - t0)

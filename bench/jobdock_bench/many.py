@@ -10,7 +10,7 @@ import os
 import time
 from pathlib import Path
 
-from .common import IMAGE, Binaries, Row, api, cpu_ms, engine, log, rss_mib, wrk
+from .common import IMAGE, Binaries, Row, api, cpu_ms, engine, log, rss_mib, running_run, wrk
 
 GOAL = "RSS <= 150 MiB; API p99 <= 1.2x idle; CPU grows with what changes, not with what runs"
 
@@ -28,10 +28,7 @@ def measure(bins: Binaries, work: Path) -> list[Row]:
             "max_parallel": n, "max_queued": n, "stop_grace_seconds": 1})
         api(f"{base}/api/v1/jobs", "POST", {"name": "bench-probe", "image": IMAGE,
                                              "command": ["sleep", "3600"]})
-        probe = api(f"{base}/api/v1/jobs/bench-probe/runs", "POST", {})
-        while probe["status"] != "running":
-            time.sleep(0.2)
-            probe = api(f"{base}/api/v1/runs/{probe['id']}")
+        probe = running_run(base, "bench-probe")
         # Answers of the same size with one run going and with all of them.
         paths = {"poll (a running run)": f"/api/v1/runs/{probe['id']}",
                  "list (a job's runs)": "/api/v1/runs?job=bench-probe&limit=50",

@@ -26,7 +26,8 @@ import time
 import uuid
 from pathlib import Path
 
-from .common import IMAGE, Binaries, Process, Row, api, engine, log, run_to_end, wrk
+from .common import (IMAGE, Binaries, Process, Row, api, engine, log, run_to_end, running_run,
+                     wrk)
 
 GOAL_P99 = "p99 <= 1.2x a small store"
 GOAL_BYTES = "<= 2 KiB per run without its log"
@@ -58,11 +59,7 @@ def hold(base: str) -> str:
     api(f"{base}/api/v1/jobs", "POST", {"name": "bench-queue", "image": IMAGE,
                                          "command": ["true"], "lock_keys": ["bench"],
                                          "on_conflict": "skip"})
-    run = api(f"{base}/api/v1/jobs/bench-hold/runs", "POST", {})
-    while run["status"] != "running":
-        time.sleep(0.2)
-        run = api(f"{base}/api/v1/runs/{run['id']}")
-    return run["id"]
+    return running_run(base, "bench-hold")["id"]
 
 
 def release(e: Process, holder: str) -> None:

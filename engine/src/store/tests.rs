@@ -326,16 +326,12 @@ async fn a_connection_left_inside_a_transaction_is_not_reused(pg: bool) {
         tx.commit().await.unwrap();
     }
     // Seen from a pool of its own: nothing was committed into the forgotten transaction.
-    let url = match pg {
-        true => s
-            .listen_url
-            .as_ref()
-            .map(|u| secrecy::ExposeSecret::expose_secret(&**u).to_owned()),
-        false => None,
-    };
-    let other = match url {
-        Some(url) => Store::connect(&url).await.unwrap(),
-        None => s.clone(),
+    let other = match (&s.listen_url, _g.downcast_ref::<tempfile::TempDir>()) {
+        (Some(url), _) => Store::connect(secrecy::ExposeSecret::expose_secret(&**url))
+            .await
+            .unwrap(),
+        (None, Some(dir)) => Store::open_sqlite(&dir.path().join("t.db")).await.unwrap(),
+        (None, None) => unreachable!("a SQLite store lives in a temporary directory"),
     };
     let kept: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM settings WHERE key LIKE 'k%'")
         .fetch_one(&other.pool)
