@@ -14,7 +14,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 TOKEN = "bench-admin-token-0123456789abcdef"
@@ -186,6 +186,41 @@ def running_run(base: str, job: str) -> dict:
         time.sleep(0.2)
         run = api(f"{base}/api/v1/runs/{run['id']}")
     return run
+
+
+@dataclass
+class Interleaved:
+    """Both sides' times (ms) and the engine's CPU: per run of its own, and per second while
+    the other side ran (its background loops')."""
+
+    ours: list[float]
+    theirs: list[float]
+    engine_cpu_ms_per_run: float
+    engine_cpu_ms_per_idle_s: Optional[float]
+
+
+def interleaved(pid: int, n: int, ours: Callable[[], float],
+                theirs: Callable[[], float]) -> Interleaved:
+    """One warm-up of each (not counted), then `n` of each in turn, so that both see the same
+    load; each callable returns its time in ms. `pid` is the engine's."""
+    log("warming up (one run of each, not counted)")
+    ours()
+    theirs()
+    log(f"{n} runs of each, interleaved")
+    got = Interleaved([], [], 0.0, None)
+    run_cpu = idle_cpu = idle_s = 0.0
+    for _ in range(n):
+        c0 = cpu_ms(pid)
+        got.ours.append(ours())
+        c1, t1 = cpu_ms(pid), time.monotonic()
+        got.theirs.append(theirs())
+        # While the other side runs, the engine idles: its CPU then is its background loops'.
+        idle_cpu += cpu_ms(pid) - c1
+        idle_s += time.monotonic() - t1
+        run_cpu += c1 - c0
+    got.engine_cpu_ms_per_run = round(run_cpu / n, 2)
+    got.engine_cpu_ms_per_idle_s = round(idle_cpu / idle_s, 2) if idle_s else None
+    return got
 
 
 def cpu_ms(pid: int) -> float:

@@ -12,7 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .common import IMAGE, Binaries, Row, api, cpu_ms, engine, log, run_to_end
+from .common import IMAGE, Binaries, Row, api, engine, interleaved, run_to_end
 
 GOAL = "<= 1.00x docker run --rm; engine CPU per run <= 5 ms"
 
@@ -36,28 +36,15 @@ def measure(bins: Binaries, work: Path) -> list[Row]:
             subprocess.run(["docker", "run", "--rm", IMAGE, "true"], check=True)
             return (time.monotonic() - t0) * 1000
 
-        log("warming up (one run of each, not counted)")
-        through_jobdock()
-        docker_run()
-        log(f"{n} runs of each, interleaved")
-        ours, theirs = [], []
-        run_cpu = idle_cpu = idle_s = 0.0
-        for _ in range(n):
-            c0 = cpu_ms(e.pid)
-            ours.append(through_jobdock())
-            c1, t1 = cpu_ms(e.pid), time.monotonic()
-            theirs.append(docker_run())
-            # While docker runs, the engine idles: its CPU then is its background loops'.
-            idle_cpu += cpu_ms(e.pid) - c1
-            idle_s += time.monotonic() - t1
-            run_cpu += c1 - c0
+        got = interleaved(e.pid, n, through_jobdock, docker_run)
+    ours, theirs = got.ours, got.theirs
     ratio = st.median(ours) / st.median(theirs)
     return [Row(
         "trigger->finished",
-        f"median {st.median(ours):.0f} ms, CPU {run_cpu / n:.1f} ms/run",
+        f"median {st.median(ours):.0f} ms, CPU {got.engine_cpu_ms_per_run:.1f} ms/run",
         f"median {st.median(theirs):.0f} ms (docker run --rm)",
         round(ratio, 3), GOAL,
         {"runs": n, "jobdock_ms": ours, "docker_ms": theirs,
-         "engine_cpu_ms_per_run": round(run_cpu / n, 2),
-         "engine_cpu_ms_per_idle_s": round(idle_cpu / idle_s, 2) if idle_s else None},
+         "engine_cpu_ms_per_run": got.engine_cpu_ms_per_run,
+         "engine_cpu_ms_per_idle_s": got.engine_cpu_ms_per_idle_s},
     )]

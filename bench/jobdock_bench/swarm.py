@@ -21,13 +21,14 @@ BENCH_SWARM_RUNS sets how many runs of each (default 10)."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import os
 import statistics as st
 import subprocess
 import time
 from pathlib import Path
 
-from .common import IMAGE, Binaries, Row, api, cpu_ms, engine, log, run_to_end
+from .common import IMAGE, Binaries, Row, api, engine, interleaved, log, run_to_end
 
 GOAL = "<= 1.10x docker service create --mode replicated-job + rm; engine CPU per run <= 5 ms"
 LABEL = "dev.jobdock.bench=swarm"
@@ -95,8 +96,10 @@ def measure(bins: Binaries, work: Path) -> list[Row]:
             run_ids.append(run["id"])
             return took
 
-        def through_cli(k: int) -> float:
-            name = f"bench-swarm-{os.getpid()}-{k}"
+        names = (f"bench-swarm-{os.getpid()}-{k}" for k in itertools.count())
+
+        def through_cli() -> float:
+            name = next(names)
             t0 = time.monotonic()
             subprocess.run(
                 ["docker", "service", "create", "--quiet", "--name", name, "--label", LABEL,
@@ -121,26 +124,12 @@ def measure(bins: Binaries, work: Path) -> list[Row]:
             return took
 
         try:
-            log("warming up (one run of each, not counted)")
-            through_jobdock()
-            through_cli(0)
-            run_ids.clear()
-            container_rm.clear()
-            log(f"{n} runs of each, interleaved")
-            ours, theirs = [], []
-            run_cpu = idle_cpu = idle_s = 0.0
-            for k in range(1, n + 1):
-                c0 = cpu_ms(e.pid)
-                ours.append(through_jobdock())
-                c1, t1 = cpu_ms(e.pid), time.monotonic()
-                theirs.append(through_cli(k))
-                # While the CLI runs, the engine idles: its CPU then is its background loops'.
-                idle_cpu += cpu_ms(e.pid) - c1
-                idle_s += time.monotonic() - t1
-                run_cpu += c1 - c0
+            got = interleaved(e.pid, n, through_jobdock, through_cli)
         finally:
             remove_cli_leftovers()
-        timelines = [timeline(base, r) for r in run_ids]
+        # The first of each was the warm-up.
+        timelines = [timeline(base, r) for r in run_ids[1:]]
+    ours, theirs = got.ours, got.theirs
     kinds = [k for k in timelines[0] if all(k in t for t in timelines)]
     medians = {k: st.median(t[k] for t in timelines) for k in kinds}
     log("timeline medians (ms after queued): "
@@ -148,12 +137,12 @@ def measure(bins: Binaries, work: Path) -> list[Row]:
     ratio = st.median(ours) / st.median(theirs)
     return [Row(
         "trigger->finished on Swarm",
-        f"median {st.median(ours):.0f} ms, CPU {run_cpu / n:.1f} ms/run",
+        f"median {st.median(ours):.0f} ms, CPU {got.engine_cpu_ms_per_run:.1f} ms/run",
         f"median {st.median(theirs):.0f} ms (docker service create --mode replicated-job + rm)",
         round(ratio, 3), GOAL,
         {"runs": n, "jobdock_ms": ours, "docker_cli_ms": theirs,
-         "docker_container_rm_ms": container_rm,
-         "engine_cpu_ms_per_run": round(run_cpu / n, 2),
-         "engine_cpu_ms_per_idle_s": round(idle_cpu / idle_s, 2) if idle_s else None,
+         "docker_container_rm_ms": container_rm[1:],
+         "engine_cpu_ms_per_run": got.engine_cpu_ms_per_run,
+         "engine_cpu_ms_per_idle_s": got.engine_cpu_ms_per_idle_s,
          "timeline_median_ms": medians, "timelines_ms": timelines},
     )]
