@@ -80,13 +80,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def fresh_database() -> str:
-    """The SQLAlchemy URL of an empty `jobdock_bench_airflow` on the PostgreSQL server."""
-    for sql in (f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)", f"CREATE DATABASE {DATABASE}"):
-        done = subprocess.run(["psql", PG_ADMIN, "-qc", sql], capture_output=True, text=True)
-        if done.returncode:
-            raise RuntimeError(f"the airflow figure needs PostgreSQL ({PG_ADMIN}): "
-                               f"{done.stderr.strip()}")
+def psql(sql: str) -> None:
+    done = subprocess.run(["psql", PG_ADMIN, "-qc", sql], capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"the airflow figure needs PostgreSQL ({PG_ADMIN}): "
+                           f"{done.stderr.strip()}")
+
+
+def fresh_database(stack: ExitStack) -> str:
+    """The SQLAlchemy URL of an empty `jobdock_bench_airflow` on the PostgreSQL server,
+    dropped again when `stack` closes (unless BENCH_KEEP is set)."""
+    psql(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+    psql(f"CREATE DATABASE {DATABASE}")
+    if not os.environ.get("BENCH_KEEP"):
+        stack.callback(psql, f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
     base = PG_ADMIN.split("://", 1)[1].rsplit("/", 1)[0]
     return f"postgresql+psycopg2://{base}/{DATABASE}"
 
@@ -201,7 +208,8 @@ def start_airflow(stack: ExitStack, work: Path) -> tuple[AirflowApi, str]:
     (home / "dags").mkdir()
     shutil.copy(DAG_FILE, home / "dags" / DAG_FILE.name)
     password = secrets.token_hex(12)
-    env = settings(home, fresh_database(), free_port(), password)
+    # The database first: the stack drops it after it has stopped the processes using it.
+    env = settings(home, fresh_database(stack), free_port(), password)
     airflow = str(venv / "bin" / "airflow")
     log(f"Airflow {version}: migrating its database")
     with open(home / "db-migrate.log", "w") as out:
