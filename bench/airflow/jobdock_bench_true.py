@@ -14,7 +14,7 @@ with DAG("jobdock_bench_true", schedule=None, start_date=datetime(2024, 1, 1), c
         command=["true"],
         docker_url="unix:///var/run/docker.sock",
         force_pull=False,  # the provider pulls only when this is set or the image is missing
-        auto_remove="success",  # like `docker run --rm`; a failed run's container stays
+        auto_remove="success",  # like `docker run --rm`: removed once it has ended
         mount_tmp_dir=False,  # no bind-mounted temporary directory: a plain `docker run`
         do_xcom_push=False,  # `true` has nothing to pass on
     )
