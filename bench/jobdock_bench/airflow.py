@@ -26,9 +26,9 @@ here, so a pull would fail the run). Settings, as environment variables:
                                  32); one task at a time needs one, and the machine has 2 cores.
   parsing_processes=1            one DAG file (default 2).
   min_file_process_interval=60,  the DAG file does not change while measured: it is parsed
-  refresh_interval=60            at once when first found, and re-parsing it (about 0.3 s
+  refresh_interval=60            at once when first found, and re-parsing it (about 0.2 s
                                  of CPU each time) would only take CPU from the runs.
-  api workers=1                  one API server process (default 4) on 2 cores.
+  api workers=1                  one API server process (Airflow's default, said explicitly).
   simple auth manager            one admin user with a password; the bench gets a JWT from
                                  POST /auth/token, as a script outside Airflow would.
 The scheduler's `job_heartbeat_sec` is not set: in Airflow 3 it paces only the DAG processor's
