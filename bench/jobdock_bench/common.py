@@ -96,16 +96,18 @@ def ensure_image() -> None:
 
 
 class Process:
-    """A child in a process group of its own, stopped by that group; `addr` is the address
-    it announced on its output."""
+    """A child in a process group of its own, stopped by that group; `addr` is what the first
+    group of `pattern` matched on its output (e.g. the address it announced), awaited for up
+    to `timeout` seconds."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], pattern: str, log_path: Path):
+    def __init__(self, argv: list[str], env: dict[str, str], pattern: str, log_path: Path,
+                 timeout: float = 60):
         self.out = open(log_path, "w")
         self.proc = subprocess.Popen(
             argv, env={**os.environ, **env}, stdout=self.out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, process_group=0,
         )
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             m = re.search(pattern, log_path.read_text())
             if m:
@@ -115,7 +117,8 @@ class Process:
                 break
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"{argv[0]} did not listen: {log_path.read_text()[-2000:]}")
+        raise RuntimeError(f"{' '.join(argv[:2])} did not print {pattern!r}: "
+                           f"{log_path.read_text()[-2000:]}")
 
     @property
     def pid(self) -> int:
