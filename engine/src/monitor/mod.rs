@@ -6,10 +6,10 @@
 
 pub mod rules;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use jobdock_types::{Anomaly, Monitoring, RunStatus};
+use jobdock_types::{Anomaly, AnomalyKind, Monitoring, RunStatus};
 
 use crate::store::anomalies::{self, NewAnomaly};
 use crate::store::runs::{Outcome, RunRow};
@@ -95,58 +95,99 @@ pub async fn after_finish(
     Ok(raised)
 }
 
-/// Checks every running and waiting run for `long_running`, `stalled` and `slow_start`;
-/// returns the anomalies this call raised. `stall_after` is the engine's default.
-pub async fn check_active(
-    store: &Store,
-    stall_after: Duration,
-) -> Result<Vec<Anomaly>, StoreError> {
-    let now = now_ms();
-    let mut usual: HashMap<String, Option<Usual>> = HashMap::new();
-    let mut raised = Vec::new();
-    for run in store.active_runs().await? {
-        let m = run.spec.monitoring.unwrap_or_default();
-        if !usual.contains_key(&run.job) {
-            let (took, latency) = store.recent_successes(&run.job, HISTORY).await?;
-            usual.insert(
-                run.job.clone(),
-                Usual::learn(&took, &latency, m.min_samples),
-            );
-        }
-        let u = usual.get(&run.job).and_then(Option::as_ref);
-        let mut findings = Vec::new();
-        match (run.status, run.started_at) {
-            (RunStatus::Running, Some(started)) => {
-                let expected = run.spec.expected_duration_seconds;
-                findings.extend(rules::long_running(&m, expected, u, now - started));
-                let stall = m
-                    .stall_after_seconds
-                    .unwrap_or(stall_after.as_secs() as i64);
-                let quiet = now - run.last_output_at.unwrap_or(started).max(started);
-                findings.extend(rules::stalled(stall, quiet));
+/// What the periodic check keeps between its passes, so that a pass reads only the columns
+/// of the active runs that move and does more only for what changed: a run's monitoring
+/// settings are read once (its definition is a snapshot), and an anomaly found raised is not
+/// looked up again.
+#[derive(Debug, Default)]
+pub struct ActiveCheck {
+    /// Each active run's monitoring settings and expected duration (seconds).
+    settings: HashMap<String, (Monitoring, Option<i64>)>,
+    /// Anomalies known to be raised (every pass would find them again).
+    raised: HashSet<(String, AnomalyKind)>,
+}
+
+/// Definitions read per statement, for runs new to the check.
+const SETTINGS_BATCH: usize = 200;
+
+impl ActiveCheck {
+    /// Checks every running and waiting run for `long_running`, `stalled` and `slow_start`;
+    /// returns the anomalies this pass raised. `stall_after` is the engine's default.
+    pub async fn pass(
+        &mut self,
+        store: &Store,
+        stall_after: Duration,
+    ) -> Result<Vec<Anomaly>, StoreError> {
+        let now = now_ms();
+        let active = store.active_runs().await?;
+        // Forget the runs that ended; learn the settings of those new since the last pass.
+        let ids: HashSet<&str> = active.iter().map(|r| r.id.as_str()).collect();
+        self.settings.retain(|id, _| ids.contains(id.as_str()));
+        self.raised.retain(|(id, _)| ids.contains(id.as_str()));
+        let new: Vec<&str> = active
+            .iter()
+            .map(|r| r.id.as_str())
+            .filter(|id| !self.settings.contains_key(*id))
+            .collect();
+        for batch in new.chunks(SETTINGS_BATCH) {
+            for (id, m, expected) in store.monitoring_of(batch).await? {
+                self.settings.insert(id, (m, expected));
             }
-            // Only a first attempt: a retry waits for its backoff by design.
-            (RunStatus::Queued | RunStatus::Starting, _) if run.attempt == 1 => {
-                findings.extend(rules::slow_start(&m, u, now - run.created_at));
-            }
-            _ => {}
         }
-        for f in findings {
-            // Most passes find what an earlier pass raised: a read, not a write.
-            if store.has_anomaly(&run.id, f.kind).await? {
+        let mut usual: HashMap<String, Option<Usual>> = HashMap::new();
+        let mut raised = Vec::new();
+        for run in &active {
+            // A run whose definition could not be read (deleted meanwhile) is left alone.
+            let Some(&(m, expected)) = self.settings.get(&run.id) else {
                 continue;
-            }
-            let a = NewAnomaly {
-                run_id: &run.id,
-                attempt: run.attempt,
-                job: &run.job,
-                kind: f.kind,
-                message: f.message,
-                expected: f.expected,
-                observed: f.observed,
             };
-            raised.extend(store.raise_anomaly(a).await?);
+            if !usual.contains_key(&run.job) {
+                let (took, latency) = store.recent_successes(&run.job, HISTORY).await?;
+                usual.insert(
+                    run.job.clone(),
+                    Usual::learn(&took, &latency, m.min_samples),
+                );
+            }
+            let u = usual.get(&run.job).and_then(Option::as_ref);
+            let mut findings = Vec::new();
+            match (run.status, run.started_at) {
+                (RunStatus::Running, Some(started)) => {
+                    findings.extend(rules::long_running(&m, expected, u, now - started));
+                    let stall = m
+                        .stall_after_seconds
+                        .unwrap_or(stall_after.as_secs() as i64);
+                    let quiet = now - run.last_output_at.unwrap_or(started).max(started);
+                    findings.extend(rules::stalled(stall, quiet));
+                }
+                // Only a first attempt: a retry waits for its backoff by design.
+                (RunStatus::Queued | RunStatus::Starting, _) if run.attempt == 1 => {
+                    findings.extend(rules::slow_start(&m, u, now - run.created_at));
+                }
+                _ => {}
+            }
+            for f in findings {
+                let key = (run.id.clone(), f.kind);
+                if self.raised.contains(&key) {
+                    continue;
+                }
+                // Raised by an earlier pass (or another replica): a read, not a write.
+                if store.has_anomaly(&run.id, f.kind).await? {
+                    self.raised.insert(key);
+                    continue;
+                }
+                let a = NewAnomaly {
+                    run_id: &run.id,
+                    attempt: run.attempt,
+                    job: &run.job,
+                    kind: f.kind,
+                    message: f.message,
+                    expected: f.expected,
+                    observed: f.observed,
+                };
+                raised.extend(store.raise_anomaly(a).await?);
+                self.raised.insert(key);
+            }
         }
+        Ok(raised)
     }
-    Ok(raised)
 }

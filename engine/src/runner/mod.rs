@@ -211,8 +211,8 @@ impl Runner {
     }
 
     /// Tells the supervisors of this replica's runs of the cancels asked for on other
-    /// replicas (those asked for here are told at once), with one statement a second while
-    /// any supervisor waits.
+    /// replicas, or here a moment before a supervisor began to wait (those asked for here
+    /// later are told at once), with one statement a second while any supervisor waits.
     async fn cancel_loop(&self) {
         loop {
             tokio::select! {
@@ -239,9 +239,10 @@ impl Runner {
     /// Checks running and waiting runs for anomalies every few seconds. Every replica
     /// checks; the store raises each anomaly once.
     async fn monitor_loop(&self) {
+        let mut check = crate::monitor::ActiveCheck::default();
         loop {
             let stall_after = self.inner.config.stall_after;
-            match crate::monitor::check_active(&self.inner.ctx.store, stall_after).await {
+            match check.pass(&self.inner.ctx.store, stall_after).await {
                 Ok(raised) => {
                     for a in raised {
                         self.inner.ctx.metrics.anomaly_raised(a.kind.as_str());

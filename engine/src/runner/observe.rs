@@ -24,20 +24,16 @@ impl Runner {
 
     /// This replica recorded how an attempt of `run` ended; when that made the run final
     /// (no retry follows), counts it with its duration as stored.
-    pub(super) async fn observe_settled(&self, run: &RunRow, status: RunStatus, retry: bool) {
+    pub(super) fn observe_settled(
+        &self,
+        run: &RunRow,
+        status: RunStatus,
+        retry: bool,
+        duration: Option<Duration>,
+    ) {
         if retry {
             return;
         }
-        let duration = match self.inner.ctx.store.run(&run.id).await {
-            Ok(stored) => stored
-                .started_at
-                .zip(stored.finished_at)
-                .map(|(s, f)| Duration::from_millis((f - s).max(0) as u64)),
-            Err(e) => {
-                tracing::debug!(error = %e, "could not read the run's times for its metrics");
-                None
-            }
-        };
         self.inner
             .ctx
             .metrics

@@ -3,6 +3,7 @@
 //! objects removed, then the run moved to its final status (or queued again).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use jobdock_backends::{Backend, Exit, RunHandle};
 use jobdock_types::{RetryOn, RunStatus};
@@ -27,7 +28,7 @@ pub(super) async fn record(
     let store = &r.inner.ctx.store;
     // A supervisor whose lease another replica took over (it was too slow to renew it)
     // leaves the end to that replica, which stores the log and removes the container.
-    let now = store.run(&run.id).await?;
+    let now = store.end_check(&run.id).await?;
     if !now.status.is_final() && now.lease_owner.as_deref() != Some(r.inner.owner.as_str()) {
         tracing::warn!("another replica supervises the run now; leaving its end to it");
         return Ok(());
@@ -35,7 +36,7 @@ pub(super) async fn record(
     let gone = !matches!(ended, Ended::Lost { gone: false, .. });
     let (status, mut outcome) = classify(run, ended);
     outcome.finished_at.get_or_insert_with(now_ms);
-    append_cap_notice(r, run).await?;
+    append_cap_notice(r, run, now.log_dropped).await?;
     if let (Some((backend, handle)), true) = (container, gone) {
         let mut tx = store.begin_write().await?;
         runs::note_attempt_end(&mut tx, &run.id, run.attempt, status, &outcome).await?;
@@ -97,7 +98,7 @@ async fn settle(
         _ => false,
     } && run.attempt < run.max_attempts;
     let mut tx = r.inner.ctx.store.begin_write().await?;
-    let recorded = if retry {
+    let recorded: Option<Option<Duration>> = if retry {
         let backoff = run.spec.retries.map(|r| r.backoff_seconds).unwrap_or(0);
         let mut o = outcome.clone();
         o.reason = Some(format!(
@@ -115,18 +116,21 @@ async fn settle(
             now_ms() + backoff * 1000,
         )
         .await?
+        .then_some(None)
     } else {
-        runs::finish(&mut tx, &run.id, run.attempt, status, &outcome, gone).await?
+        runs::finish(&mut tx, &run.id, run.attempt, status, &outcome, gone)
+            .await?
+            .map(|f| f.duration())
     };
     // The end-of-run anomalies are decided with the end itself, so that neither is
     // recorded without the other.
-    let raised = match recorded && !retry {
+    let raised = match recorded.is_some() && !retry {
         true => crate::monitor::after_finish(&mut tx, run, status, &outcome).await?,
         false => Vec::new(),
     };
     tx.commit().await.map_err(StoreError::from)?;
-    if recorded {
-        r.observe_settled(run, status, retry).await;
+    if let Some(duration) = recorded {
+        r.observe_settled(run, status, retry, duration);
         r.inner.ctx.run_ended.notify_waiters();
         r.inner.ctx.watch.ended(&run.id);
         tracing::info!(status = %status, retry, exit_code = ?outcome.exit_code, "attempt ended");
@@ -199,9 +203,8 @@ fn classify(run: &RunRow, ended: Ended) -> (RunStatus, Outcome) {
 }
 
 /// Past the cap, the log ends with a line that says how much was dropped.
-async fn append_cap_notice(r: &Runner, run: &RunRow) -> Result<(), StoreError> {
-    let now = r.inner.ctx.store.run(&run.id).await?;
-    if now.log_dropped == 0 {
+async fn append_cap_notice(r: &Runner, run: &RunRow, dropped: i64) -> Result<(), StoreError> {
+    if dropped == 0 {
         return Ok(());
     }
     let line = crate::store::logs::NewLine {
@@ -211,11 +214,11 @@ async fn append_cap_notice(r: &Runner, run: &RunRow) -> Result<(), StoreError> {
         line: format!(
             "log capped at {} MiB: {} further bytes of output were dropped",
             r.inner.config.log_cap_bytes / (1024 * 1024),
-            now.log_dropped
+            dropped
         ),
     };
     let totals = crate::store::logs::BatchTotals {
-        dropped: -now.log_dropped,
+        dropped: -dropped,
         ..Default::default()
     };
     r.inner

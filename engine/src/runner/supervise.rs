@@ -16,6 +16,7 @@ use super::logpump::{Position, Pump, PumpError};
 use super::record::{record, settle_kept_end};
 use super::redact::Redactor;
 use super::Runner;
+use crate::service::cancels::CancelWatch;
 use crate::service::jobs::DEFAULT_STOP_GRACE_SECONDS;
 use crate::store::events::NewEvent;
 use crate::store::runs::{self, RunRow};
@@ -67,7 +68,9 @@ async fn attempt(r: &Runner, run: RunRow) -> anyhow::Result<()> {
         .get(&run.backend)
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("backend {} is not configured here", run.backend))?;
-    if settle_kept_end(r, &run, &backend).await? {
+    // An end is kept only for an attempt whose container was launched (it has a handle):
+    // a run just claimed has none, and costs no read here.
+    if run.backend_ref.is_some() && settle_kept_end(r, &run, &backend).await? {
         return Ok(());
     }
     let mut secrets =
@@ -79,12 +82,16 @@ async fn attempt(r: &Runner, run: RunRow) -> anyhow::Result<()> {
         SecretString::from(ctx.keys.run_token(&run.id, run.attempt)),
     ));
     let redactor = Redactor::new(&secrets.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>());
+    // From here on a cancel of the run is told to this supervisor: at once when asked for
+    // on this replica, and by the runner's cancel loop (within a second) when asked for on
+    // another or a moment before this watch began.
+    let cancels = ctx.cancels.watch(&run.id);
 
     let handle = match launch(r, &backend, &run, secrets).await? {
         Ok(h) => h,
         Err(ended) => return record(r, &run, ended, None).await,
     };
-    let Some(started_at) = wait_until_started(r, &backend, &handle, &run).await? else {
+    let Some(started_at) = wait_until_started(r, &backend, &handle, &run, &cancels).await? else {
         return Ok(());
     };
     if run.status == RunStatus::Starting {
@@ -102,7 +109,7 @@ async fn attempt(r: &Runner, run: RunRow) -> anyhow::Result<()> {
         redactor.clone(),
         logs_done.clone(),
     ));
-    let ended = match watch(r, &backend, &handle, &run, started_at).await {
+    let ended = match watch(r, &backend, &handle, &run, started_at, &cancels).await {
         Ok(e) => e,
         Err(Detach::Shutdown) => {
             pump.abort();
@@ -135,25 +142,19 @@ async fn attempt(r: &Runner, run: RunRow) -> anyhow::Result<()> {
 /// machine may take long to store a chatty run's last lines, so the wait goes on as long
 /// as lines keep arriving; only a stream that stops moving for a while is given up on.
 async fn drain(r: &Runner, run_id: &str, pump: tokio::task::JoinHandle<()>) {
-    const STILL: Duration = Duration::from_secs(30);
+    // Looked at every 15 s, and given up after two looks without movement. The first look
+    // is the first reading: most streams end well before it, and cost no read at all.
+    const LOOK: Duration = Duration::from_secs(15);
     tokio::pin!(pump);
-    let progress = || async {
-        r.inner
-            .ctx
-            .store
-            .run(run_id)
-            .await
-            .map(|r| r.log_lines + r.log_dropped)
-            .ok()
-    };
-    let mut stored = progress().await;
+    let progress = || async { r.inner.ctx.store.log_position(run_id).await.ok() };
+    let mut stored = None;
     loop {
         tokio::select! {
             _ = &mut pump => return,
-            _ = tokio::time::sleep(STILL) => {}
+            _ = tokio::time::sleep(LOOK) => {}
         }
         let now = progress().await;
-        if now == stored {
+        if stored.is_some() && now == stored {
             tracing::warn!(
                 "the log stream has not moved for 30 s after the container ended; giving up on it"
             );
@@ -221,13 +222,21 @@ async fn launch(
 }
 
 /// Waits while the scheduler places and pulls; the start time, or `None` when the run
-/// already got its end recorded (cancelled or lost before it ever ran).
+/// already got its end recorded (cancelled or lost before it ever ran). The backend is
+/// asked again after 25 ms, then twice as long each time up to half a second: a scheduler
+/// (Swarm, Kubernetes, Nomad) often starts a short job within a second, and a fixed
+/// half-second pause made such a run wait for the next look long after it had ended.
 async fn wait_until_started(
     r: &Runner,
     backend: &Arc<dyn Backend>,
     handle: &RunHandle,
     run: &RunRow,
+    cancels: &CancelWatch,
 ) -> anyhow::Result<Option<i64>> {
+    const FIRST: Duration = Duration::from_millis(25);
+    const MOST: Duration = Duration::from_millis(500);
+    let mut pause = FIRST;
+    let mut cancel_told = false;
     loop {
         match backend.state(handle).await {
             Ok(TaskState::Running { started_at }) => {
@@ -244,7 +253,7 @@ async fn wait_until_started(
             }
             Ok(TaskState::Pending { .. }) | Err(_) => {}
         }
-        if r.inner.ctx.store.cancel_requested(&run.id).await? {
+        if std::mem::take(&mut cancel_told) && r.inner.ctx.store.cancel_requested(&run.id).await? {
             let grace = grace(run);
             let _ = backend.stop(handle, grace).await;
             let exit = backend.wait(handle).await.unwrap_or_else(|_| empty_exit());
@@ -253,8 +262,10 @@ async fn wait_until_started(
         }
         tokio::select! {
             _ = r.inner.shutdown.cancelled() => return Ok(None),
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = cancels.requested() => cancel_told = true,
+            _ = tokio::time::sleep(pause) => {}
         }
+        pause = (pause * 2).min(MOST);
     }
 }
 
@@ -300,15 +311,15 @@ async fn watch(
     handle: &RunHandle,
     run: &RunRow,
     started_at: i64,
+    cancels: &CancelWatch,
 ) -> Result<Ended, Detach> {
     let deadline = run.spec.timeout_seconds.map(|t| {
         let at = started_at + t * 1000;
         tokio::time::Instant::now() + Duration::from_millis((at - now_ms()).max(0) as u64)
     });
     let mut stopping: Option<Stopping> = None;
-    let cancels = r.inner.ctx.cancels.watch(&run.id);
-    // A cancel asked for before the watch began is found here; later ones are told.
-    let mut check_now = true;
+    // Set when a cancel was told: the store says whether it stands.
+    let mut check_now = false;
     loop {
         let mut wait = backend.wait(handle);
         let result = loop {
@@ -410,11 +421,8 @@ async fn pump_logs(
 ) {
     let store = &r.inner.ctx.store;
     loop {
-        let pos = match store.run(&run.id).await {
-            Ok(now) => Position {
-                bytes: now.log_bytes,
-                mark: now.log_mark,
-            },
+        let pos = match store.log_position(&run.id).await {
+            Ok((bytes, mark)) => Position { bytes, mark },
             Err(e) => {
                 tracing::warn!(error = %e, "could not read the log position");
                 Position {

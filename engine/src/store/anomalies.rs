@@ -212,8 +212,6 @@ pub struct ActiveRun {
     pub job: String,
     /// Where it stands.
     pub status: jobdock_types::RunStatus,
-    /// Its definition.
-    pub spec: jobdock_types::JobSpec,
     /// When it was triggered (ms).
     pub created_at: i64,
     /// When its current attempt's container started (ms).
@@ -223,29 +221,60 @@ pub struct ActiveRun {
 }
 
 impl Store {
-    /// The runs not final yet.
+    /// The runs not final yet: the columns that move, without their definitions (see
+    /// [`Store::monitoring_of`]).
     pub async fn active_runs(&self) -> Result<Vec<ActiveRun>> {
         let rows = sqlx::query(
-            "SELECT id, attempt, job_name, status, spec, created_at, started_at, last_output_at \
+            "SELECT id, attempt, job_name, status, created_at, started_at, last_output_at \
              FROM runs WHERE status IN ('queued', 'starting', 'running') ORDER BY seq",
         )
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|r| {
-                let spec: String = r.try_get("spec")?;
                 let status: String = r.try_get("status")?;
                 Ok(ActiveRun {
                     id: r.try_get("id")?,
                     attempt: r.try_get("attempt")?,
                     job: r.try_get("job_name")?,
                     status: status.parse().map_err(StoreError::Corrupt)?,
-                    spec: serde_json::from_str(&spec)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
                     created_at: r.try_get("created_at")?,
                     started_at: r.try_get("started_at")?,
                     last_output_at: r.try_get("last_output_at")?,
                 })
+            })
+            .collect()
+    }
+
+    /// The monitoring settings and expected duration of runs `ids` (from their definitions,
+    /// which do not change while a run lasts), in one statement.
+    pub async fn monitoring_of(
+        &self,
+        ids: &[&str],
+    ) -> Result<Vec<(String, jobdock_types::Monitoring, Option<i64>)>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT id, spec FROM runs WHERE id IN ({})",
+            marks.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for id in ids {
+            q = q.bind(*id);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                let spec: String = r.try_get("spec")?;
+                let spec: jobdock_types::JobSpec =
+                    serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                Ok((
+                    r.try_get("id")?,
+                    spec.monitoring.unwrap_or_default(),
+                    spec.expected_duration_seconds,
+                ))
             })
             .collect()
     }

@@ -152,6 +152,11 @@ impl Store {
             let pool = AnyPoolOptions::new()
                 .max_connections(size)
                 .acquire_timeout(Duration::from_secs(30))
+                // A pooled connection is pinged before each use by default: one more trip to
+                // the connection's worker thread per statement. A SQLite file does not go
+                // away under an open connection, so there is nothing to find out; a
+                // PostgreSQL server may have restarted, so its connections are still tested.
+                .test_before_acquire(dialect == Dialect::Postgres)
                 .after_release(|conn, _| Box::pin(release_outside_transactions(conn)));
             match dialect {
                 // WAL lets readers work while one writer writes; the busy timeout makes a

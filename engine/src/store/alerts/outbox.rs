@@ -231,6 +231,19 @@ impl Store {
             Dialect::Sqlite => "",
         };
         let free = "status = 'pending' AND (claimed_until IS NULL OR claimed_until < $3)";
+        let now = now_ms();
+        // Most passes find nothing due: a read then, which on SQLite takes no write lock
+        // and leaves the writers' queue alone, instead of an UPDATE every second.
+        let due = sqlx::query(&format!(
+            "SELECT 1 AS x FROM alert_outbox WHERE {} AND next_attempt_at <= $1 LIMIT 1",
+            free.replace("$3", "$1")
+        ))
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        if due.is_none() {
+            return Ok(Vec::new());
+        }
         let rows = sqlx::query(&format!(
             "UPDATE alert_outbox SET claimed_by = $1, claimed_until = $2 \
              WHERE id IN (SELECT id FROM alert_outbox WHERE {free} AND next_attempt_at <= $3 \
@@ -239,7 +252,7 @@ impl Store {
         ))
         .bind(owner)
         .bind(lease_until)
-        .bind(now_ms())
+        .bind(now)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;

@@ -174,7 +174,8 @@ async fn end_run(
     };
     assert!(runs::finish(&mut tx, &run.id, 1, to, &o, true)
         .await
-        .unwrap());
+        .unwrap()
+        .is_some());
     tx.commit().await.unwrap();
     run.id
 }

@@ -216,23 +216,43 @@ pub(crate) fn decode(r: &sqlx::any::AnyRow) -> Result<RunRow> {
         log_lines: r.try_get("log_lines")?,
         log_bytes: r.try_get("log_bytes")?,
         log_dropped: r.try_get("log_dropped")?,
-        log_mark: super::logs::LogMark {
-            stdout: super::logs::StreamMark {
-                ts: r.try_get("last_out_ts")?,
-                n: r.try_get("last_out_n")?,
-                cursor: r.try_get("log_out_cursor")?,
-            },
-            stderr: super::logs::StreamMark {
-                ts: r.try_get("last_err_ts")?,
-                n: r.try_get("last_err_n")?,
-                cursor: r.try_get("log_err_cursor")?,
-            },
-            cursor_attempt: r.try_get("log_cursor_attempt")?,
-        },
+        log_mark: decode_mark(r)?,
         log_complete: r.try_get::<i64, _>("log_complete")? != 0,
         progress: r.try_get("progress")?,
         progress_at: r.try_get("progress_at")?,
     })
+}
+
+/// The columns of a run's log mark, as [`decode_mark`] reads them.
+const MARK_COLUMNS: &str = "last_out_ts, last_out_n, log_out_cursor, last_err_ts, last_err_n, \
+    log_err_cursor, log_cursor_attempt";
+
+fn decode_mark(r: &sqlx::any::AnyRow) -> Result<super::logs::LogMark> {
+    Ok(super::logs::LogMark {
+        stdout: super::logs::StreamMark {
+            ts: r.try_get("last_out_ts")?,
+            n: r.try_get("last_out_n")?,
+            cursor: r.try_get("log_out_cursor")?,
+        },
+        stderr: super::logs::StreamMark {
+            ts: r.try_get("last_err_ts")?,
+            n: r.try_get("last_err_n")?,
+            cursor: r.try_get("log_err_cursor")?,
+        },
+        cursor_attempt: r.try_get("log_cursor_attempt")?,
+    })
+}
+
+/// What a supervisor reads of its run when the attempt ends: whether the run is still its
+/// own, and how much log the cap dropped.
+#[derive(Debug, Clone)]
+pub struct EndCheck {
+    /// The run's status now.
+    pub status: RunStatus,
+    /// The replica supervising it now.
+    pub lease_owner: Option<String>,
+    /// Log bytes dropped past the cap.
+    pub log_dropped: i64,
 }
 
 /// Inserts a run. A clash on the idempotency key is [`StoreError::Conflict`].
@@ -423,6 +443,33 @@ impl Store {
             .await?
             .ok_or(StoreError::NotFound)?;
         decode(&row)
+    }
+
+    /// How far a run's log is stored: its bytes and its mark (a supervisor's log stream
+    /// resumes from them), without reading the rest of the run.
+    pub async fn log_position(&self, id: &str) -> Result<(i64, super::logs::LogMark)> {
+        let row = sqlx::query(&format!(
+            "SELECT log_bytes, {MARK_COLUMNS} FROM runs WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        Ok((row.try_get("log_bytes")?, decode_mark(&row)?))
+    }
+
+    /// What [`EndCheck`] says of run `id`.
+    pub async fn end_check(&self, id: &str) -> Result<EndCheck> {
+        let row = sqlx::query("SELECT status, lease_owner, log_dropped FROM runs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        Ok(EndCheck {
+            status: status(row.try_get("status")?)?,
+            lease_owner: row.try_get("lease_owner")?,
+            log_dropped: row.try_get("log_dropped")?,
+        })
     }
 
     /// Runs newest first, optionally of one job and in one status, before `before_seq`.

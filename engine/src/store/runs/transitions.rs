@@ -200,9 +200,27 @@ async fn update_attempt(
     Ok(())
 }
 
-/// starting | running → a final status, for the given attempt. The run's slots are
-/// released unless `container_gone` is false (a run given up as lost while its backend could
-/// not be reached): those wait until the backend confirms the container is gone.
+/// A run's end as [`finish`] stored it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finished {
+    /// Unix ms of the latest attempt's start, if it started.
+    pub started_at: Option<i64>,
+    /// Unix ms.
+    pub finished_at: i64,
+}
+
+impl Finished {
+    /// How long the attempt ran, if it started.
+    pub fn duration(&self) -> Option<std::time::Duration> {
+        self.started_at
+            .map(|s| std::time::Duration::from_millis((self.finished_at - s).max(0) as u64))
+    }
+}
+
+/// starting | running → a final status, for the given attempt; `None` when the run was not
+/// in that attempt any more. The run's slots are released unless `container_gone` is false
+/// (a run given up as lost while its backend could not be reached): those wait until the
+/// backend confirms the container is gone.
 pub async fn finish(
     conn: &mut AnyConnection,
     id: &str,
@@ -210,14 +228,16 @@ pub async fn finish(
     to: RunStatus,
     o: &Outcome,
     container_gone: bool,
-) -> Result<bool> {
+) -> Result<Option<Finished>> {
     debug_assert!(to.is_final());
     let finished = o.finished_at.unwrap_or_else(now_ms);
+    // RETURNING gives the stored start with the end (for the metrics) without another read.
     let done = sqlx::query(
         "UPDATE runs SET status = $1, exit_code = $2, oom_killed = $3, reason = $4, finished_at = $5, \
          started_at = COALESCE(started_at, $6), first_started_at = COALESCE(first_started_at, $6), \
          lease_owner = NULL, lease_expires_at = NULL, holds_slot = $9 \
-         WHERE id = $7 AND attempt = $8 AND status IN ('starting', 'running')",
+         WHERE id = $7 AND attempt = $8 AND status IN ('starting', 'running') \
+         RETURNING started_at",
     )
     .bind(to.as_str())
     .bind(o.exit_code)
@@ -228,11 +248,15 @@ pub async fn finish(
     .bind(id)
     .bind(attempt)
     .bind(if container_gone { 0i64 } else { 1 })
-    .execute(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await?;
-    if done.rows_affected() == 0 {
-        return Ok(false);
-    }
+    let Some(done) = done else {
+        return Ok(None);
+    };
+    let stored = Finished {
+        started_at: done.try_get("started_at")?,
+        finished_at: finished,
+    };
     update_attempt(
         conn,
         id,
@@ -258,7 +282,7 @@ pub async fn finish(
     crate::store::alerts::enqueue_run_end(conn, id).await?;
     crate::store::callbacks::enqueue_run_end(conn, id).await?;
     crate::store::notify::run_ended(conn, id).await?;
-    Ok(true)
+    Ok(Some(stored))
 }
 
 /// Keeps how an attempt ended (`to`, and the outcome with its finish time) on the attempt,
@@ -331,6 +355,10 @@ pub async fn requeue(
 /// again from there), and never fails the run's end.
 async fn commit_held_state(conn: &mut AnyConnection, id: &str) -> Result<()> {
     use sqlx::Connection as _;
+    // Most runs hold no state: one read then, instead of a savepoint and its statements.
+    if !crate::store::state::holds_state(conn, id).await? {
+        return Ok(());
+    }
     let mut savepoint = conn.begin().await?;
     let job: String = sqlx::query("SELECT job_name FROM runs WHERE id = $1")
         .bind(id)

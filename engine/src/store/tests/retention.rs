@@ -84,6 +84,7 @@ async fn finished(s: &Store, job_id: &str, job_name: &str, age_ms: i64, lines: u
         runs::finish(&mut tx, &id, 1, RunStatus::Succeeded, &o, true)
             .await
             .unwrap()
+            .is_some()
     );
     tx.commit().await.unwrap();
     backdate(s, &id, age_ms).await;
@@ -160,9 +161,10 @@ async fn finishing_a_run_records_its_stats(pg: bool) {
         .unwrap();
     // Finishing again changes nothing: the compare-and-set refuses, no second row.
     assert!(
-        !runs::finish(&mut tx, &failed, 1, RunStatus::Failed, &o, true)
+        runs::finish(&mut tx, &failed, 1, RunStatus::Failed, &o, true)
             .await
             .unwrap()
+            .is_none()
     );
     tx.commit().await.unwrap();
 
