@@ -123,6 +123,32 @@ async fn shared_locks_hold_and_are_taken_all_at_once(pg: bool) {
         locks.iter().all(|l| l.holders.is_empty()),
         "no lock leaks: {locks:?}"
     );
+    // The store forgets which locks an ended run needed: the lock checks read a key's rows,
+    // which must not grow with every run ever made.
+    assert_eq!(
+        lock_rows(&app).await,
+        0,
+        "the ended runs' lock rows are gone"
+    );
+}
+
+/// The rows of `run_locks`, read from the engine's database.
+async fn lock_rows(app: &jobdock_testkit::TestApp) -> i64 {
+    use sqlx::Connection as _;
+    sqlx::any::install_default_drivers();
+    let url = match app.db() {
+        Some(db) => db.url.clone(),
+        None => format!(
+            "sqlite://{}?mode=ro",
+            app.data_dir().join("jobdock.db").display()
+        ),
+    };
+    let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+    let row = sqlx::query("SELECT COUNT(*) AS n FROM run_locks")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    sqlx::Row::try_get(&row, "n").unwrap()
 }
 
 async fn the_backend_cap_and_the_queue_cap_hold(pg: bool) {

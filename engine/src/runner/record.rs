@@ -118,9 +118,12 @@ async fn settle(
         .await?
         .then_some(None)
     } else {
-        runs::finish(&mut tx, &run.id, run.attempt, status, &outcome, gone)
-            .await?
-            .map(|f| f.duration())
+        let finished = runs::finish(&mut tx, &run.id, run.attempt, status, &outcome, gone).await?;
+        // A run given up as lost while its container may still run keeps its locks.
+        if finished.is_some() && gone && !run.spec.lock_keys.is_empty() {
+            runs::release_locks(&mut tx, &run.id).await?;
+        }
+        finished.map(|f| f.duration())
     };
     // The end-of-run anomalies are decided with the end itself, so that neither is
     // recorded without the other.

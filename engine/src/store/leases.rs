@@ -66,13 +66,18 @@ impl Store {
 
     /// Releases the slots of an ended run whose container is now known to be gone.
     pub async fn release_slot(&self, id: &str) -> Result<()> {
-        sqlx::query(
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
             "UPDATE runs SET holds_slot = 0 WHERE id = $1 \
              AND status NOT IN ('queued', 'starting', 'running')",
         )
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        if done.rows_affected() > 0 {
+            super::runs::release_locks(&mut tx, id).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 }

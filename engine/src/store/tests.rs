@@ -1,7 +1,7 @@
 //! Store tests: every test runs on embedded SQLite and on PostgreSQL.
 
 use jobdock_testkit::postgres::TestDb;
-use jobdock_types::JobSpec;
+use jobdock_types::{JobSpec, RunStatus};
 use serde_json::json;
 
 use super::*;
@@ -45,6 +45,7 @@ both!(
     migrations_run_again_without_change,
     a_connection_left_inside_a_transaction_is_not_reused,
     a_jobs_unfinished_runs_are_counted_with_the_oldest,
+    a_runs_lock_rows_last_while_it_waits_or_holds_its_slots,
 );
 
 fn spec(name: &str) -> JobSpec {
@@ -374,4 +375,59 @@ async fn a_jobs_unfinished_runs_are_counted_with_the_oldest(pg: bool) {
         }
     );
     tx.commit().await.unwrap();
+}
+
+async fn lock_rows(s: &Store, id: &str) -> i64 {
+    let row = sqlx::query("SELECT COUNT(*) AS n FROM run_locks WHERE run_id = $1")
+        .bind(id)
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+    sqlx::Row::try_get(&row, "n").unwrap()
+}
+
+async fn a_runs_lock_rows_last_while_it_waits_or_holds_its_slots(pg: bool) {
+    let (s, _g) = store(pg).await;
+    let mut a = spec("a");
+    a.lock_keys = vec!["source".into(), "sink".into()];
+    let mut tx = s.begin_write().await.unwrap();
+    let job = jobs::insert(&mut tx, NewJob { spec: &a }).await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let new = runs::NewRun::queued(&job, &a);
+        ids.push(runs::insert(&mut tx, new).await.unwrap().id);
+    }
+    tx.commit().await.unwrap();
+    assert_eq!(
+        lock_rows(&s, &ids[0]).await,
+        2,
+        "a queued run waits for its locks"
+    );
+
+    // Cancelled while queued: it needs its locks no more.
+    let mut tx = s.begin_write().await.unwrap();
+    assert!(runs::cancel_queued(&mut tx, &ids[0], "test").await.unwrap());
+    tx.commit().await.unwrap();
+    assert_eq!(lock_rows(&s, &ids[0]).await, 0);
+
+    // Lost while its container may still run: it keeps them until the container is gone.
+    let mut tx = s.begin_write().await.unwrap();
+    assert!(
+        runs::mark_starting(&mut tx, &ids[1], "me", now_ms() + 30_000)
+            .await
+            .unwrap()
+    );
+    let lost = runs::Outcome::default();
+    let done = runs::finish(&mut tx, &ids[1], 1, RunStatus::Lost, &lost, false).await;
+    assert!(done.unwrap().is_some());
+    tx.commit().await.unwrap();
+    assert_eq!(lock_rows(&s, &ids[1]).await, 2, "the slots are still held");
+    let (held, _) = {
+        let mut conn = s.pool.acquire().await.unwrap();
+        locks::lock_usage(&mut conn, "source").await.unwrap()
+    };
+    assert_eq!(held, 1);
+    s.release_slot(&ids[1]).await.unwrap();
+    assert_eq!(lock_rows(&s, &ids[1]).await, 0, "released with the slots");
+    assert_eq!(lock_rows(&s, &ids[2]).await, 2, "another run's rows stay");
 }

@@ -84,6 +84,7 @@ pub async fn cancel_queued(conn: &mut AnyConnection, id: &str, reason: &str) -> 
     if done.rows_affected() == 0 {
         return Ok(false);
     }
+    release_locks(conn, id).await?;
     let event = NewEvent::new(
         id,
         current_attempt(conn, id).await?,
@@ -197,6 +198,16 @@ async fn update_attempt(
     .bind(attempt)
     .execute(&mut *conn)
     .await?;
+    Ok(())
+}
+
+/// Forgets which locks run `id` needs, once it has ended and freed its slots: the lock
+/// checks read the rows of a key, which would otherwise grow with every run ever made.
+pub async fn release_locks(conn: &mut AnyConnection, id: &str) -> Result<()> {
+    sqlx::query("DELETE FROM run_locks WHERE run_id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
