@@ -62,7 +62,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Optional
 
-from .common import IMAGE, ROOT, Binaries, Process, Row, api, engine, log, run_to_end
+from .common import (IMAGE, ROOT, Binaries, Process, Row, api, engine, log, timed_docker_run,
+                     timed_run)
 from .polls import PG_ADMIN
 
 DAG_ID = "jobdock_bench_true"
@@ -248,16 +249,9 @@ def measure(bins: Binaries, work: Path) -> list[Row]:
                                              "command": ["true"]})
 
         def through_jobdock() -> float:
-            t0 = time.monotonic()
-            run = run_to_end(base, "bench-true")
-            if run["status"] != "succeeded":
-                raise RuntimeError(f"run {run['id']} ended {run['status']}: {run}")
-            return (time.monotonic() - t0) * 1000
+            return timed_run(base, "bench-true")
 
-        def docker_run() -> float:
-            t0 = time.monotonic()
-            subprocess.run(["docker", "run", "--rm", IMAGE, "true"], check=True)
-            return (time.monotonic() - t0) * 1000
+        docker_run = timed_docker_run
 
         log("warming up (one run of each, not counted)")
         docker_run()

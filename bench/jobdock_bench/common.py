@@ -191,6 +191,23 @@ def running_run(base: str, job: str) -> dict:
     return run
 
 
+def timed_run(base: str, job: str) -> float:
+    """Trigger->finished of a run of `job` through the engine at `base`, in ms; a run that
+    does not succeed raises."""
+    t0 = time.monotonic()
+    run = run_to_end(base, job)
+    if run["status"] != "succeeded":
+        raise RuntimeError(f"run {run['id']} ended {run['status']}: {run}")
+    return (time.monotonic() - t0) * 1000
+
+
+def timed_docker_run() -> float:
+    """`docker run --rm` of the test image running `true`, in ms."""
+    t0 = time.monotonic()
+    subprocess.run(["docker", "run", "--rm", IMAGE, "true"], check=True)
+    return (time.monotonic() - t0) * 1000
+
+
 @dataclass
 class Interleaved:
     """Both sides' times (ms) and the engine's CPU: per run of its own, and per second while

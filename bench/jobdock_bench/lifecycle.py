@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import os
 import statistics as st
-import subprocess
-import time
 from pathlib import Path
 
-from .common import IMAGE, Binaries, Row, api, engine, interleaved, run_to_end
+from .common import (IMAGE, Binaries, Row, api, engine, interleaved, timed_docker_run,
+                     timed_run)
 
 GOAL = "<= 1.00x docker run --rm; engine CPU per run <= 5 ms"
 
@@ -25,16 +24,9 @@ def measure(bins: Binaries, work: Path) -> list[Row]:
                                              "command": ["true"]})
 
         def through_jobdock() -> float:
-            t0 = time.monotonic()
-            run = run_to_end(base, "bench-true")
-            if run["status"] != "succeeded":
-                raise RuntimeError(f"run {run['id']} ended {run['status']}: {run}")
-            return (time.monotonic() - t0) * 1000
+            return timed_run(base, "bench-true")
 
-        def docker_run() -> float:
-            t0 = time.monotonic()
-            subprocess.run(["docker", "run", "--rm", IMAGE, "true"], check=True)
-            return (time.monotonic() - t0) * 1000
+        docker_run = timed_docker_run
 
         got = interleaved(e.pid, n, through_jobdock, docker_run)
     ours, theirs = got.ours, got.theirs

@@ -255,10 +255,9 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
         let sql = format!(
             "SELECT id, spec FROM runs WHERE id IN ({})",
-            marks.join(", ")
+            crate::store::placeholders(ids.len())
         );
         let mut q = sqlx::query(&sql);
         for id in ids {
@@ -327,10 +326,9 @@ impl Store {
         if run_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let marks: Vec<String> = (1..=run_ids.len()).map(|i| format!("${i}")).collect();
         let sql = format!(
             "SELECT {COLUMNS} FROM anomalies WHERE run_id IN ({}) ORDER BY id",
-            marks.join(", ")
+            crate::store::placeholders(run_ids.len())
         );
         let mut q = sqlx::query(&sql);
         for id in run_ids {

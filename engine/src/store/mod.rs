@@ -294,6 +294,14 @@ async fn checkpoints(pool: AnyPool) {
     }
 }
 
+/// `$1, $2, …, $n`: the parameters of an `IN (…)` list of `n` values, in both dialects.
+pub(crate) fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Now, as stored: Unix milliseconds.
 pub fn now_ms() -> i64 {
     Utc::now().timestamp_millis()

@@ -361,11 +361,10 @@ impl Store {
         if alert_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let marks: Vec<String> = (1..=alert_ids.len()).map(|i| format!("${i}")).collect();
         let sql = format!(
             "SELECT outbox_id, attempt, at, http_status, error, duration_ms FROM alert_attempts \
              WHERE outbox_id IN ({}) ORDER BY seq",
-            marks.join(", ")
+            crate::store::placeholders(alert_ids.len())
         );
         let mut q = sqlx::query(&sql);
         for id in alert_ids {

@@ -14,9 +14,11 @@
 use jobdock_types::{JobSpec, RunEventKind, RunStatus};
 use sqlx::{AnyConnection, Row};
 
+mod supervision;
 mod transitions;
 mod view;
 
+pub use supervision::EndCheck;
 pub use transitions::*;
 
 use super::events::{self, NewEvent};
@@ -224,10 +226,11 @@ pub(crate) fn decode(r: &sqlx::any::AnyRow) -> Result<RunRow> {
 }
 
 /// The columns of a run's log mark, as [`decode_mark`] reads them.
-const MARK_COLUMNS: &str = "last_out_ts, last_out_n, log_out_cursor, last_err_ts, last_err_n, \
+pub(super) const MARK_COLUMNS: &str =
+    "last_out_ts, last_out_n, log_out_cursor, last_err_ts, last_err_n, \
     log_err_cursor, log_cursor_attempt";
 
-fn decode_mark(r: &sqlx::any::AnyRow) -> Result<super::logs::LogMark> {
+pub(super) fn decode_mark(r: &sqlx::any::AnyRow) -> Result<super::logs::LogMark> {
     Ok(super::logs::LogMark {
         stdout: super::logs::StreamMark {
             ts: r.try_get("last_out_ts")?,
@@ -241,18 +244,6 @@ fn decode_mark(r: &sqlx::any::AnyRow) -> Result<super::logs::LogMark> {
         },
         cursor_attempt: r.try_get("log_cursor_attempt")?,
     })
-}
-
-/// What a supervisor reads of its run when the attempt ends: whether the run is still its
-/// own, and how much log the cap dropped.
-#[derive(Debug, Clone)]
-pub struct EndCheck {
-    /// The run's status now.
-    pub status: RunStatus,
-    /// The replica supervising it now.
-    pub lease_owner: Option<String>,
-    /// Log bytes dropped past the cap.
-    pub log_dropped: i64,
 }
 
 /// Inserts a run. A clash on the idempotency key is [`StoreError::Conflict`].
@@ -445,33 +436,6 @@ impl Store {
         decode(&row)
     }
 
-    /// How far a run's log is stored: its bytes and its mark (a supervisor's log stream
-    /// resumes from them), without reading the rest of the run.
-    pub async fn log_position(&self, id: &str) -> Result<(i64, super::logs::LogMark)> {
-        let row = sqlx::query(&format!(
-            "SELECT log_bytes, {MARK_COLUMNS} FROM runs WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or(StoreError::NotFound)?;
-        Ok((row.try_get("log_bytes")?, decode_mark(&row)?))
-    }
-
-    /// What [`EndCheck`] says of run `id`.
-    pub async fn end_check(&self, id: &str) -> Result<EndCheck> {
-        let row = sqlx::query("SELECT status, lease_owner, log_dropped FROM runs WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        Ok(EndCheck {
-            status: status(row.try_get("status")?)?,
-            lease_owner: row.try_get("lease_owner")?,
-            log_dropped: row.try_get("log_dropped")?,
-        })
-    }
-
     /// Runs newest first, optionally of one job and in one status, before `before_seq`.
     pub async fn runs(
         &self,
@@ -623,10 +587,9 @@ impl Store {
         if ids.is_empty() {
             return Ok(Default::default());
         }
-        let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
         let sql = format!(
             "SELECT id FROM runs WHERE id IN ({}) AND status IN ('queued', 'starting', 'running')",
-            marks.join(", ")
+            crate::store::placeholders(ids.len())
         );
         let mut q = sqlx::query(&sql);
         for id in ids {
