@@ -46,6 +46,7 @@ both!(
     a_connection_left_inside_a_transaction_is_not_reused,
     a_jobs_unfinished_runs_are_counted_with_the_oldest,
     a_runs_lock_rows_last_while_it_waits_or_holds_its_slots,
+    batches_of_any_length_are_stored_whole_and_in_order,
 );
 
 fn spec(name: &str) -> JobSpec {
@@ -468,4 +469,57 @@ async fn sqlite_log_is_checkpointed_beside_the_writers() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+/// Batches are cut into inserts of a few fixed lengths; whatever a batch's length, every
+/// line lands once, numbered on from the last, with its own fields.
+async fn batches_of_any_length_are_stored_whole_and_in_order(pg: bool) {
+    let (s, _g) = store(pg).await;
+    let a = spec("a");
+    let mut tx = s.begin_write().await.unwrap();
+    let job = jobs::insert(&mut tx, NewJob { spec: &a }).await.unwrap();
+    let id = runs::insert(&mut tx, runs::NewRun::queued(&job, &a))
+        .await
+        .unwrap()
+        .id;
+    tx.commit().await.unwrap();
+    let mut n = 0i64;
+    for len in [1usize, 3, 255, 256, 257, 700, 2000] {
+        let batch: Vec<_> = (0..len)
+            .map(|_| {
+                n += 1;
+                logs::NewLine {
+                    attempt: n % 3,
+                    ts: 1_000_000 + n,
+                    stream: if n % 2 == 0 { "stdout" } else { "stderr" },
+                    line: format!("line {n}"),
+                }
+            })
+            .collect();
+        s.append_logs(&id, &batch, Default::default())
+            .await
+            .unwrap();
+    }
+    let stored = s.logs(&id, 0, 10_000).await.unwrap();
+    assert_eq!(stored.len() as i64, n);
+    for (i, l) in stored.iter().enumerate() {
+        let k = i as i64 + 1;
+        assert_eq!(
+            (
+                l.line_no,
+                l.attempt,
+                l.ts,
+                l.stream.as_str(),
+                l.line.as_str()
+            ),
+            (
+                k,
+                k % 3,
+                1_000_000 + k,
+                if k % 2 == 0 { "stdout" } else { "stderr" },
+                format!("line {k}").as_str()
+            )
+        );
+    }
+    assert_eq!(s.run(&id).await.unwrap().log_lines, n);
 }

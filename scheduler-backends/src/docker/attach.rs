@@ -37,8 +37,10 @@ use crate::{BackendError, LogGap, LogItem, LogLine, LogStream, LogStreamBox};
 const BUFFERED_ITEMS: usize = 1024;
 const BUFFERED_BYTES: usize = 4 << 20;
 
-/// An item on its way to the reader, holding its share of the byte budget until taken.
-type Held = (Result<LogItem, BackendError>, OwnedSemaphorePermit);
+/// Items on their way to the reader (the lines of one frame travel together: one message
+/// and one wake-up per frame, not per line), holding their share of the byte budget until
+/// taken.
+type Held = (Vec<Result<LogItem, BackendError>>, OwnedSemaphorePermit);
 
 /// The writing end of the buffer between a container's output and its reader.
 pub(crate) struct Outlet {
@@ -55,7 +57,9 @@ pub(crate) fn pipe() -> (Outlet, mpsc::Receiver<Held>) {
 
 /// The reader's side of [`pipe`]: each item gives back its bytes as it is taken.
 pub(crate) fn reader(rx: mpsc::Receiver<Held>) -> LogStreamBox {
-    ReceiverStream::new(rx).map(|(item, _bytes)| item).boxed()
+    ReceiverStream::new(rx)
+        .flat_map(|(items, _bytes)| futures::stream::iter(items))
+        .boxed()
 }
 
 /// How long an attachment made at launch waits to be taken by a reader. Until then the
@@ -255,44 +259,53 @@ impl Emitter {
 
     /// Hands out `lines`, numbering each in its stream.
     pub(crate) async fn lines(&mut self, lines: Vec<LogLine>) -> Result<(), Closed> {
-        for mut line in lines {
-            if self.anchor == Anchor::Unknown {
-                self.anchor = find_anchor(&self.docker, &self.id, &line).await;
-            }
-            let i = index(line.stream);
-            self.ordinals[i] += 1;
-            let cursor = DockerCursor {
-                ordinal: self.ordinals[i],
-                ts_ns: line.ts.timestamp_nanos_opt().unwrap_or(0),
-                anchor_ns: self.anchor.ns(),
-            };
-            line.cursor = Some(cursor.to_string());
-            self.send(Ok(LogItem::Line(line))).await?;
+        if lines.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        if self.anchor == Anchor::Unknown {
+            self.anchor = find_anchor(&self.docker, &self.id, &lines[0]).await;
+        }
+        let mut bytes = 0;
+        let items = lines
+            .into_iter()
+            .map(|mut line| {
+                let i = index(line.stream);
+                self.ordinals[i] += 1;
+                let cursor = DockerCursor {
+                    ordinal: self.ordinals[i],
+                    ts_ns: line.ts.timestamp_nanos_opt().unwrap_or(0),
+                    anchor_ns: self.anchor.ns(),
+                };
+                line.cursor = Some(cursor.encode());
+                bytes += line.line.len();
+                Ok(LogItem::Line(line))
+            })
+            .collect();
+        self.send(items, bytes).await
     }
 
     /// Reports output that cannot be delivered, at this place.
     pub(crate) async fn gap(&mut self, gap: LogGap) -> Result<(), Closed> {
-        self.send(Ok(LogItem::Gap(gap))).await
+        self.send(vec![Ok(LogItem::Gap(gap))], 0).await
     }
 
     /// Hands out an error; the reader resumes from its stored position.
     pub(crate) async fn fail(&mut self, err: BackendError) {
-        let _ = self.send(Err(err)).await;
+        let _ = self.send(vec![Err(err)], 0).await;
     }
 
-    async fn send(&self, item: Result<LogItem, BackendError>) -> Result<(), Closed> {
-        let bytes = match &item {
-            Ok(LogItem::Line(l)) => l.line.len(),
-            _ => 0,
-        };
+    /// Queues `items`, of `bytes` of output, once the buffer has room for them.
+    async fn send(
+        &self,
+        items: Vec<Result<LogItem, BackendError>>,
+        bytes: usize,
+    ) -> Result<(), Closed> {
         let permits = bytes.clamp(1, BUFFERED_BYTES) as u32;
         let held = Arc::clone(&self.tx.budget)
             .acquire_many_owned(permits)
             .await
             .map_err(|_| Closed)?;
-        self.tx.tx.send((item, held)).await.map_err(|_| Closed)
+        self.tx.tx.send((items, held)).await.map_err(|_| Closed)
     }
 
     /// Copies an attached connection's frames until the container's output ends, stamping

@@ -69,7 +69,7 @@ impl LineAssembler {
         mut rest: &[u8],
     ) -> Vec<LogLine> {
         let mut lines = Vec::new();
-        while let Some(nl) = rest.iter().position(|b| *b == b'\n') {
+        while let Some(nl) = memchr::memchr(b'\n', rest) {
             let (ts, bytes) = match self.partial(stream).take() {
                 Some(mut p) => {
                     p.bytes.extend_from_slice(&rest[..nl]);
