@@ -128,15 +128,19 @@ impl Pump<'_> {
         let mut stream = self.backend.logs(self.handle, &resume);
         let mut bytes = from.bytes;
         let mut buf = Buffer::new(from.mark.clone());
-        let mut deadline: Option<tokio::time::Instant> = None;
+        // When the oldest buffered line is due to be written. One timer, reset as lines
+        // come, and polled only while the stream has nothing ready (`biased`): a chatty
+        // stream then costs no timer or channel registration per line.
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
+        let mut armed = false;
         loop {
             let next = tokio::select! {
+                biased;
                 n = stream.next() => n,
-                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)),
-                    if deadline.is_some() =>
-                {
+                () = &mut timer, if armed => {
                     self.send(&tx, &mut buf, false).await?;
-                    deadline = None;
+                    armed = false;
                     continue;
                 }
                 // The writer stopped: nothing read from now on could be stored.
@@ -152,7 +156,7 @@ impl Pump<'_> {
                     buf.gap = Some(gap.reason.clone());
                     buf.push(gap_notice(&gap, self.attempt));
                     self.send(&tx, &mut buf, false).await?;
-                    deadline = None;
+                    armed = false;
                     continue;
                 }
             };
@@ -199,9 +203,12 @@ impl Pump<'_> {
             });
             if full {
                 self.send(&tx, &mut buf, false).await?;
-                deadline = None;
-            } else if deadline.is_none() {
-                deadline = Some(tokio::time::Instant::now() + BATCH_DELAY);
+                armed = false;
+            } else if !armed {
+                timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + BATCH_DELAY);
+                armed = true;
             }
         }
         // The end of the stream: the last progress report is recorded however soon after
