@@ -2,16 +2,22 @@
 Jobdock's side, with all of them running: the engine's resident memory, its CPU per second
 (the per-pass cost of supervising them: heartbeats, anomaly checks, cancel checks), and the
 p99 of API calls that read the store (a running run, and the list of running runs). The best
-possible side: the same engine, measured just before, with nothing running."""
+possible side: the same engine, measured just before, with nothing running. A bare axum
+endpoint (bench/baseline, serving the probe run's JSON) is measured beside it in both states:
+how much slower the machine itself answers with that many containers running."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import time
 from pathlib import Path
 
-from .common import IMAGE, Binaries, Row, api, cpu_ms, engine, log, rss_mib, running_run, wrk
+from .common import (IMAGE, TOKEN, Binaries, Process, Row, api, cpu_ms, engine, log, rss_mib,
+                     running_run, wrk)
 
+BARE = "the machine (a bare axum endpoint)"
 GOAL = "RSS <= 150 MiB; API p99 <= 1.2x idle; CPU grows with what changes, not with what runs"
 
 
@@ -21,7 +27,8 @@ def running(base: str) -> int:
 
 def measure(bins: Binaries, work: Path) -> list[Row]:
     n = int(os.environ.get("BENCH_MANY_RUNS", "300"))
-    with engine(bins.engine, work, env={"JOBDOCK_MAX_RUNNING": "docker=1000"}) as e:
+    with engine(bins.engine, work, env={"JOBDOCK_MAX_RUNNING": "docker=1000"}) as e, \
+            contextlib.ExitStack() as stack:
         base = f"http://{e.addr}"
         api(f"{base}/api/v1/jobs", "POST", {
             "name": "bench-many", "image": IMAGE, "command": ["sleep", "3600"],
@@ -34,11 +41,19 @@ def measure(bins: Binaries, work: Path) -> list[Row]:
                  "list (a job's runs)": "/api/v1/runs?job=bench-probe&limit=50",
                  "list (jobs)": "/api/v1/jobs"}
 
+        body = work / "many-run.json"
+        body.write_text(json.dumps(probe))
+        bare = Process([str(bins.baseline), "127.0.0.1:0", TOKEN, str(body)], {},
+                       r"listening on (\S+)", work / "many-baseline.log")
+        stack.callback(bare.stop)
+
         def sample() -> dict:
             c0, t0 = cpu_ms(e.pid), time.monotonic()
             time.sleep(10)
             cpu = (cpu_ms(e.pid) - c0) / (time.monotonic() - t0)
             p99 = {k: wrk(f"{base}{p}", connections=8, seconds=5) for k, p in paths.items()}
+            p99[BARE] = wrk(f"http://{bare.addr}/api/v1/runs/{probe['id']}", connections=8,
+                            seconds=5)
             return {"cpu_ms_per_s": round(cpu, 2), "rss_mib": rss_mib(e.pid), **p99}
 
         log("measuring with one run going")
@@ -54,6 +69,7 @@ def measure(bins: Binaries, work: Path) -> list[Row]:
         started = time.monotonic() - t0
         log(f"{n} running after {started:.0f} s; measuring")
         busy = sample()
+        stack.close()
         api(f"{base}/api/v1/jobs/bench-many?force=true", "DELETE")
         api(f"{base}/api/v1/jobs/bench-probe?force=true", "DELETE")
         while running(base) > 0 or api(
@@ -65,7 +81,7 @@ def measure(bins: Binaries, work: Path) -> list[Row]:
         round(busy["cpu_ms_per_s"] / idle["cpu_ms_per_s"], 2) if idle["cpu_ms_per_s"] else None,
         GOAL, {"runs": n, "seconds_to_start": round(started, 1), "busy": busy, "idle": idle},
     )]
-    for k in paths:
+    for k in [*paths, BARE]:
         rows.append(Row(f"{n} runs at once: {k}", f"p99 {busy[k]['p99_ms']} ms",
                         f"p99 {idle[k]['p99_ms']} ms (one run)",
                         round(busy[k]["p99_ms"] / idle[k]["p99_ms"], 2), GOAL, {}))
