@@ -55,7 +55,7 @@ pub(crate) fn pipe() -> (Outlet, mpsc::Receiver<Held>) {
     (Outlet { tx, budget }, rx)
 }
 
-/// The reader's side of [`pipe`]: each item gives back its bytes as it is taken.
+/// The reader's side of [`pipe`]: a message gives back its bytes when it is taken.
 pub(crate) fn reader(rx: mpsc::Receiver<Held>) -> LogStreamBox {
     ReceiverStream::new(rx)
         .flat_map(|(items, _bytes)| futures::stream::iter(items))
