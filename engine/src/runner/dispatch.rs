@@ -58,11 +58,25 @@ impl Runner {
         for _ in 0..PAGES {
             let due = runs::due(&mut tx, &backends, after, PAGE).await?;
             let last_page = (due.len() as i64) < PAGE;
-            for run in due {
-                after = run.seq;
+            for due in due {
+                after = due.seq;
+                if slots.blocked_jobs.contains(&due.job_id) {
+                    let wait = format!("waiting behind an earlier run of job `{}`", due.job_name);
+                    self.note_waiting(&mut tx, &due.id, due.attempt, &wait)
+                        .await?;
+                    continue;
+                }
+                // The whole run, for its locks and its supervisor. Whether it is still
+                // queued is settled by `mark_starting` below, as for the page itself.
+                let run = match runs::get(&mut tx, &due.id).await {
+                    Ok(run) => run,
+                    Err(StoreError::NotFound) => continue,
+                    Err(e) => return Err(e),
+                };
                 if let Some(wait) = self.fits(&mut tx, &mut slots, &run).await? {
                     slots.blocked_jobs.insert(run.job_id.clone());
-                    self.note_waiting(&mut tx, &run, &wait).await?;
+                    self.note_waiting(&mut tx, &run.id, run.attempt, &wait)
+                        .await?;
                     continue;
                 }
                 if runs::mark_starting(&mut tx, &run.id, &self.inner.owner, self.lease_until())
@@ -88,18 +102,19 @@ impl Runner {
     async fn note_waiting(
         &self,
         tx: &mut Conn,
-        run: &RunRow,
+        run_id: &str,
+        attempt: i64,
         wait: &str,
     ) -> Result<(), StoreError> {
         let mut noted = self.inner.waiting_noted.lock().await;
-        if noted.get(&run.id).map(String::as_str) == Some(wait) {
+        if noted.get(run_id).map(String::as_str) == Some(wait) {
             return Ok(());
         }
-        events::note_waiting(tx, &run.id, run.attempt, wait).await?;
+        events::note_waiting(tx, run_id, attempt, wait).await?;
         if noted.len() > 10_000 {
             noted.clear();
         }
-        noted.insert(run.id.clone(), wait.to_owned());
+        noted.insert(run_id.to_owned(), wait.to_owned());
         Ok(())
     }
 
@@ -110,12 +125,6 @@ impl Runner {
         slots: &mut Slots,
         run: &RunRow,
     ) -> Result<Option<String>, StoreError> {
-        if slots.blocked_jobs.contains(&run.job_id) {
-            return Ok(Some(format!(
-                "waiting behind an earlier run of job `{}`",
-                run.job_name
-            )));
-        }
         let job_held = match slots.job.get(&run.job_id) {
             Some(n) => *n,
             None => {

@@ -14,10 +14,12 @@
 use jobdock_types::{JobSpec, RunEventKind, RunStatus};
 use sqlx::{AnyConnection, Row};
 
+mod queue;
 mod supervision;
 mod transitions;
 mod view;
 
+pub use queue::{due, DueRun};
 pub use supervision::EndCheck;
 pub use transitions::*;
 
@@ -331,28 +333,6 @@ pub async fn by_idempotency_key(
     .fetch_optional(&mut *conn)
     .await?;
     row.as_ref().map(decode).transpose()
-}
-
-/// Queued runs whose time has come, oldest first, after position `after_seq`.
-pub async fn due(
-    conn: &mut AnyConnection,
-    backends: &[String],
-    after_seq: i64,
-    limit: i64,
-) -> Result<Vec<RunRow>> {
-    let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM runs WHERE status = 'queued' AND seq > $1 \
-         AND (next_attempt_at IS NULL OR next_attempt_at <= $2) ORDER BY seq LIMIT $3"
-    ))
-    .bind(after_seq)
-    .bind(now_ms())
-    .bind(limit)
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter()
-        .map(decode)
-        .filter(|r| r.as_ref().map_or(true, |r| backends.contains(&r.backend)))
-        .collect()
 }
 
 /// How many runs of a job hold a slot.
