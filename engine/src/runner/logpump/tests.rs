@@ -105,6 +105,20 @@ async fn run_row(store: &Store) -> String {
     run.id
 }
 
+/// A fresh store holding one run that has been claimed; the directory keeps it alive.
+async fn store_with_run() -> (tempfile::TempDir, Store, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_sqlite(&dir.path().join("t.db")).await.unwrap();
+    let run_id = run_row(&store).await;
+    (dir, store, run_id)
+}
+
+/// The texts of the run's stored lines, in the order stored.
+async fn stored_lines(store: &Store, run_id: &str) -> Vec<String> {
+    let lines = store.logs(run_id, 0, 100_000).await.unwrap();
+    lines.into_iter().map(|l| l.line).collect()
+}
+
 async fn pump_once(
     store: &Store,
     backend: &Arc<dyn Backend>,
@@ -139,9 +153,7 @@ async fn pump_once(
 /// mark (a restarted backend stamps anew): nothing lost, nothing twice.
 #[tokio::test]
 async fn resumes_from_stored_cursors_of_the_same_attempt() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_sqlite(&dir.path().join("t.db")).await.unwrap();
-    let run_id = run_row(&store).await;
+    let (_dir, store, run_id) = store_with_run().await;
     let scripted = Arc::new(Scripted::default());
     scripted.reads.lock().unwrap().extend([
         vec![line(10, "a", 2), line(20, "b", 4)],
@@ -161,13 +173,7 @@ async fn resumes_from_stored_cursors_of_the_same_attempt() {
     );
     assert_eq!(asked[1].stdout.as_deref(), Some("4"), "resumed after `b`");
     assert_eq!(asked[2].stdout, None, "a new attempt's log starts afresh");
-    let stored: Vec<_> = store
-        .logs(&run_id, 0, 100)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|l| l.line)
-        .collect();
+    let stored = stored_lines(&store, &run_id).await;
     assert_eq!(stored, ["a", "b", "c", "first of attempt 2"]);
     // Read by time, the stream keeps the order it came in: a line never sorts before
     // its predecessor because its stamp is older.
@@ -197,9 +203,7 @@ async fn resumes_from_stored_cursors_of_the_same_attempt() {
 /// says what is missing and why, and marks the run's log incomplete with a timeline event.
 #[tokio::test]
 async fn a_gap_is_stored_at_its_place_and_marks_the_log_incomplete() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_sqlite(&dir.path().join("t.db")).await.unwrap();
-    let run_id = run_row(&store).await;
+    let (_dir, store, run_id) = store_with_run().await;
     assert!(store.run(&run_id).await.unwrap().log_complete);
     let gap = LogGap {
         after: Some(at(10)),
@@ -250,9 +254,7 @@ async fn a_gap_is_stored_at_its_place_and_marks_the_log_incomplete() {
 /// supervisors never both store a line.
 #[tokio::test]
 async fn a_pump_whose_lease_moved_on_stores_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_sqlite(&dir.path().join("t.db")).await.unwrap();
-    let run_id = run_row(&store).await;
+    let (_dir, store, run_id) = store_with_run().await;
     assert!(store.adopt(&run_id, "other", i64::MAX, true).await.unwrap());
     // One line, then a container that stays quiet: the refusal of the batch stops the
     // pump, however long the backend's stream stays open.
@@ -283,9 +285,7 @@ async fn a_pump_whose_lease_moved_on_stores_nothing() {
 /// the stored position is after them: the resumed read starts there.
 #[tokio::test]
 async fn batches_read_before_a_broken_stream_are_stored() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_sqlite(&dir.path().join("t.db")).await.unwrap();
-    let run_id = run_row(&store).await;
+    let (_dir, store, run_id) = store_with_run().await;
     let scripted = Arc::new(Scripted::default());
     let mut read: Vec<_> = (1..=2_500u64)
         .map(|i| line(i as i64, &format!("line {i}"), i))
@@ -297,13 +297,7 @@ async fn batches_read_before_a_broken_stream_are_stored() {
     let backend: Arc<dyn Backend> = scripted;
     let broke = pump_once(&store, &backend, &run_id, 1).await;
     assert!(matches!(broke, Err(PumpError::Backend(_))), "{broke:?}");
-    let stored: Vec<_> = store
-        .logs(&run_id, 0, 10_000)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|l| l.line)
-        .collect();
+    let stored = stored_lines(&store, &run_id).await;
     let full_batch: Vec<_> = (1..=2_000).map(|i| format!("line {i}")).collect();
     assert_eq!(stored, full_batch, "the batch read whole before the break");
     let mark = store.run(&run_id).await.unwrap().log_mark;
