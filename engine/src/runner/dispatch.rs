@@ -2,20 +2,18 @@
 //! transaction per pass. A run starts only when every slot it needs is free at once — its
 //! job's `max_parallel`, each of its locks, its backend's cap — and takes them all together,
 //! so two jobs sharing two locks can never deadlock. Once a run of a job must wait, later
-//! runs of that job wait too (first in, first out per job).
+//! runs of that job wait too (first in, first out per job): a pass reads the first due run
+//! of each job, and a job's next run only once it has claimed the one before.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use super::Runner;
-use crate::store::events;
 use crate::store::locks::lock_usage;
-use crate::store::runs::{self, RunRow};
-use crate::store::{Conn, StoreError};
+use crate::store::runs::{self, DueRun, RunRow};
+use crate::store::{events, Conn, StoreError};
 
-/// Queued runs read per page; a pass reads at most `PAGES` pages, so that runs stuck behind
-/// a full lock do not hide startable ones further back.
-const PAGE: i64 = 200;
-const PAGES: usize = 10;
+/// Most runs one pass looks at; the rest wait for the next pass.
+const PER_PASS: usize = 2_000;
 
 /// What one pass knows of the slots taken: counted once from the store, then kept.
 #[derive(Default)]
@@ -25,8 +23,12 @@ struct Slots {
     job_limit: HashMap<String, i64>,
     lock: HashMap<String, (i64, i64)>,
     backend: HashMap<String, i64>,
-    blocked_jobs: HashSet<String>,
 }
+
+/// What this replica last noted on the runs waiting behind a job's first queued run: which
+/// run was first then, and the last run noted. A long queue costs no write per pass.
+#[derive(Default)]
+pub(super) struct BehindNoted(HashMap<String, (i64, i64)>);
 
 impl Runner {
     pub(super) async fn dispatch_loop(&self) {
@@ -54,29 +56,30 @@ impl Runner {
         let backends = self.inner.backends.name_strings();
         let mut slots = Slots::default();
         let mut claimed = Vec::new();
-        let mut after = 0;
-        for _ in 0..PAGES {
-            let due = runs::due(&mut tx, &backends, after, PAGE).await?;
-            let last_page = (due.len() as i64) < PAGE;
-            for due in due {
-                after = due.seq;
-                if slots.blocked_jobs.contains(&due.job_id) {
-                    let wait = format!("waiting behind an earlier run of job `{}`", due.job_name);
-                    self.note_waiting(&mut tx, &due.id, due.attempt, &wait)
-                        .await?;
-                    continue;
-                }
-                // The whole run, for its locks and its supervisor. Whether it is still
-                // queued is settled by `mark_starting` below, as for the page itself.
-                let run = match runs::get(&mut tx, &due.id).await {
-                    Ok(run) => run,
-                    Err(StoreError::NotFound) => continue,
-                    Err(e) => return Err(e),
-                };
+        // Each job's next due run, by queue order: the oldest of them is looked at first.
+        let mut next: BTreeMap<i64, DueRun> = runs::heads(&mut tx, &backends)
+            .await?
+            .into_iter()
+            .map(|due| (due.seq, due))
+            .collect();
+        let mut looked = 0;
+        while let Some((_, due)) = next.pop_first() {
+            looked += 1;
+            if looked > PER_PASS {
+                break;
+            }
+            // The whole run, for its locks and its supervisor. Whether it is still queued is
+            // settled by `mark_starting` below.
+            let run = match runs::get(&mut tx, &due.id).await {
+                Ok(run) => Some(run),
+                Err(StoreError::NotFound) => None,
+                Err(e) => return Err(e),
+            };
+            if let Some(run) = run {
                 if let Some(wait) = self.fits(&mut tx, &mut slots, &run).await? {
-                    slots.blocked_jobs.insert(run.job_id.clone());
                     self.note_waiting(&mut tx, &run.id, run.attempt, &wait)
                         .await?;
+                    self.note_behind(&mut tx, &due).await?;
                     continue;
                 }
                 if runs::mark_starting(&mut tx, &run.id, &self.inner.owner, self.lease_until())
@@ -89,8 +92,12 @@ impl Runner {
                     claimed.push(run);
                 }
             }
-            if last_page {
-                break;
+            if due.last_seq > due.seq {
+                if let Some(after) =
+                    runs::next_of_job(&mut tx, &backends, &due.job_id, due.seq).await?
+                {
+                    next.insert(after.seq, after);
+                }
             }
         }
         tx.commit().await?;
@@ -115,6 +122,31 @@ impl Runner {
             noted.clear();
         }
         noted.insert(run_id.to_owned(), wait.to_owned());
+        Ok(())
+    }
+
+    /// Notes on the runs queued behind `first`, the first due run of its job, which cannot
+    /// start now, that they wait behind it: those not noted since `first` became first.
+    async fn note_behind(&self, tx: &mut Conn, first: &DueRun) -> Result<(), StoreError> {
+        if first.last_seq <= first.seq {
+            return Ok(());
+        }
+        let mut noted = self.inner.behind_noted.lock().await;
+        let from = match noted.0.get(&first.job_id) {
+            Some(&(head, upto)) if head == first.seq => upto,
+            _ => first.seq,
+        };
+        if from >= first.last_seq {
+            return Ok(());
+        }
+        let wait = format!("waiting behind an earlier run of job `{}`", first.job_name);
+        runs::note_behind(tx, &first.job_id, from, first.last_seq, &wait).await?;
+        if noted.0.len() > 10_000 {
+            noted.0.clear();
+        }
+        noted
+            .0
+            .insert(first.job_id.clone(), (first.seq, first.last_seq));
         Ok(())
     }
 

@@ -118,6 +118,8 @@ struct Inner {
     jobs_changed: std::sync::atomic::AtomicBool,
     /// What each queued run was last recorded as waiting for, by this replica.
     waiting_noted: tokio::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// What was last noted on the runs queued behind each job's first.
+    behind_noted: tokio::sync::Mutex<dispatch::BehindNoted>,
     shutdown: CancellationToken,
 }
 
@@ -148,6 +150,7 @@ impl Runner {
                 alerts_due: Notify::new(),
                 jobs_changed: std::sync::atomic::AtomicBool::new(false),
                 waiting_noted: Default::default(),
+                behind_noted: Default::default(),
                 shutdown: CancellationToken::new(),
             }),
         }

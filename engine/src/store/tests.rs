@@ -229,6 +229,7 @@ async fn migrations_run_again_without_change(pg: bool) {
     s.ping().await.unwrap();
 }
 
+mod queue;
 mod retention;
 
 async fn anomalies_are_raised_once_and_a_success_closes_only_ended_ones(pg: bool) {

@@ -19,7 +19,7 @@ mod supervision;
 mod transitions;
 mod view;
 
-pub use queue::{due, DueRun};
+pub use queue::{heads, next_of_job, note_behind, DueRun};
 pub use supervision::EndCheck;
 pub use transitions::*;
 

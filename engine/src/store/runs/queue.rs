@@ -1,14 +1,18 @@
-//! The queue as the dispatcher reads it on each pass.
+//! The queue as the dispatcher reads it on each pass: by job, since runs of one job start
+//! in the order they came (once one must wait, the later ones wait behind it). A pass reads
+//! the first due run of each job, and a job's next run only after it claimed the one before.
+//! Reading every queued run on each pass instead cost 41.7 ms of engine CPU per run with
+//! 5,000 queued over 50 jobs: each pass decoded the same thousands of runs that could not
+//! start.
 
+use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::super::{now_ms, Result};
+use jobdock_types::RunEventKind;
 
-/// A queued run that may start now, as a dispatch pass first sees it: enough to tell
-/// whether its job already waits in this pass. The whole run is read only for the runs
-/// that may start. A pass looks at up to 2,000 queued runs, nearly all of them behind an
-/// earlier run of their job when the queue is long; reading each whole (38 columns and its
-/// definition's JSON) cost 41.7 ms of engine CPU per run with 5,000 queued.
+/// A queued run that may start now, as a dispatch pass first sees it. The whole run is read
+/// only for the runs that may start.
 #[derive(Debug, Clone)]
 pub struct DueRun {
     /// Queue order.
@@ -23,40 +27,120 @@ pub struct DueRun {
     pub attempt: i64,
     /// The backend it runs on.
     pub backend: String,
+    /// The queue order of its job's last due run: when it is `seq`, nothing of the job
+    /// waits behind it.
+    pub last_seq: i64,
 }
 
-/// Queued runs due now (not waiting out a retry's backoff) after `after_seq`, oldest first,
-/// at most `limit`, on one of `backends`.
-pub async fn due(
+/// `status = 'queued'`, not waiting out a retry's backoff (`$1` is now), on one of the
+/// backends bound from `$2` on.
+fn due_where(backends: usize) -> String {
+    let list = (0..backends)
+        .map(|i| format!("${}", i + 2))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= $1) \
+         AND backend IN ({list})"
+    )
+}
+
+fn bind_due<'q>(
+    sql: &'q str,
+    backends: &'q [String],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    let mut q = sqlx::query(sql).bind(now_ms());
+    for b in backends {
+        q = q.bind(b.as_str());
+    }
+    q
+}
+
+fn due_run(r: &AnyRow) -> Result<DueRun> {
+    Ok(DueRun {
+        seq: r.try_get("seq")?,
+        id: r.try_get("id")?,
+        job_id: r.try_get("job_id")?,
+        job_name: r.try_get("job_name")?,
+        attempt: r.try_get("attempt")?,
+        backend: r.try_get("backend")?,
+        last_seq: r.try_get("last_seq")?,
+    })
+}
+
+/// The first due run of each job with due runs on one of `backends`, oldest first.
+pub async fn heads(conn: &mut AnyConnection, backends: &[String]) -> Result<Vec<DueRun>> {
+    if backends.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT r.seq, r.id, r.job_id, r.job_name, r.attempt, r.backend, h.last_seq \
+         FROM (SELECT MIN(seq) AS first_seq, MAX(seq) AS last_seq FROM runs \
+               WHERE {} GROUP BY job_id) h \
+         JOIN runs r ON r.seq = h.first_seq ORDER BY r.seq",
+        due_where(backends.len())
+    );
+    let rows = bind_due(&sql, backends).fetch_all(&mut *conn).await?;
+    rows.iter().map(due_run).collect()
+}
+
+/// The due run of `job_id` that comes after `after_seq`, if any.
+pub async fn next_of_job(
     conn: &mut AnyConnection,
     backends: &[String],
+    job_id: &str,
     after_seq: i64,
-    limit: i64,
-) -> Result<Vec<DueRun>> {
-    let rows = sqlx::query(
-        "SELECT seq, id, job_id, job_name, attempt, backend FROM runs \
-         WHERE status = 'queued' AND seq > $1 \
-         AND (next_attempt_at IS NULL OR next_attempt_at <= $2) ORDER BY seq LIMIT $3",
-    )
-    .bind(after_seq)
-    .bind(now_ms())
-    .bind(limit)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut due = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let backend: String = r.try_get("backend")?;
-        if !backends.contains(&backend) {
-            continue;
-        }
-        due.push(DueRun {
-            seq: r.try_get("seq")?,
-            id: r.try_get("id")?,
-            job_id: r.try_get("job_id")?,
-            job_name: r.try_get("job_name")?,
-            attempt: r.try_get("attempt")?,
-            backend,
-        });
+) -> Result<Option<DueRun>> {
+    if backends.is_empty() {
+        return Ok(None);
     }
-    Ok(due)
+    let n = backends.len();
+    let sql = format!(
+        "SELECT seq, id, job_id, job_name, attempt, backend, \
+                (SELECT MAX(seq) FROM runs WHERE {due} AND job_id = ${job}) AS last_seq \
+         FROM runs WHERE {due} AND job_id = ${job} AND seq > ${after} ORDER BY seq LIMIT 1",
+        due = due_where(n),
+        job = n + 2,
+        after = n + 3,
+    );
+    let row = bind_due(&sql, backends)
+        .bind(job_id)
+        .bind(after_seq)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.as_ref().map(due_run).transpose()
+}
+
+/// Notes on the queued runs of `job_id` after `after_seq` up to `upto_seq` that they wait
+/// for `reason` (behind the run at `after_seq`), with a `waiting` event for each run whose
+/// reason changed — in two statements however many runs there are.
+pub async fn note_behind(
+    conn: &mut AnyConnection,
+    job_id: &str,
+    after_seq: i64,
+    upto_seq: i64,
+    reason: &str,
+) -> Result<()> {
+    const CHANGED: &str = "job_id = $1 AND status = 'queued' AND seq > $2 AND seq <= $3 \
+                           AND (waiting_for IS NULL OR waiting_for <> $4)";
+    sqlx::query(&format!(
+        "INSERT INTO run_events (run_id, attempt, at, kind, message, detail) \
+         SELECT id, attempt, $5, $6, $4, NULL FROM runs WHERE {CHANGED} ORDER BY seq"
+    ))
+    .bind(job_id)
+    .bind(after_seq)
+    .bind(upto_seq)
+    .bind(reason)
+    .bind(now_ms())
+    .bind(RunEventKind::Waiting.as_str())
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(&format!("UPDATE runs SET waiting_for = $4 WHERE {CHANGED}"))
+        .bind(job_id)
+        .bind(after_seq)
+        .bind(upto_seq)
+        .bind(reason)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }

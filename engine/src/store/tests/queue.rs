@@ -1,0 +1,139 @@
+//! The queue as dispatch reads it, on both databases: the first due run of each job, a
+//! job's next one, and the note on the runs waiting behind a job's first.
+
+use sqlx::Row;
+
+use super::super::runs::{self, NewRun};
+use super::super::*;
+use super::{spec, store};
+
+both!(
+    each_jobs_first_due_run_comes_oldest_first,
+    the_runs_behind_a_first_are_noted_once,
+);
+
+const DOCKER: &str = "docker";
+
+async fn queue(s: &Store, job: &JobRow, spec: &jobdock_types::JobSpec, backend: &str) -> String {
+    let mut tx = s.begin_write().await.unwrap();
+    let new = NewRun {
+        backend,
+        ..NewRun::queued(job, spec)
+    };
+    let id = runs::insert(&mut tx, new).await.unwrap().id;
+    tx.commit().await.unwrap();
+    id
+}
+
+async fn each_jobs_first_due_run_comes_oldest_first(pg: bool) {
+    let (s, _g) = store(pg).await;
+    let (a, b, c) = (spec("a"), spec("b"), spec("c"));
+    let mut tx = s.begin_write().await.unwrap();
+    let job_a = jobs::insert(&mut tx, NewJob { spec: &a }).await.unwrap();
+    let job_b = jobs::insert(&mut tx, NewJob { spec: &b }).await.unwrap();
+    let job_c = jobs::insert(&mut tx, NewJob { spec: &c }).await.unwrap();
+    tx.commit().await.unwrap();
+    // b's run waits out a retry's backoff, so a's later run is b's first due one.
+    let b_backoff = queue(&s, &job_b, &b, DOCKER).await;
+    let a1 = queue(&s, &job_a, &a, DOCKER).await;
+    let b1 = queue(&s, &job_b, &b, DOCKER).await;
+    let a2 = queue(&s, &job_a, &a, DOCKER).await;
+    let _c_elsewhere = queue(&s, &job_c, &c, "nomad").await;
+    let a3 = queue(&s, &job_a, &a, DOCKER).await;
+    sqlx::query("UPDATE runs SET next_attempt_at = $1 WHERE id = $2")
+        .bind(now_ms() + 60_000)
+        .bind(&b_backoff)
+        .execute(&s.pool)
+        .await
+        .unwrap();
+    let backends = vec![DOCKER.to_string()];
+    let mut tx = s.begin_claim().await.unwrap();
+    let heads = runs::heads(&mut tx, &backends).await.unwrap();
+    let got: Vec<_> = heads.iter().map(|h| h.id.as_str()).collect();
+    assert_eq!(
+        got,
+        [a1.as_str(), b1.as_str()],
+        "c runs on a backend not served here"
+    );
+    assert_eq!(heads[0].last_seq, {
+        let n = runs::next_of_job(&mut tx, &backends, &job_a.id, heads[0].seq)
+            .await
+            .unwrap();
+        let n = n.unwrap();
+        assert_eq!(n.id, a2);
+        let last = runs::next_of_job(&mut tx, &backends, &job_a.id, n.seq)
+            .await
+            .unwrap();
+        let last = last.unwrap();
+        assert_eq!(last.id, a3);
+        assert!(runs::next_of_job(&mut tx, &backends, &job_a.id, last.seq)
+            .await
+            .unwrap()
+            .is_none());
+        last.seq
+    });
+    assert_eq!(
+        heads[1].last_seq, heads[1].seq,
+        "nothing of b is due behind b1"
+    );
+    assert!(runs::heads(&mut tx, &[]).await.unwrap().is_empty());
+    let both = vec![DOCKER.to_string(), "nomad".to_string()];
+    assert_eq!(runs::heads(&mut tx, &both).await.unwrap().len(), 3);
+    tx.commit().await.unwrap();
+}
+
+async fn waiting(s: &Store, id: &str) -> (Option<String>, i64) {
+    let row = sqlx::query(
+        "SELECT waiting_for, (SELECT COUNT(*) FROM run_events e WHERE e.run_id = r.id \
+         AND e.kind = 'waiting') AS events FROM runs r WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&s.pool)
+    .await
+    .unwrap();
+    (
+        row.try_get("waiting_for").unwrap(),
+        row.try_get("events").unwrap(),
+    )
+}
+
+async fn the_runs_behind_a_first_are_noted_once(pg: bool) {
+    let (s, _g) = store(pg).await;
+    let (a, b) = (spec("a"), spec("b"));
+    let mut tx = s.begin_write().await.unwrap();
+    let job_a = jobs::insert(&mut tx, NewJob { spec: &a }).await.unwrap();
+    let job_b = jobs::insert(&mut tx, NewJob { spec: &b }).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(queue(&s, &job_a, &a, DOCKER).await);
+    }
+    let other = queue(&s, &job_b, &b, DOCKER).await;
+    let backends = vec![DOCKER.to_string()];
+    let mut tx = s.begin_claim().await.unwrap();
+    let first = runs::heads(&mut tx, &backends).await.unwrap().remove(0);
+    assert_eq!(first.id, ids[0]);
+    for _ in 0..2 {
+        runs::note_behind(&mut tx, &job_a.id, first.seq, first.last_seq, "behind a1")
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    assert_eq!(
+        waiting(&s, &ids[0]).await,
+        (None, 0),
+        "the first is not behind itself"
+    );
+    for id in &ids[1..] {
+        assert_eq!(
+            waiting(&s, id).await,
+            (Some("behind a1".into()), 1),
+            "noted once"
+        );
+    }
+    assert_eq!(
+        waiting(&s, &other).await,
+        (None, 0),
+        "another job's run is untouched"
+    );
+}
