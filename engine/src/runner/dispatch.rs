@@ -8,21 +8,17 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::Runner;
-use crate::store::locks::lock_usage;
 use crate::store::runs::{self, DueRun, RunRow};
 use crate::store::{events, Conn, StoreError};
 
 /// Most runs one pass looks at; the rest wait for the next pass.
 const PER_PASS: usize = 2_000;
 
-/// What one pass knows of the slots taken: counted once from the store, then kept.
-#[derive(Default)]
+/// What one pass knows of the slots taken: read once from the store, then kept.
 struct Slots {
-    job: HashMap<String, i64>,
-    /// The job's `max_parallel` now: raising it lets queued runs start.
+    held: runs::Held,
+    /// Each waiting job's `max_parallel` now: raising it lets queued runs start.
     job_limit: HashMap<String, i64>,
-    lock: HashMap<String, (i64, i64)>,
-    backend: HashMap<String, i64>,
 }
 
 /// What this replica last noted on the runs waiting behind a job's first queued run: which
@@ -54,7 +50,6 @@ impl Runner {
     async fn claim(&self) -> Result<Vec<RunRow>, StoreError> {
         let mut tx = self.inner.ctx.store.begin_claim().await?;
         let backends = self.inner.backends.name_strings();
-        let mut slots = Slots::default();
         let mut claimed = Vec::new();
         // Each job's next due run, by queue order: the oldest of them is looked at first.
         let mut next: BTreeMap<i64, DueRun> = runs::heads(&mut tx, &backends)
@@ -62,11 +57,27 @@ impl Runner {
             .into_iter()
             .map(|due| (due.seq, due))
             .collect();
+        if next.is_empty() {
+            tx.commit().await?;
+            return Ok(claimed);
+        }
+        let jobs: Vec<&str> = next.values().map(|d| d.job_id.as_str()).collect();
+        let job_limit = crate::store::jobs::max_parallel_of(&mut tx, &jobs).await?;
+        let mut slots = Slots {
+            held: runs::held(&mut tx).await?,
+            job_limit,
+        };
         let mut looked = 0;
         while let Some((_, due)) = next.pop_first() {
             looked += 1;
             if looked > PER_PASS {
                 break;
+            }
+            if let Some(wait) = self.waits_for_job_or_backend(&slots, &due) {
+                self.note_waiting(&mut tx, &due.id, due.attempt, &wait)
+                    .await?;
+                self.note_behind(&mut tx, &due).await?;
+                continue;
             }
             // The whole run, for its locks and its supervisor. Whether it is still queued is
             // settled by `mark_starting` below.
@@ -76,7 +87,7 @@ impl Runner {
                 Err(e) => return Err(e),
             };
             if let Some(run) = run {
-                if let Some(wait) = self.fits(&mut tx, &mut slots, &run).await? {
+                if let Some(wait) = waits_for_lock(&slots, &run) {
                     self.note_waiting(&mut tx, &run.id, run.attempt, &wait)
                         .await?;
                     self.note_behind(&mut tx, &due).await?;
@@ -85,7 +96,7 @@ impl Runner {
                 if runs::mark_starting(&mut tx, &run.id, &self.inner.owner, self.lease_until())
                     .await?
                 {
-                    take(&mut slots, &run);
+                    take(&mut slots.held, &run);
                     let mut run = run;
                     run.status = jobdock_types::RunStatus::Starting;
                     run.backend_ref = None;
@@ -150,74 +161,39 @@ impl Runner {
         Ok(())
     }
 
-    /// `None` when every slot the run needs is free, else what it waits for, in words.
-    async fn fits(
-        &self,
-        tx: &mut Conn,
-        slots: &mut Slots,
-        run: &RunRow,
-    ) -> Result<Option<String>, StoreError> {
-        let job_held = match slots.job.get(&run.job_id) {
-            Some(n) => *n,
-            None => {
-                let n = runs::active_for_job(tx, &run.job_id).await?;
-                *slots.job.entry(run.job_id.clone()).or_insert(n)
-            }
-        };
-        let limit = match slots.job_limit.get(&run.job_id) {
-            Some(n) => *n,
-            None => {
-                let n = crate::store::jobs::max_parallel(tx, &run.job_id).await?;
-                *slots.job_limit.entry(run.job_id.clone()).or_insert(n)
-            }
-        };
-        if job_held >= limit {
-            return Ok(Some(format!(
+    /// What the run waits for, in words, when its job or its backend has no slot free.
+    fn waits_for_job_or_backend(&self, slots: &Slots, due: &DueRun) -> Option<String> {
+        let held = |map: &HashMap<String, i64>, k: &str| map.get(k).copied().unwrap_or(0);
+        let limit = slots.job_limit.get(&due.job_id).copied().unwrap_or(1);
+        if held(&slots.held.jobs, &due.job_id) >= limit {
+            return Some(format!(
                 "waiting for a slot of job `{}` (max_parallel {limit})",
-                run.job_name
-            )));
+                due.job_name
+            ));
         }
-        if let Some(cap) = self.inner.config.backend_caps.get(&run.backend) {
-            let held = match slots.backend.get(&run.backend) {
-                Some(n) => *n,
-                None => {
-                    let n = runs::active_on_backend(tx, &run.backend).await?;
-                    *slots.backend.entry(run.backend.clone()).or_insert(n)
-                }
-            };
-            if held >= *cap {
-                return Ok(Some(format!(
-                    "waiting for backend `{}` (at most {cap} runs at once)",
-                    run.backend
-                )));
-            }
-        }
-        for key in &run.spec.lock_keys {
-            let (held, capacity) = match slots.lock.get(key) {
-                Some(u) => *u,
-                None => {
-                    let u = lock_usage(tx, key).await?;
-                    *slots.lock.entry(key.clone()).or_insert(u)
-                }
-            };
-            if held >= capacity {
-                return Ok(Some(format!(
-                    "waiting for lock `{key}` (capacity {capacity})"
-                )));
-            }
-        }
-        Ok(None)
+        let cap = self.inner.config.backend_caps.get(&due.backend)?;
+        (held(&slots.held.backends, &due.backend) >= *cap).then(|| {
+            format!(
+                "waiting for backend `{}` (at most {cap} runs at once)",
+                due.backend
+            )
+        })
     }
 }
 
-fn take(slots: &mut Slots, run: &RunRow) {
-    *slots.job.entry(run.job_id.clone()).or_default() += 1;
-    if let Some(n) = slots.backend.get_mut(&run.backend) {
-        *n += 1;
-    }
+/// What the run waits for, in words, when one of its locks has no slot free.
+fn waits_for_lock(slots: &Slots, run: &RunRow) -> Option<String> {
+    run.spec.lock_keys.iter().find_map(|key| {
+        let held = slots.held.locks.get(key).copied().unwrap_or(0);
+        let capacity = slots.held.capacities.get(key).copied().unwrap_or(1);
+        (held >= capacity).then(|| format!("waiting for lock `{key}` (capacity {capacity})"))
+    })
+}
+
+fn take(held: &mut runs::Held, run: &RunRow) {
+    *held.jobs.entry(run.job_id.clone()).or_default() += 1;
+    *held.backends.entry(run.backend.clone()).or_default() += 1;
     for key in &run.spec.lock_keys {
-        if let Some(u) = slots.lock.get_mut(key) {
-            u.0 += 1;
-        }
+        *held.locks.entry(key.clone()).or_default() += 1;
     }
 }

@@ -19,7 +19,7 @@ mod supervision;
 mod transitions;
 mod view;
 
-pub use queue::{heads, next_of_job, note_behind, DueRun};
+pub use queue::{heads, held, next_of_job, note_behind, DueRun, Held};
 pub use supervision::EndCheck;
 pub use transitions::*;
 
@@ -333,24 +333,6 @@ pub async fn by_idempotency_key(
     .fetch_optional(&mut *conn)
     .await?;
     row.as_ref().map(decode).transpose()
-}
-
-/// How many runs of a job hold a slot.
-pub async fn active_for_job(conn: &mut AnyConnection, job_id: &str) -> Result<i64> {
-    let row = sqlx::query("SELECT COUNT(*) AS n FROM runs WHERE job_id = $1 AND holds_slot = 1")
-        .bind(job_id)
-        .fetch_one(&mut *conn)
-        .await?;
-    Ok(row.try_get("n")?)
-}
-
-/// How many runs on a backend hold a slot.
-pub async fn active_on_backend(conn: &mut AnyConnection, backend: &str) -> Result<i64> {
-    let row = sqlx::query("SELECT COUNT(*) AS n FROM runs WHERE backend = $1 AND holds_slot = 1")
-        .bind(backend)
-        .fetch_one(&mut *conn)
-        .await?;
-    Ok(row.try_get("n")?)
 }
 
 /// The runs holding a slot of a job, oldest first (to name one in a refusal).

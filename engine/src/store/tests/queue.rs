@@ -1,6 +1,8 @@
 //! The queue as dispatch reads it, on both databases: the first due run of each job, a
 //! job's next one, and the note on the runs waiting behind a job's first.
 
+use std::collections::HashMap;
+
 use sqlx::Row;
 
 use super::super::runs::{self, NewRun};
@@ -10,6 +12,7 @@ use super::{spec, store};
 both!(
     each_jobs_first_due_run_comes_oldest_first,
     the_runs_behind_a_first_are_noted_once,
+    what_holds_slots_is_counted_by_job_backend_and_lock,
 );
 
 const DOCKER: &str = "docker";
@@ -136,4 +139,42 @@ async fn the_runs_behind_a_first_are_noted_once(pg: bool) {
         (None, 0),
         "another job's run is untouched"
     );
+}
+
+fn counts(pairs: &[(&str, i64)]) -> HashMap<String, i64> {
+    pairs.iter().map(|(k, n)| (k.to_string(), *n)).collect()
+}
+
+async fn what_holds_slots_is_counted_by_job_backend_and_lock(pg: bool) {
+    let (s, _g) = store(pg).await;
+    let (mut a, mut b) = (spec("a"), spec("b"));
+    a.lock_keys = vec!["source".into(), "sink".into()];
+    a.max_parallel = Some(3);
+    b.lock_keys = vec!["source".into()];
+    let mut tx = s.begin_write().await.unwrap();
+    let job_a = jobs::insert(&mut tx, NewJob { spec: &a }).await.unwrap();
+    let job_b = jobs::insert(&mut tx, NewJob { spec: &b }).await.unwrap();
+    locks::set_capacity(&mut tx, "source", 5).await.unwrap();
+    tx.commit().await.unwrap();
+    let a1 = queue(&s, &job_a, &a, DOCKER).await;
+    let a2 = queue(&s, &job_a, &a, DOCKER).await;
+    let _a_queued = queue(&s, &job_a, &a, DOCKER).await;
+    let b1 = queue(&s, &job_b, &b, "nomad").await;
+    let mut tx = s.begin_claim().await.unwrap();
+    assert_eq!(runs::held(&mut tx).await.unwrap().jobs, HashMap::new());
+    for id in [&a1, &a2, &b1] {
+        let started = runs::mark_starting(&mut tx, id, "me", now_ms() + 30_000).await;
+        assert!(started.unwrap());
+    }
+    let held = runs::held(&mut tx).await.unwrap();
+    assert_eq!(held.jobs, counts(&[(&job_a.id, 2), (&job_b.id, 1)]));
+    assert_eq!(held.backends, counts(&[(DOCKER, 2), ("nomad", 1)]));
+    assert_eq!(held.locks, counts(&[("source", 3), ("sink", 2)]));
+    assert_eq!(held.capacities, counts(&[("source", 5)]));
+    let limits = jobs::max_parallel_of(&mut tx, &[&job_a.id, &job_b.id, "gone"])
+        .await
+        .unwrap();
+    let want = counts(&[(&job_a.id, 3), (&job_b.id, 1), ("gone", 1)]);
+    assert_eq!(limits, want, "unset and missing jobs allow one run");
+    tx.commit().await.unwrap();
 }
