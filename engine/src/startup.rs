@@ -60,7 +60,6 @@ pub async fn build(settings: &Settings, backends: &Backends) -> anyhow::Result<(
         backends: Arc::from(backends.names()),
         default_backend: settings.default_backend,
         metrics: crate::metrics::Metrics::new(),
-        run_ended: Arc::default(),
         callbacks: settings.callbacks.clone(),
         tokens: Arc::default(),
         watch,

@@ -68,7 +68,7 @@ impl AlertConfig {
 }
 
 impl Runner {
-    /// Wakes the alert loop (an alert was enqueued outside a run's end).
+    /// Wakes the alert loop: something was put in the outbox.
     pub fn alerts_due(&self) {
         self.inner.alerts_due.notify_one();
     }
@@ -139,7 +139,6 @@ impl Runner {
             tokio::select! {
                 _ = self.inner.shutdown.cancelled() => return,
                 _ = self.inner.alerts_due.notified() => {}
-                _ = self.inner.ctx.run_ended.notified() => {}
                 _ = tokio::time::sleep(config.poll_interval) => {}
             }
         }

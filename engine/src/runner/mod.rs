@@ -112,7 +112,7 @@ struct Inner {
     owner: String,
     installation_id: String,
     wake: Notify,
-    /// Notified when an alert was enqueued outside a run's end (a test alert).
+    /// Notified when something was put in the alert outbox (a run's end, a test alert).
     alerts_due: Notify,
     /// Set when a job changed, so that schedules are re-read at once.
     jobs_changed: std::sync::atomic::AtomicBool,

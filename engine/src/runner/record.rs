@@ -98,6 +98,7 @@ async fn settle(
         _ => false,
     } && run.attempt < run.max_attempts;
     let mut tx = r.inner.ctx.store.begin_write().await?;
+    let mut to_deliver = 0;
     let recorded: Option<Option<Duration>> = if retry {
         let backoff = run.spec.retries.map(|r| r.backoff_seconds).unwrap_or(0);
         let mut o = outcome.clone();
@@ -123,6 +124,7 @@ async fn settle(
         if finished.is_some() && gone && !run.spec.lock_keys.is_empty() {
             runs::release_locks(&mut tx, &run.id).await?;
         }
+        to_deliver = finished.as_ref().map_or(0, |f| f.to_deliver);
         finished.map(|f| f.duration())
     };
     // The end-of-run anomalies are decided with the end itself, so that neither is
@@ -134,9 +136,12 @@ async fn settle(
     tx.commit().await.map_err(StoreError::from)?;
     if let Some(duration) = recorded {
         r.observe_settled(run, status, retry, duration);
-        r.inner.ctx.run_ended.notify_waiters();
         r.inner.ctx.watch.ended(&run.id);
         tracing::info!(status = %status, retry, exit_code = ?outcome.exit_code, "attempt ended");
+    }
+    // The alerts' sender is woken only for an end that gave it something to send.
+    if to_deliver > 0 || !raised.is_empty() {
+        r.alerts_due();
     }
     for a in raised {
         r.inner.ctx.metrics.anomaly_raised(a.kind.as_str());

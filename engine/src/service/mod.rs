@@ -47,9 +47,6 @@ pub struct Ctx {
     pub default_backend: BackendName,
     /// This process's metrics.
     pub metrics: crate::metrics::Metrics,
-    /// Notified whenever this replica records the end of a run (the alerts' sender waits on
-    /// it).
-    pub run_ended: Arc<tokio::sync::Notify>,
     /// Where a run's callback may go.
     pub callbacks: crate::egress::CallbackPolicy,
     /// Tokens verified in the last moments (see [`crate::auth::TokenCache`]).

@@ -112,9 +112,18 @@ pub async fn add(conn: &mut AnyConnection, dialect: Dialect, c: &NewCallback<'_>
 }
 
 /// Puts the callbacks of a run that has just reached its final status in the outbox, on
-/// `conn` inside the transaction that moved it there. Like the run's alerts, a failure here
-/// is logged and never fails the run's end (a savepoint keeps the transaction usable).
+/// `conn` inside the transaction that moved it there. Like the run's alerts, a failure to
+/// put them there is logged and never fails the run's end (a savepoint keeps the
+/// transaction usable).
 pub async fn enqueue_run_end(conn: &mut AnyConnection, run_id: &str) -> Result<usize> {
+    // As for alerts without a channel: one read of the run's callbacks, and no savepoint.
+    let any = sqlx::query("SELECT 1 AS x FROM run_callbacks WHERE run_id = $1 LIMIT 1")
+        .bind(run_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if any.is_none() {
+        return Ok(0);
+    }
     let mut savepoint = conn.begin().await?;
     match enqueue_for_run(&mut savepoint, run_id).await {
         Ok(n) => {

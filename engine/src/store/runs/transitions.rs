@@ -218,6 +218,8 @@ pub struct Finished {
     pub started_at: Option<i64>,
     /// Unix ms.
     pub finished_at: i64,
+    /// How many alerts and callbacks the end put in the outbox.
+    pub to_deliver: usize,
 }
 
 impl Finished {
@@ -264,9 +266,10 @@ pub async fn finish(
     let Some(done) = done else {
         return Ok(None);
     };
-    let stored = Finished {
+    let mut stored = Finished {
         started_at: done.try_get("started_at")?,
         finished_at: finished,
+        to_deliver: 0,
     };
     update_attempt(
         conn,
@@ -290,8 +293,8 @@ pub async fn finish(
     if to == RunStatus::Succeeded {
         commit_held_state(conn, id).await?;
     }
-    crate::store::alerts::enqueue_run_end(conn, id).await?;
-    crate::store::callbacks::enqueue_run_end(conn, id).await?;
+    stored.to_deliver = crate::store::alerts::enqueue_run_end(conn, id).await?
+        + crate::store::callbacks::enqueue_run_end(conn, id).await?;
     crate::store::notify::run_ended(conn, id).await?;
     Ok(Some(stored))
 }
