@@ -142,11 +142,10 @@ pub async fn max_parallel_of(
     let mut limits: std::collections::HashMap<String, i64> =
         ids.iter().map(|id| (id.to_string(), 1)).collect();
     for chunk in ids.chunks(500) {
-        let list = (1..=chunk.len())
-            .map(|i| format!("${i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!("SELECT id, spec FROM jobs WHERE id IN ({list})");
+        let sql = format!(
+            "SELECT id, spec FROM jobs WHERE id IN ({})",
+            super::placeholders(chunk.len())
+        );
         let mut q = sqlx::query(&sql);
         for id in chunk {
             q = q.bind(*id);

@@ -37,8 +37,8 @@ pub struct DueRun {
 /// `status = 'queued'`, not waiting out a retry's backoff (`$1` is now), on one of the
 /// backends bound from `$2` on.
 fn due_where(backends: usize) -> String {
-    let list = (0..backends)
-        .map(|i| format!("${}", i + 2))
+    let list = (2..backends + 2)
+        .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
         .join(", ");
     format!(
