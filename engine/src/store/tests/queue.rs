@@ -36,7 +36,7 @@ async fn each_jobs_first_due_run_comes_oldest_first(pg: bool) {
     let job_b = jobs::insert(&mut tx, NewJob { spec: &b }).await.unwrap();
     let job_c = jobs::insert(&mut tx, NewJob { spec: &c }).await.unwrap();
     tx.commit().await.unwrap();
-    // b's run waits out a retry's backoff, so a's later run is b's first due one.
+    // b's first run waits out a retry's backoff: b's second run is b's first due one.
     let b_backoff = queue(&s, &job_b, &b, DOCKER).await;
     let a1 = queue(&s, &job_a, &a, DOCKER).await;
     let b1 = queue(&s, &job_b, &b, DOCKER).await;
@@ -58,23 +58,20 @@ async fn each_jobs_first_due_run_comes_oldest_first(pg: bool) {
         [a1.as_str(), b1.as_str()],
         "c runs on a backend not served here"
     );
-    assert_eq!(heads[0].last_seq, {
-        let n = runs::next_of_job(&mut tx, &backends, &job_a.id, heads[0].seq)
-            .await
-            .unwrap();
-        let n = n.unwrap();
-        assert_eq!(n.id, a2);
-        let last = runs::next_of_job(&mut tx, &backends, &job_a.id, n.seq)
-            .await
-            .unwrap();
-        let last = last.unwrap();
-        assert_eq!(last.id, a3);
-        assert!(runs::next_of_job(&mut tx, &backends, &job_a.id, last.seq)
-            .await
-            .unwrap()
-            .is_none());
-        last.seq
-    });
+    // a's runs come one after another, and the first knows where the last is.
+    let a2_due = runs::next_of_job(&mut tx, &backends, &job_a.id, heads[0].seq)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a2_due.id, a2);
+    let a3_due = runs::next_of_job(&mut tx, &backends, &job_a.id, a2_due.seq)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a3_due.id, a3);
+    let after_a3 = runs::next_of_job(&mut tx, &backends, &job_a.id, a3_due.seq).await;
+    assert!(after_a3.unwrap().is_none());
+    assert_eq!(heads[0].last_seq, a3_due.seq);
     assert_eq!(
         heads[1].last_seq, heads[1].seq,
         "nothing of b is due behind b1"
