@@ -103,12 +103,8 @@ impl Runner {
                     claimed.push(run);
                 }
             }
-            if due.last_seq > due.seq {
-                if let Some(after) =
-                    runs::next_of_job(&mut tx, &backends, &due.job_id, due.seq).await?
-                {
-                    next.insert(after.seq, after);
-                }
+            if let Some(after) = runs::next_of_job(&mut tx, &backends, &due).await? {
+                next.insert(after.seq, after);
             }
         }
         tx.commit().await?;

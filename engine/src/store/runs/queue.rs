@@ -34,16 +34,14 @@ pub struct DueRun {
     pub last_seq: i64,
 }
 
-/// `status = 'queued'`, not waiting out a retry's backoff (`$1` is now), on one of the
-/// backends bound from `$2` on.
+/// `status = 'queued'`, not waiting out a retry's backoff, on one of the `backends` bound
+/// as `$1`…`$n`, with now bound as `$n+1` ([`bind_due`]).
 fn due_where(backends: usize) -> String {
-    let list = (2..backends + 2)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ");
     format!(
-        "status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= $1) \
-         AND backend IN ({list})"
+        "status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= ${}) \
+         AND backend IN ({})",
+        backends + 1,
+        super::super::placeholders(backends)
     )
 }
 
@@ -51,14 +49,14 @@ fn bind_due<'q>(
     sql: &'q str,
     backends: &'q [String],
 ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
-    let mut q = sqlx::query(sql).bind(now_ms());
+    let mut q = sqlx::query(sql);
     for b in backends {
         q = q.bind(b.as_str());
     }
-    q
+    q.bind(now_ms())
 }
 
-fn due_run(r: &AnyRow) -> Result<DueRun> {
+fn due_run(r: &AnyRow, last_seq: i64) -> Result<DueRun> {
     Ok(DueRun {
         seq: r.try_get("seq")?,
         id: r.try_get("id")?,
@@ -66,7 +64,7 @@ fn due_run(r: &AnyRow) -> Result<DueRun> {
         job_name: r.try_get("job_name")?,
         attempt: r.try_get("attempt")?,
         backend: r.try_get("backend")?,
-        last_seq: r.try_get("last_seq")?,
+        last_seq,
     })
 }
 
@@ -83,34 +81,39 @@ pub async fn heads(conn: &mut AnyConnection, backends: &[String]) -> Result<Vec<
         due_where(backends.len())
     );
     let rows = bind_due(&sql, backends).fetch_all(&mut *conn).await?;
-    rows.iter().map(due_run).collect()
+    rows.iter()
+        .map(|r| due_run(r, r.try_get("last_seq")?))
+        .collect()
 }
 
-/// The due run of `job_id` that comes after `after_seq`, if any.
+/// The due run of `before`'s job that comes after it, up to the job's last due run as the
+/// pass first saw it (a run triggered since waits for the next pass), if any.
 pub async fn next_of_job(
     conn: &mut AnyConnection,
     backends: &[String],
-    job_id: &str,
-    after_seq: i64,
+    before: &DueRun,
 ) -> Result<Option<DueRun>> {
-    if backends.is_empty() {
+    if backends.is_empty() || before.last_seq <= before.seq {
         return Ok(None);
     }
     let n = backends.len();
     let sql = format!(
-        "SELECT seq, id, job_id, job_name, attempt, backend, \
-                (SELECT MAX(seq) FROM runs WHERE {due} AND job_id = ${job}) AS last_seq \
-         FROM runs WHERE {due} AND job_id = ${job} AND seq > ${after} ORDER BY seq LIMIT 1",
-        due = due_where(n),
-        job = n + 2,
-        after = n + 3,
+        "SELECT seq, id, job_id, job_name, attempt, backend FROM runs \
+         WHERE {} AND job_id = ${} AND seq > ${} AND seq <= ${} ORDER BY seq LIMIT 1",
+        due_where(n),
+        n + 2,
+        n + 3,
+        n + 4,
     );
     let row = bind_due(&sql, backends)
-        .bind(job_id)
-        .bind(after_seq)
+        .bind(&before.job_id)
+        .bind(before.seq)
+        .bind(before.last_seq)
         .fetch_optional(&mut *conn)
         .await?;
-    row.as_ref().map(due_run).transpose()
+    row.as_ref()
+        .map(|r| due_run(r, before.last_seq))
+        .transpose()
 }
 
 /// Notes on the queued runs of `job_id` after `after_seq` up to `upto_seq` that they wait

@@ -59,17 +59,17 @@ async fn each_jobs_first_due_run_comes_oldest_first(pg: bool) {
         "c runs on a backend not served here"
     );
     // a's runs come one after another, and the first knows where the last is.
-    let a2_due = runs::next_of_job(&mut tx, &backends, &job_a.id, heads[0].seq)
+    let a2_due = runs::next_of_job(&mut tx, &backends, &heads[0])
         .await
         .unwrap()
         .unwrap();
     assert_eq!(a2_due.id, a2);
-    let a3_due = runs::next_of_job(&mut tx, &backends, &job_a.id, a2_due.seq)
+    let a3_due = runs::next_of_job(&mut tx, &backends, &a2_due)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(a3_due.id, a3);
-    let after_a3 = runs::next_of_job(&mut tx, &backends, &job_a.id, a3_due.seq).await;
+    let after_a3 = runs::next_of_job(&mut tx, &backends, &a3_due).await;
     assert!(after_a3.unwrap().is_none());
     assert_eq!(heads[0].last_seq, a3_due.seq);
     assert_eq!(
