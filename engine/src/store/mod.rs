@@ -48,6 +48,16 @@ pub enum Dialect {
     Postgres,
 }
 
+impl Dialect {
+    /// The dialect `conn` speaks, for the statements that must differ inside a transaction.
+    pub fn of(conn: &sqlx::AnyConnection) -> Self {
+        match conn.backend_name() {
+            "PostgreSQL" => Self::Postgres,
+            _ => Self::Sqlite,
+        }
+    }
+}
+
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

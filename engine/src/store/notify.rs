@@ -18,7 +18,7 @@ pub const RUN_ENDED: &str = "jobdock_run_ended";
 
 /// Announces, on `conn` inside the transaction that ended it, that run `id` has ended.
 pub async fn run_ended(conn: &mut AnyConnection, id: &str) -> Result<()> {
-    if conn.backend_name() == "PostgreSQL" {
+    if super::Dialect::of(conn) == super::Dialect::Postgres {
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(RUN_ENDED)
             .bind(id)
