@@ -97,15 +97,34 @@ pub async fn after_finish(
 
 /// What the periodic check keeps between its passes, so that a pass reads only the columns
 /// of the active runs that move and does more only for what changed: a run's monitoring
-/// settings are read once (its definition is a snapshot), and an anomaly found raised is not
-/// looked up again.
+/// settings are read once (its definition is a snapshot), a job's baseline again only once
+/// one of its runs has ended, and an anomaly found raised is not looked up again.
 #[derive(Debug, Default)]
 pub struct ActiveCheck {
     /// Each active run's monitoring settings and expected duration (seconds).
     settings: HashMap<String, (Monitoring, Option<i64>)>,
+    /// The job of each run active at the last pass.
+    job_of: HashMap<String, String>,
+    /// Each job's recent successes (durations, start latencies) and when they were read.
+    /// Only a run's end adds one, so a job's are read again once a run of it has left the
+    /// active runs (ended here or on another replica), and after [`BASELINE_AGE`] for the
+    /// runs that began and ended between two passes. Reading them for every job on every
+    /// pass cost a statement per job every two seconds.
+    baselines: HashMap<String, Baseline>,
     /// Anomalies known to be raised (every pass would find them again).
     raised: HashSet<(String, AnomalyKind)>,
 }
+
+/// A job's recent successes as the periodic check last read them.
+#[derive(Debug)]
+struct Baseline {
+    read_at: std::time::Instant,
+    took: Vec<i64>,
+    latency: Vec<i64>,
+}
+
+/// How old a job's baseline may grow while none of its runs is seen to end.
+const BASELINE_AGE: Duration = Duration::from_secs(60);
 
 /// Definitions read per statement, for runs new to the check.
 const SETTINGS_BATCH: usize = 200;
@@ -124,6 +143,22 @@ impl ActiveCheck {
         let ids: HashSet<&str> = active.iter().map(|r| r.id.as_str()).collect();
         self.settings.retain(|id, _| ids.contains(id.as_str()));
         self.raised.retain(|(id, _)| ids.contains(id.as_str()));
+        let baselines = &mut self.baselines;
+        self.job_of.retain(|id, job| {
+            let active = ids.contains(id.as_str());
+            if !active {
+                baselines.remove(job);
+            }
+            active
+        });
+        for run in &active {
+            if !self.job_of.contains_key(&run.id) {
+                self.job_of.insert(run.id.clone(), run.job.clone());
+            }
+        }
+        let jobs: HashSet<&str> = self.job_of.values().map(String::as_str).collect();
+        self.baselines
+            .retain(|job, b| jobs.contains(job.as_str()) && b.read_at.elapsed() < BASELINE_AGE);
         let new: Vec<&str> = active
             .iter()
             .map(|r| r.id.as_str())
@@ -142,10 +177,20 @@ impl ActiveCheck {
                 continue;
             };
             if !usual.contains_key(&run.job) {
-                let (took, latency) = store.recent_successes(&run.job, HISTORY).await?;
+                if !self.baselines.contains_key(&run.job) {
+                    let (took, latency) = store.recent_successes(&run.job, HISTORY).await?;
+                    let read_at = std::time::Instant::now();
+                    let b = Baseline {
+                        read_at,
+                        took,
+                        latency,
+                    };
+                    self.baselines.insert(run.job.clone(), b);
+                }
+                let b = &self.baselines[&run.job];
                 usual.insert(
                     run.job.clone(),
-                    Usual::learn(&took, &latency, m.min_samples),
+                    Usual::learn(&b.took, &b.latency, m.min_samples),
                 );
             }
             let u = usual.get(&run.job).and_then(Option::as_ref);
@@ -191,3 +236,6 @@ impl ActiveCheck {
         Ok(raised)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,78 @@
+//! The periodic check against a real store: what it reads again, and when.
+
+use jobdock_types::{AnomalyKind, JobSpec, RunStatus};
+
+use super::ActiveCheck;
+use crate::store::runs::{self, NewRun, Outcome};
+use crate::store::{jobs, now_ms, JobRow, NewJob, Store};
+
+// Far longer than the hour the long run is in: only `long_running` may be raised.
+const STALL: std::time::Duration = std::time::Duration::from_secs(86_400);
+
+/// A run of `job` that started `ago_ms` ago and still runs.
+async fn running(s: &Store, job: &JobRow, spec: &JobSpec, ago_ms: i64) -> String {
+    let mut tx = s.begin_write().await.unwrap();
+    let id = runs::insert(&mut tx, NewRun::queued(job, spec))
+        .await
+        .unwrap()
+        .id;
+    assert!(runs::mark_starting(&mut tx, &id, "test", now_ms() + 60_000)
+        .await
+        .unwrap());
+    assert!(runs::mark_running(&mut tx, &id, 1, now_ms() - ago_ms)
+        .await
+        .unwrap());
+    tx.commit().await.unwrap();
+    id
+}
+
+/// Ends run `id` as a success of one second.
+async fn succeed(s: &Store, id: &str) {
+    let mut tx = s.begin_write().await.unwrap();
+    let o = Outcome {
+        exit_code: Some(0),
+        started_at: Some(now_ms() - 1_000),
+        finished_at: Some(now_ms()),
+        ..Default::default()
+    };
+    let done = runs::finish(&mut tx, id, 1, RunStatus::Succeeded, &o, true)
+        .await
+        .unwrap();
+    assert!(done.is_some());
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_jobs_baseline_is_read_again_once_one_of_its_runs_has_ended() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open_sqlite(&dir.path().join("store.db"))
+        .await
+        .unwrap();
+    let spec = JobSpec {
+        name: "nightly".into(),
+        image: "img".into(),
+        ..Default::default()
+    };
+    let mut tx = s.begin_write().await.unwrap();
+    let job = jobs::insert(&mut tx, NewJob { spec: &spec }).await.unwrap();
+    tx.commit().await.unwrap();
+    // An hour in, and one just begun; the job has no successes yet, so nothing is usual.
+    let long = running(&s, &job, &spec, 3_600_000).await;
+    let other = running(&s, &job, &spec, 0).await;
+    let mut check = ActiveCheck::default();
+    assert!(check.pass(&s, STALL).await.unwrap().is_empty());
+
+    // Five one-second successes that began and ended between two passes: the check has not
+    // seen any of the job's runs end, and keeps the baseline it read.
+    for _ in 0..5 {
+        let id = running(&s, &job, &spec, 1_000).await;
+        succeed(&s, &id).await;
+    }
+    assert!(check.pass(&s, STALL).await.unwrap().is_empty());
+
+    // One it saw running ends: the baseline is read again, and an hour is far from usual.
+    succeed(&s, &other).await;
+    let raised = check.pass(&s, STALL).await.unwrap();
+    let kinds: Vec<_> = raised.iter().map(|a| (a.run_id.as_str(), a.kind)).collect();
+    assert_eq!(kinds, [(long.as_str(), AnomalyKind::LongRunning)]);
+}
