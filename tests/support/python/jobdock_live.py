@@ -144,13 +144,22 @@ def engine(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    live: Engine | None = None
     try:
         url = _wait_listening(process, log_path)
-        yield Engine(url=url, token=token, log_path=log_path, data_dir=work / "data", process=process)
+        live = Engine(url=url, token=token, log_path=log_path, data_dir=work / "data", process=process)
+        yield live
+        if process.poll() is None:
+            _end_unfinished_runs(live)
+            _assert_no_containers_left(log_path)
         text = log_path.read_text(errors="replace")
         if "panicked" in text:
             raise AssertionError(f"the engine panicked:\n{text[-4000:]}")
     finally:
+        if live is not None and process.poll() is None:
+            # An engine that no longer answers has nothing to say about its runs.
+            with contextlib.suppress(OSError):
+                _end_unfinished_runs(live)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -160,6 +169,42 @@ def engine(
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _end_unfinished_runs(live: Engine, within: float = 30.0) -> None:
+    """Cancels the runs still queued, starting or running and waits for their ends. An engine
+    stopped with a run going leaves its container for its next start to adopt, and no engine
+    starts again on this temporary store: without this, a test that ended before its run did
+    left a container behind on the daemon."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        going = []
+        for status in ("queued", "starting", "running"):
+            code, _, body = live.request("GET", f"/api/v1/runs?status={status}&limit=500")
+            if code != 200:
+                return
+            going += body["items"]
+        if not going:
+            return
+        for run in going:
+            live.request("POST", f"/api/v1/runs/{run['id']}/cancel")
+        time.sleep(0.5)
+
+
+def _assert_no_containers_left(log_path: Path) -> None:
+    """Fails (removing them) when containers of this engine's installation are still on the
+    daemon although none of its runs is going: an ended run's container is removed before the
+    run is reported final."""
+    found = re.search(r"installation[=:]\s*\"?([0-9a-f-]{36})", log_path.read_text(errors="replace"))
+    if not found:
+        raise AssertionError("the engine did not log its installation id")
+    label = f"label=dev.jobdock.installation={found.group(1)}"
+    left = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", label], check=True, capture_output=True, text=True
+    ).stdout.split()
+    if left:
+        subprocess.run(["docker", "rm", "-f", *left], capture_output=True)
+        raise AssertionError(f"containers left on the daemon after every run ended: {left}")
 
 
 def _wait_listening(process: subprocess.Popen, log_path: Path) -> str:
