@@ -137,7 +137,7 @@ async fn settle(
     if let Some(duration) = recorded {
         r.observe_settled(run, status, retry, duration);
         r.inner.ctx.watch.ended(&run.id);
-        tracing::info!(status = %status, retry, exit_code = ?outcome.exit_code, "attempt ended");
+        tracing::info!(status = %status, retry, exit_code = outcome.exit_code, "attempt ended");
     }
     // The alerts' sender is woken only for an end that gave it something to send.
     if to_deliver > 0 || !raised.is_empty() {
