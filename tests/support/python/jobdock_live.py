@@ -145,18 +145,20 @@ def engine(
             start_new_session=True,
         )
     live: Engine | None = None
+    ended = False
     try:
         url = _wait_listening(process, log_path)
         live = Engine(url=url, token=token, log_path=log_path, data_dir=work / "data", process=process)
         yield live
         if process.poll() is None:
             _end_unfinished_runs(live)
+            ended = True
             _assert_no_containers_left(log_path)
         text = log_path.read_text(errors="replace")
         if "panicked" in text:
             raise AssertionError(f"the engine panicked:\n{text[-4000:]}")
     finally:
-        if live is not None and process.poll() is None:
+        if live is not None and not ended and process.poll() is None:
             # An engine that no longer answers has nothing to say about its runs.
             with contextlib.suppress(OSError):
                 _end_unfinished_runs(live)
