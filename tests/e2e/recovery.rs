@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use jobdock_types::RunStatus;
 
-use crate::{app, containers_of, sh_job, wait_for, wait_for_log};
+use crate::{app, builder, containers_of, sh_job, wait_for, wait_for_log};
 
 #[tokio::test]
 async fn after_kill_9_every_run_reaches_its_true_end_with_its_complete_log() {
@@ -177,4 +177,79 @@ async fn an_end_kept_before_a_crash_is_recorded_after_the_restart() {
         ended.finished_at.map(|t| t.timestamp()),
         Some(1_700_000_000)
     );
+}
+
+/// The sweep removes the containers of this installation that no unfinished run owns — of an
+/// ended run, of no run, of an earlier attempt — and leaves a running run's alone.
+#[tokio::test]
+async fn the_sweep_removes_containers_no_unfinished_run_owns() {
+    // The shortest lease: the sweep comes every 1.5 s.
+    let app = builder().arg("--lease-seconds").arg("3").start().await;
+    let c = app.admin();
+    c.create_job(&sh_job("sleeper", "echo up; sleep 120"))
+        .await
+        .unwrap();
+    c.create_job(&sh_job("quick", "true")).await.unwrap();
+    let (going, _) = c
+        .trigger("sleeper", &Default::default(), None)
+        .await
+        .unwrap();
+    wait_for_log(&c, &going.id, "up", 60).await;
+    let (ended, _) = c.trigger("quick", &Default::default(), None).await.unwrap();
+    let ended = c
+        .wait_until_final(&ended.id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(ended.status, RunStatus::Succeeded);
+
+    let installation = app
+        .installation_id()
+        .expect("the engine logged its installation");
+    let image = jobdock_testkit::images::busybox_image().expect("test image");
+    let planted = |run_id: &str, attempt: &str| {
+        let out = std::process::Command::new("docker")
+            .args(["run", "-d", "--label"])
+            .arg(format!("dev.jobdock.installation={installation}"))
+            .arg("--label")
+            .arg(format!("dev.jobdock.run-id={run_id}"))
+            .arg("--label")
+            .arg(format!("dev.jobdock.attempt={attempt}"))
+            .args(["--label", "dev.jobdock.job=planted", &image, "sleep", "300"])
+            .output()
+            .expect("docker run");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let planted = [
+        planted(&ended.id, "1"),
+        planted("0190f5d2-0000-7000-8000-000000000000", "1"),
+        planted(&going.id, "7"),
+    ];
+    let exists = |id: &str| {
+        std::process::Command::new("docker")
+            .args(["container", "inspect", id])
+            .output()
+            .expect("docker inspect")
+            .status
+            .success()
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while planted.iter().any(|id| exists(id)) {
+        if std::time::Instant::now() > until {
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-f"])
+                .args(&planted)
+                .output();
+            panic!("the sweep left a planted container");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        containers_of(&going.id).len(),
+        1,
+        "the running run's container stays"
+    );
+    let run = c.get_run(&going.id).await.unwrap();
+    assert_eq!(run.status, RunStatus::Running);
+    c.cancel_run(&going.id).await.unwrap();
 }

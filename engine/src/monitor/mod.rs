@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use jobdock_types::{Anomaly, AnomalyKind, Monitoring, RunStatus};
 
-use crate::store::anomalies::{self, NewAnomaly};
+use crate::store::anomalies::{self, ActiveRun, NewAnomaly};
 use crate::store::runs::{Outcome, RunRow};
 use crate::store::{now_ms, Conn, Store, StoreError};
 use rules::{Finding, Usual};
@@ -98,19 +98,26 @@ pub async fn after_finish(
 /// What the periodic check keeps between its passes, so that a pass reads only the columns
 /// of the active runs that move and does more only for what changed: a run's monitoring
 /// settings are read once (its definition is a snapshot), a job's baseline again only once
-/// one of its runs has ended, and an anomaly found raised is not looked up again.
+/// one of its runs has ended, the runs queued behind a job's first only while that one has
+/// waited too long (and each of them once), and an anomaly found raised is not looked up
+/// again.
 #[derive(Debug, Default)]
 pub struct ActiveCheck {
-    /// Each active run's monitoring settings and expected duration (seconds).
+    /// Each watched run's monitoring settings and expected duration (seconds).
     settings: HashMap<String, (Monitoring, Option<i64>)>,
-    /// The job of each run active at the last pass.
+    /// The job of each run starting or running at the last pass.
     job_of: HashMap<String, String>,
     /// Each job's recent successes (durations, start latencies) and when they were read.
-    /// Only a run's end adds one, so a job's are read again once a run of it has left the
-    /// active runs (ended here or on another replica), and after [`BASELINE_AGE`] for the
-    /// runs that began and ended between two passes. Reading them for every job on every
-    /// pass cost a statement per job every two seconds.
+    /// Only a run's end adds one, so a job's are read again once a run of it has stopped
+    /// running (ended here or on another replica), and after [`BASELINE_AGE`] for the runs
+    /// that began and ended between two passes. Reading them for every job on every pass
+    /// cost a statement per job every two seconds.
     baselines: HashMap<String, Baseline>,
+    /// By job id, while the job's first queued run has waited too long: how far behind it
+    /// the queue has been looked at. Runs queue in the order they were triggered, so the
+    /// runs that waited too long are the first ones; each stays over its limit while it
+    /// waits, so none is read twice.
+    slow_upto: HashMap<String, i64>,
     /// Anomalies known to be raised (every pass would find them again).
     raised: HashSet<(String, AnomalyKind)>,
 }
@@ -129,71 +136,44 @@ const BASELINE_AGE: Duration = Duration::from_secs(60);
 /// Definitions read per statement, for runs new to the check.
 const SETTINGS_BATCH: usize = 200;
 
+/// Most runs behind a job's first that one pass looks at; the rest, on the next passes.
+const BEHIND_BATCH: i64 = 500;
+
 impl ActiveCheck {
-    /// Checks every running and waiting run for `long_running`, `stalled` and `slow_start`;
-    /// returns the anomalies this pass raised. `stall_after` is the engine's default.
+    /// Checks every running run for `long_running` and `stalled` and the runs waiting to
+    /// start for `slow_start`; returns the anomalies this pass raised. `stall_after` is the
+    /// engine's default.
+    ///
+    /// A pass reads the starting and running runs and each job's first queued run; the runs
+    /// queued behind a job's first only when that one has waited too long (a later run of
+    /// the job was triggered after it, and has waited less). The caveat: the runs behind are
+    /// looked at when the first has waited longer than its own settings allow, so a run
+    /// triggered after its job's monitoring settings changed may be judged by its own later
+    /// than it could be, at the latest once it is first in its job's queue.
     pub async fn pass(
         &mut self,
         store: &Store,
         stall_after: Duration,
     ) -> Result<Vec<Anomaly>, StoreError> {
         let now = now_ms();
-        let active = store.active_runs().await?;
-        // Forget the runs that ended; learn the settings of those new since the last pass.
-        let ids: HashSet<&str> = active.iter().map(|r| r.id.as_str()).collect();
+        let mut watched = store.watched_runs().await?;
+        self.forget_ended(&watched);
+        self.learn_settings(store, &watched).await?;
+        let behind = self.waited_too_long_behind(store, &watched, now).await?;
+        self.learn_settings(store, &behind).await?;
+        watched.extend(behind);
+        let ids: HashSet<&str> = watched.iter().map(|r| r.id.as_str()).collect();
         self.settings.retain(|id, _| ids.contains(id.as_str()));
         self.raised.retain(|(id, _)| ids.contains(id.as_str()));
-        let baselines = &mut self.baselines;
-        self.job_of.retain(|id, job| {
-            let active = ids.contains(id.as_str());
-            if !active {
-                baselines.remove(job);
-            }
-            active
-        });
-        for run in &active {
-            if !self.job_of.contains_key(&run.id) {
-                self.job_of.insert(run.id.clone(), run.job.clone());
-            }
-        }
-        let jobs: HashSet<&str> = self.job_of.values().map(String::as_str).collect();
-        self.baselines
-            .retain(|job, b| jobs.contains(job.as_str()) && b.read_at.elapsed() < BASELINE_AGE);
-        let new: Vec<&str> = active
-            .iter()
-            .map(|r| r.id.as_str())
-            .filter(|id| !self.settings.contains_key(*id))
-            .collect();
-        for batch in new.chunks(SETTINGS_BATCH) {
-            for (id, m, expected) in store.monitoring_of(batch).await? {
-                self.settings.insert(id, (m, expected));
-            }
-        }
-        let mut usual: HashMap<String, Option<Usual>> = HashMap::new();
+
         let mut raised = Vec::new();
-        for run in &active {
+        for run in &watched {
             // A run whose definition could not be read (deleted meanwhile) is left alone.
             let Some(&(m, expected)) = self.settings.get(&run.id) else {
                 continue;
             };
-            if !usual.contains_key(&run.job) {
-                if !self.baselines.contains_key(&run.job) {
-                    let (took, latency) = store.recent_successes(&run.job, HISTORY).await?;
-                    let read_at = std::time::Instant::now();
-                    let b = Baseline {
-                        read_at,
-                        took,
-                        latency,
-                    };
-                    self.baselines.insert(run.job.clone(), b);
-                }
-                let b = &self.baselines[&run.job];
-                usual.insert(
-                    run.job.clone(),
-                    Usual::learn(&b.took, &b.latency, m.min_samples),
-                );
-            }
-            let u = usual.get(&run.job).and_then(Option::as_ref);
+            let usual = self.usual(store, &run.job, &m).await?;
+            let u = usual.as_ref();
             let mut findings = Vec::new();
             match (run.status, run.started_at) {
                 (RunStatus::Running, Some(started)) => {
@@ -234,6 +214,104 @@ impl ActiveCheck {
             }
         }
         Ok(raised)
+    }
+
+    /// Forgets the baselines of the jobs of runs that stopped running since the last pass
+    /// (an end may have added a success), and those too old.
+    fn forget_ended(&mut self, watched: &[ActiveRun]) {
+        let going: HashMap<&str, &str> = watched
+            .iter()
+            .filter(|r| r.status != RunStatus::Queued)
+            .map(|r| (r.id.as_str(), r.job.as_str()))
+            .collect();
+        for (id, job) in self.job_of.drain() {
+            if !going.contains_key(id.as_str()) {
+                self.baselines.remove(&job);
+            }
+        }
+        self.job_of = going
+            .iter()
+            .map(|(id, job)| (id.to_string(), job.to_string()))
+            .collect();
+        let jobs: HashSet<&str> = watched.iter().map(|r| r.job.as_str()).collect();
+        self.baselines
+            .retain(|job, b| jobs.contains(job.as_str()) && b.read_at.elapsed() < BASELINE_AGE);
+    }
+
+    /// Reads the monitoring settings of the runs new to the check.
+    async fn learn_settings(
+        &mut self,
+        store: &Store,
+        runs: &[ActiveRun],
+    ) -> Result<(), StoreError> {
+        let new: Vec<&str> = runs
+            .iter()
+            .map(|r| r.id.as_str())
+            .filter(|id| !self.settings.contains_key(*id))
+            .collect();
+        for batch in new.chunks(SETTINGS_BATCH) {
+            for (id, m, expected) in store.monitoring_of(batch).await? {
+                self.settings.insert(id, (m, expected));
+            }
+        }
+        Ok(())
+    }
+
+    /// The runs queued behind each job's first queued run that has waited too long, and
+    /// have waited too long as well, not looked at by an earlier pass.
+    async fn waited_too_long_behind(
+        &mut self,
+        store: &Store,
+        watched: &[ActiveRun],
+        now: i64,
+    ) -> Result<Vec<ActiveRun>, StoreError> {
+        let mut behind = Vec::new();
+        let mut slow_jobs = HashSet::new();
+        for first in watched.iter().filter(|r| r.status == RunStatus::Queued) {
+            let Some(&(m, _)) = self.settings.get(&first.id) else {
+                continue;
+            };
+            let usual = self.usual(store, &first.job, &m).await?;
+            let Some(after) = rules::slow_start_after(&m, usual.as_ref()) else {
+                continue;
+            };
+            if now - first.created_at <= after {
+                continue;
+            }
+            slow_jobs.insert(first.job_id.clone());
+            let from = self.slow_upto.get(&first.job_id).copied();
+            let from = from.unwrap_or(first.seq).max(first.seq);
+            let more = store
+                .queued_waiting_since(&first.job_id, from, now - after - 1, BEHIND_BATCH)
+                .await?;
+            if let Some(last) = more.last() {
+                self.slow_upto.insert(first.job_id.clone(), last.seq);
+            }
+            behind.extend(more);
+        }
+        self.slow_upto.retain(|job, _| slow_jobs.contains(job));
+        Ok(behind)
+    }
+
+    /// What is usual for `job`, from its baseline (read when the check has none).
+    async fn usual(
+        &mut self,
+        store: &Store,
+        job: &str,
+        m: &Monitoring,
+    ) -> Result<Option<Usual>, StoreError> {
+        if !self.baselines.contains_key(job) {
+            let (took, latency) = store.recent_successes(job, HISTORY).await?;
+            let read_at = std::time::Instant::now();
+            let b = Baseline {
+                read_at,
+                took,
+                latency,
+            };
+            self.baselines.insert(job.to_owned(), b);
+        }
+        let b = &self.baselines[job];
+        Ok(Usual::learn(&b.took, &b.latency, m.min_samples))
     }
 }
 

@@ -109,14 +109,21 @@ pub fn long_running(
     })
 }
 
-/// `slow_start`: a run triggered `waiting_ms` ago that is not running yet.
-pub fn slow_start(m: &Monitoring, usual: Option<&Usual>, waiting_ms: i64) -> Option<Finding> {
+/// How long a run may wait to run before it is `slow_start` (ms), when the job has a usual
+/// start latency.
+pub fn slow_start_after(m: &Monitoring, usual: Option<&Usual>) -> Option<i64> {
     let usual_ms = usual?.start_latency_ms?;
-    let over = limit(
+    Some(limit(
         usual_ms,
         m.slow_start_factor,
         m.slow_start_min_extra_seconds,
-    );
+    ))
+}
+
+/// `slow_start`: a run triggered `waiting_ms` ago that is not running yet.
+pub fn slow_start(m: &Monitoring, usual: Option<&Usual>, waiting_ms: i64) -> Option<Finding> {
+    let usual_ms = usual?.start_latency_ms?;
+    let over = slow_start_after(m, usual)?;
     (waiting_ms > over).then(|| Finding {
         kind: AnomalyKind::SlowStart,
         message: format!(

@@ -76,3 +76,68 @@ async fn a_jobs_baseline_is_read_again_once_one_of_its_runs_has_ended() {
     let kinds: Vec<_> = raised.iter().map(|a| (a.run_id.as_str(), a.kind)).collect();
     assert_eq!(kinds, [(long.as_str(), AnomalyKind::LongRunning)]);
 }
+
+/// Queued runs of `job` triggered `ago_ms` ago each, in this order.
+async fn queued(s: &Store, job: &JobRow, spec: &JobSpec, ago_ms: &[i64]) -> Vec<String> {
+    let mut tx = s.begin_write().await.unwrap();
+    let mut ids = Vec::new();
+    for ago in ago_ms {
+        let id = runs::insert(&mut tx, NewRun::queued(job, spec))
+            .await
+            .unwrap()
+            .id;
+        runs::backdate(&mut tx, &id, now_ms() - ago).await.unwrap();
+        ids.push(id);
+    }
+    tx.commit().await.unwrap();
+    ids
+}
+
+#[tokio::test]
+async fn every_run_queued_too_long_is_a_slow_start_each_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open_sqlite(&dir.path().join("store.db"))
+        .await
+        .unwrap();
+    let spec = JobSpec {
+        name: "orders".into(),
+        image: "img".into(),
+        ..Default::default()
+    };
+    let mut tx = s.begin_write().await.unwrap();
+    let job = jobs::insert(&mut tx, NewJob { spec: &spec }).await.unwrap();
+    tx.commit().await.unwrap();
+    // Five successes that started at once: a usual start takes no time, so waiting more
+    // than a minute (the default's least extra) is far from usual.
+    for _ in 0..5 {
+        let id = running(&s, &job, &spec, 0).await;
+        succeed(&s, &id).await;
+    }
+    let ids = queued(&s, &job, &spec, &[180_000, 120_000, 90_000, 30_000, 10_000]).await;
+    let slow = |raised: Vec<jobdock_types::Anomaly>| {
+        let mut got: Vec<String> = raised
+            .into_iter()
+            .inspect(|a| assert_eq!(a.kind, AnomalyKind::SlowStart))
+            .map(|a| a.run_id)
+            .collect();
+        got.sort();
+        got
+    };
+    let mut want = ids[..3].to_vec();
+    want.sort();
+
+    let mut check = ActiveCheck::default();
+    assert_eq!(slow(check.pass(&s, STALL).await.unwrap()), want);
+    assert!(check.pass(&s, STALL).await.unwrap().is_empty(), "each once");
+
+    // The fourth has waited too long now too; the first three are not raised again, by
+    // this check or by a new one (another replica's, or this one's after a restart).
+    let mut tx = s.begin_write().await.unwrap();
+    runs::backdate(&mut tx, &ids[3], now_ms() - 100_000)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(slow(check.pass(&s, STALL).await.unwrap()), [ids[3].clone()]);
+    let mut fresh = ActiveCheck::default();
+    assert!(fresh.pass(&s, STALL).await.unwrap().is_empty());
+}

@@ -21,6 +21,14 @@ struct Slots {
     job_limit: HashMap<String, i64>,
 }
 
+/// What a dispatch pass did.
+struct Pass {
+    /// The runs it claimed.
+    claimed: Vec<RunRow>,
+    /// Whether it left due runs it could not start (no slot free, or past [`PER_PASS`]).
+    left: bool,
+}
+
 /// What this replica last noted on the runs waiting behind a job's first queued run: which
 /// run was first then, and the last run noted. A long queue costs no write per pass.
 #[derive(Default)]
@@ -28,10 +36,14 @@ pub(super) struct BehindNoted(HashMap<String, (i64, i64)>);
 
 impl Runner {
     pub(super) async fn dispatch_loop(&self) {
+        // Whether the last pass left runs due that it could not start: when it did not, the
+        // next first looks without the claim's transaction.
+        let mut left = true;
         loop {
-            match self.claim().await {
-                Ok(claimed) => {
-                    for run in claimed {
+            match self.claim(!left).await {
+                Ok(pass) => {
+                    left = pass.left;
+                    for run in pass.claimed {
                         self.observe_claim(&run);
                         self.spawn_supervisor(run);
                     }
@@ -46,11 +58,23 @@ impl Runner {
         }
     }
 
-    /// Claims what may start now: queued → starting under this replica's lease.
-    async fn claim(&self) -> Result<Vec<RunRow>, StoreError> {
-        let mut tx = self.inner.ctx.store.begin_claim().await?;
+    /// Claims what may start now: queued → starting under this replica's lease. With
+    /// `look_first`, whether anything is due is first read outside the claim's transaction:
+    /// most passes of a quiet engine (its timer's, the one after a run's end) find nothing,
+    /// and then cost one read instead of the write lock (SQLite's, which a trigger waits
+    /// for; PostgreSQL's advisory lock, which every replica's passes take in turn) and three
+    /// statements.
+    async fn claim(&self, look_first: bool) -> Result<Pass, StoreError> {
+        let store = &self.inner.ctx.store;
         let backends = self.inner.backends.name_strings();
-        let mut claimed = Vec::new();
+        let mut pass = Pass {
+            claimed: Vec::new(),
+            left: false,
+        };
+        if look_first && !runs::any_due(store, &backends).await? {
+            return Ok(pass);
+        }
+        let mut tx = store.begin_claim().await?;
         // Each job's next due run, by queue order: the oldest of them is looked at first.
         let mut next: BTreeMap<i64, DueRun> = runs::heads(&mut tx, &backends)
             .await?
@@ -59,7 +83,7 @@ impl Runner {
             .collect();
         if next.is_empty() {
             tx.commit().await?;
-            return Ok(claimed);
+            return Ok(pass);
         }
         let jobs: Vec<&str> = next.values().map(|d| d.job_id.as_str()).collect();
         let job_limit = crate::store::jobs::max_parallel_of(&mut tx, &jobs).await?;
@@ -71,9 +95,11 @@ impl Runner {
         while let Some((_, due)) = next.pop_first() {
             looked += 1;
             if looked > PER_PASS {
+                pass.left = true;
                 break;
             }
             if let Some(wait) = self.waits_for_job_or_backend(&slots, &due) {
+                pass.left = true;
                 self.note_waiting(&mut tx, &due.id, due.attempt, &wait)
                     .await?;
                 self.note_behind(&mut tx, &due).await?;
@@ -88,6 +114,7 @@ impl Runner {
             };
             if let Some(run) = run {
                 if let Some(wait) = waits_for_lock(&slots, &run) {
+                    pass.left = true;
                     self.note_waiting(&mut tx, &run.id, run.attempt, &wait)
                         .await?;
                     self.note_behind(&mut tx, &due).await?;
@@ -100,7 +127,7 @@ impl Runner {
                     let mut run = run;
                     run.status = jobdock_types::RunStatus::Starting;
                     run.backend_ref = None;
-                    claimed.push(run);
+                    pass.claimed.push(run);
                 }
             }
             if let Some(after) = runs::next_of_job(&mut tx, &backends, &due).await? {
@@ -108,7 +135,7 @@ impl Runner {
             }
         }
         tx.commit().await?;
-        Ok(claimed)
+        Ok(pass)
     }
 
     /// Records, once per reason, what a run waits for. This replica remembers what it

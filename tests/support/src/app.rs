@@ -288,6 +288,12 @@ impl TestApp {
         }
     }
 
+    /// The engine's installation id (the label on every container it starts), once its
+    /// store is ready.
+    pub fn installation_id(&self) -> Option<String> {
+        self.installation.lock().map(|i| i.clone()).unwrap_or(None)
+    }
+
     /// Starts the engine again on the same data directory and database (a new port).
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill9();

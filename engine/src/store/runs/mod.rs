@@ -19,7 +19,7 @@ mod supervision;
 mod transitions;
 mod view;
 
-pub use queue::{heads, held, next_of_job, note_behind, DueRun, Held};
+pub use queue::{any_due, heads, held, next_of_job, note_behind, DueRun, Held};
 pub use supervision::EndCheck;
 pub use transitions::*;
 
@@ -159,6 +159,17 @@ impl<'a> NewRun<'a> {
             reason: None,
         }
     }
+}
+
+/// Moves run `id`'s trigger back to `created_at` (ms), for the tests of what waits too long.
+#[cfg(test)]
+pub async fn backdate(conn: &mut AnyConnection, id: &str, created_at: i64) -> Result<()> {
+    sqlx::query("UPDATE runs SET created_at = $1 WHERE id = $2")
+        .bind(created_at)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 /// How an attempt ended.
@@ -559,6 +570,30 @@ impl Store {
         }
         let rows = q.fetch_all(&self.pool).await?;
         rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
+    }
+
+    /// Of the runs `ids`, those that exist and have not ended, with their current attempt:
+    /// in a statement per 200 runs (the sweep asks about every container it finds).
+    pub async fn attempts_in_flight(
+        &self,
+        ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, i64>> {
+        let mut found = std::collections::HashMap::new();
+        for batch in ids.chunks(200) {
+            let sql = format!(
+                "SELECT id, attempt FROM runs WHERE id IN ({}) \
+                 AND status IN ('queued', 'starting', 'running')",
+                crate::store::placeholders(batch.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for id in batch {
+                q = q.bind(*id);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                found.insert(r.try_get("id")?, r.try_get("attempt")?);
+            }
+        }
+        Ok(found)
     }
 }
 

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
-use super::super::{now_ms, Dialect, Result};
+use super::super::{now_ms, Dialect, Result, Store};
 use jobdock_types::RunEventKind;
 
 /// A queued run that may start now, as a dispatch pass first sees it. The whole run is read
@@ -109,6 +109,22 @@ pub async fn heads(conn: &mut AnyConnection, backends: &[String]) -> Result<Vec<
     rows.iter()
         .map(|r| due_run(r, r.try_get("last_seq")?))
         .collect()
+}
+
+/// Whether any run is due on `backends`, read outside a transaction: the first queued run
+/// in queue order that is due, if any (a probe of the queue's index by status).
+pub async fn any_due(store: &Store, backends: &[String]) -> Result<bool> {
+    if backends.is_empty() {
+        return Ok(false);
+    }
+    let sql = format!(
+        "SELECT seq FROM runs WHERE {} ORDER BY seq LIMIT 1",
+        due_where(backends.len(), "")
+    );
+    Ok(bind_due(&sql, backends)
+        .fetch_optional(&store.pool)
+        .await?
+        .is_some())
 }
 
 /// The due run of `before`'s job that comes after it, up to the job's last due run as the

@@ -1,5 +1,6 @@
-//! The queue as dispatch reads it, on both databases: the first due run of each job, a
-//! job's next one, and the note on the runs waiting behind a job's first.
+//! The queue as dispatch reads it, on both databases: whether anything is due, the first
+//! due run of each job, a job's next one, and the note on the runs waiting behind a job's
+//! first; and the queue as the anomaly check reads it.
 
 use std::collections::HashMap;
 
@@ -13,6 +14,8 @@ both!(
     each_jobs_first_due_run_comes_oldest_first,
     the_runs_behind_a_first_are_noted_once,
     what_holds_slots_is_counted_by_job_backend_and_lock,
+    a_run_is_due_unless_it_waits_out_a_backoff_or_runs_elsewhere,
+    the_check_watches_what_runs_and_each_jobs_first_queued_run,
 );
 
 const DOCKER: &str = "docker";
@@ -174,4 +177,90 @@ async fn what_holds_slots_is_counted_by_job_backend_and_lock(pg: bool) {
     let want = counts(&[(&job_a.id, 3), (&job_b.id, 1), ("gone", 1)]);
     assert_eq!(limits, want, "unset and missing jobs allow one run");
     tx.commit().await.unwrap();
+}
+
+async fn backoff(s: &Store, id: &str) {
+    sqlx::query("UPDATE runs SET next_attempt_at = $1 WHERE id = $2")
+        .bind(now_ms() + 60_000)
+        .bind(id)
+        .execute(&s.pool)
+        .await
+        .unwrap();
+}
+
+async fn a_run_is_due_unless_it_waits_out_a_backoff_or_runs_elsewhere(pg: bool) {
+    let (s, _g) = store(pg).await;
+    let a = spec("a");
+    let mut tx = s.begin_write().await.unwrap();
+    let job = jobs::insert(&mut tx, NewJob { spec: &a }).await.unwrap();
+    tx.commit().await.unwrap();
+    let docker = vec![DOCKER.to_string()];
+    assert!(!runs::any_due(&s, &docker).await.unwrap(), "an empty queue");
+    let retry = queue(&s, &job, &a, DOCKER).await;
+    backoff(&s, &retry).await;
+    queue(&s, &job, &a, "nomad").await;
+    assert!(!runs::any_due(&s, &docker).await.unwrap());
+    assert!(!runs::any_due(&s, &[]).await.unwrap());
+    assert!(runs::any_due(&s, &["nomad".to_string()]).await.unwrap());
+    queue(&s, &job, &a, DOCKER).await;
+    assert!(runs::any_due(&s, &docker).await.unwrap());
+}
+
+async fn the_check_watches_what_runs_and_each_jobs_first_queued_run(pg: bool) {
+    let (s, _g) = store(pg).await;
+    let (a, b) = (spec("a"), spec("b"));
+    let mut tx = s.begin_write().await.unwrap();
+    let job_a = jobs::insert(&mut tx, NewJob { spec: &a }).await.unwrap();
+    let job_b = jobs::insert(&mut tx, NewJob { spec: &b }).await.unwrap();
+    tx.commit().await.unwrap();
+    let going = queue(&s, &job_a, &a, DOCKER).await;
+    let mut tx = s.begin_claim().await.unwrap();
+    assert!(
+        runs::mark_starting(&mut tx, &going, "me", now_ms() + 30_000)
+            .await
+            .unwrap()
+    );
+    tx.commit().await.unwrap();
+    // a's queue: a retry (not a first attempt), then three first attempts; b's: one.
+    let retry = queue(&s, &job_a, &a, DOCKER).await;
+    sqlx::query("UPDATE runs SET attempt = 2 WHERE id = $1")
+        .bind(&retry)
+        .execute(&s.pool)
+        .await
+        .unwrap();
+    let mut a_queued = Vec::new();
+    for _ in 0..3 {
+        a_queued.push(queue(&s, &job_a, &a, DOCKER).await);
+    }
+    let b1 = queue(&s, &job_b, &b, DOCKER).await;
+    let watched = s.watched_runs().await.unwrap();
+    let got: Vec<&str> = watched.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(got, [going.as_str(), a_queued[0].as_str(), b1.as_str()]);
+    assert_eq!(watched[1].job_id, job_a.id);
+
+    // Behind a's first: the first attempts triggered by a time, after a place in the queue.
+    let mut tx = s.begin_write().await.unwrap();
+    runs::backdate(&mut tx, &a_queued[1], now_ms() - 60_000)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let since = |after: i64, by: i64, limit: i64| {
+        let s = s.clone();
+        let job = job_a.id.clone();
+        async move {
+            let runs = s
+                .queued_waiting_since(&job, after, by, limit)
+                .await
+                .unwrap();
+            runs.into_iter().map(|r| r.id).collect::<Vec<_>>()
+        }
+    };
+    let first = watched[1].seq;
+    assert_eq!(
+        since(first, now_ms() - 30_000, 10).await,
+        [a_queued[1].clone()]
+    );
+    assert_eq!(since(first, now_ms(), 10).await, a_queued[1..].to_vec());
+    assert_eq!(since(first, now_ms(), 1).await, [a_queued[1].clone()]);
+    assert_eq!(since(first - 1, now_ms(), 10).await, a_queued.to_vec());
 }
