@@ -105,12 +105,12 @@ pub async fn after_finish(
 pub struct ActiveCheck {
     /// Each watched run's monitoring settings and expected duration (seconds).
     settings: HashMap<String, (Monitoring, Option<i64>)>,
-    /// The job of each run starting or running at the last pass.
+    /// The job of each run starting or running here at the last pass.
     job_of: HashMap<String, String>,
     /// Each job's recent successes (durations, start latencies) and when they were read.
     /// Only a run's end adds one, so a job's are read again once a run of it has stopped
-    /// running (ended here or on another replica), and after [`BASELINE_AGE`] for the runs
-    /// that began and ended between two passes. Reading them for every job on every pass
+    /// running here, and after [`BASELINE_AGE`] for the runs that ended elsewhere or began
+    /// and ended between two passes. Reading them for every job on every pass
     /// cost a statement per job every two seconds.
     baselines: HashMap<String, Baseline>,
     /// By job id, while the job's first queued run has waited too long: how far behind it
@@ -140,23 +140,26 @@ const SETTINGS_BATCH: usize = 200;
 const BEHIND_BATCH: i64 = 500;
 
 impl ActiveCheck {
-    /// Checks every running run for `long_running` and `stalled` and the runs waiting to
-    /// start for `slow_start`; returns the anomalies this pass raised. `stall_after` is the
-    /// engine's default.
+    /// Checks the running runs `going` (those this replica supervises, from memory) for
+    /// `long_running` and `stalled`, and them and the runs waiting to start for
+    /// `slow_start`; returns the anomalies this pass raised. `stall_after` is the engine's
+    /// default.
     ///
-    /// A pass reads the starting and running runs and each job's first queued run; the runs
-    /// queued behind a job's first only when that one has waited too long (a later run of
-    /// the job was triggered after it, and has waited less). The caveat: the runs behind are
+    /// A pass reads each job's first queued run; the runs queued behind a job's first only
+    /// when that one has waited too long (a later run of the job was triggered after it, and
+    /// has waited less). The caveat: the runs behind are
     /// looked at when the first has waited longer than its own settings allow, so a run
     /// triggered after its job's monitoring settings changed may be judged by its own later
     /// than it could be, at the latest once it is first in its job's queue.
     pub async fn pass(
         &mut self,
         store: &Store,
+        going: Vec<ActiveRun>,
         stall_after: Duration,
     ) -> Result<Vec<Anomaly>, StoreError> {
         let now = now_ms();
-        let mut watched = store.watched_runs().await?;
+        let mut watched = going;
+        watched.extend(store.first_queued_runs().await?);
         self.forget_ended(&watched);
         self.learn_settings(store, &watched).await?;
         let behind = self.waited_too_long_behind(store, &watched, now).await?;

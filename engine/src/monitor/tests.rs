@@ -3,6 +3,7 @@
 use jobdock_types::{AnomalyKind, JobSpec, RunStatus};
 
 use super::ActiveCheck;
+use crate::store::anomalies::ActiveRun;
 use crate::store::runs::{self, NewRun, Outcome};
 use crate::store::{jobs, now_ms, JobRow, NewJob, Store};
 
@@ -24,6 +25,26 @@ async fn running(s: &Store, job: &JobRow, spec: &JobSpec, ago_ms: i64) -> String
         .unwrap());
     tx.commit().await.unwrap();
     id
+}
+
+/// Runs `ids` as the supervisors of a replica would tell the check of them.
+async fn going(s: &Store, ids: &[&str]) -> Vec<ActiveRun> {
+    let mut going = Vec::new();
+    for id in ids {
+        let r = s.run(id).await.unwrap();
+        going.push(ActiveRun {
+            id: r.id,
+            seq: r.seq,
+            attempt: r.attempt,
+            job_id: r.job_id,
+            job: r.job_name,
+            status: r.status,
+            created_at: r.created_at,
+            started_at: r.started_at,
+            last_output_at: None,
+        });
+    }
+    going
 }
 
 /// Ends run `id` as a success of one second.
@@ -60,7 +81,12 @@ async fn a_jobs_baseline_is_read_again_once_one_of_its_runs_has_ended() {
     let long = running(&s, &job, &spec, 3_600_000).await;
     let other = running(&s, &job, &spec, 0).await;
     let mut check = ActiveCheck::default();
-    assert!(check.pass(&s, STALL).await.unwrap().is_empty());
+    let both = going(&s, &[&long, &other]).await;
+    assert!(check
+        .pass(&s, both.clone(), STALL)
+        .await
+        .unwrap()
+        .is_empty());
 
     // Five one-second successes that began and ended between two passes: the check has not
     // seen any of the job's runs end, and keeps the baseline it read.
@@ -68,11 +94,14 @@ async fn a_jobs_baseline_is_read_again_once_one_of_its_runs_has_ended() {
         let id = running(&s, &job, &spec, 1_000).await;
         succeed(&s, &id).await;
     }
-    assert!(check.pass(&s, STALL).await.unwrap().is_empty());
+    assert!(check.pass(&s, both, STALL).await.unwrap().is_empty());
 
     // One it saw running ends: the baseline is read again, and an hour is far from usual.
     succeed(&s, &other).await;
-    let raised = check.pass(&s, STALL).await.unwrap();
+    let raised = check
+        .pass(&s, going(&s, &[&long]).await, STALL)
+        .await
+        .unwrap();
     let kinds: Vec<_> = raised.iter().map(|a| (a.run_id.as_str(), a.kind)).collect();
     assert_eq!(kinds, [(long.as_str(), AnomalyKind::LongRunning)]);
 }
@@ -127,8 +156,11 @@ async fn every_run_queued_too_long_is_a_slow_start_each_once() {
     want.sort();
 
     let mut check = ActiveCheck::default();
-    assert_eq!(slow(check.pass(&s, STALL).await.unwrap()), want);
-    assert!(check.pass(&s, STALL).await.unwrap().is_empty(), "each once");
+    assert_eq!(slow(check.pass(&s, Vec::new(), STALL).await.unwrap()), want);
+    assert!(
+        check.pass(&s, Vec::new(), STALL).await.unwrap().is_empty(),
+        "each once"
+    );
 
     // The fourth has waited too long now too; the first three are not raised again, by
     // this check or by a new one (another replica's, or this one's after a restart).
@@ -137,7 +169,10 @@ async fn every_run_queued_too_long_is_a_slow_start_each_once() {
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    assert_eq!(slow(check.pass(&s, STALL).await.unwrap()), [ids[3].clone()]);
+    assert_eq!(
+        slow(check.pass(&s, Vec::new(), STALL).await.unwrap()),
+        [ids[3].clone()]
+    );
     let mut fresh = ActiveCheck::default();
-    assert!(fresh.pass(&s, STALL).await.unwrap().is_empty());
+    assert!(fresh.pass(&s, Vec::new(), STALL).await.unwrap().is_empty());
 }

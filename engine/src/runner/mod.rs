@@ -8,6 +8,7 @@ mod alerts;
 mod deliver;
 mod dispatch;
 mod launch;
+mod live;
 mod logpump;
 mod observe;
 mod record;
@@ -120,6 +121,8 @@ struct Inner {
     waiting_noted: tokio::sync::Mutex<std::collections::HashMap<String, String>>,
     /// What was last noted on the runs queued behind each job's first.
     behind_noted: tokio::sync::Mutex<dispatch::BehindNoted>,
+    /// The runs this replica supervises, for its anomaly check.
+    live: live::LiveRuns,
     shutdown: CancellationToken,
 }
 
@@ -151,6 +154,7 @@ impl Runner {
                 jobs_changed: std::sync::atomic::AtomicBool::new(false),
                 waiting_noted: Default::default(),
                 behind_noted: Default::default(),
+                live: Default::default(),
                 shutdown: CancellationToken::new(),
             }),
         }
@@ -239,13 +243,14 @@ impl Runner {
         }
     }
 
-    /// Checks running and waiting runs for anomalies every few seconds. Every replica
-    /// checks; the store raises each anomaly once.
+    /// Checks running and waiting runs for anomalies every few seconds: each replica the
+    /// runs it supervises, and every replica the queue; the store raises each anomaly once.
     async fn monitor_loop(&self) {
         let mut check = crate::monitor::ActiveCheck::default();
         loop {
             let stall_after = self.inner.config.stall_after;
-            match check.pass(&self.inner.ctx.store, stall_after).await {
+            let going = self.inner.live.snapshot();
+            match check.pass(&self.inner.ctx.store, going, stall_after).await {
                 Ok(raised) => {
                     for a in raised {
                         self.inner.ctx.metrics.anomaly_raised(a.kind.as_str());

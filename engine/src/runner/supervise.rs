@@ -73,6 +73,13 @@ async fn attempt(r: &Runner, run: RunRow) -> anyhow::Result<()> {
     if run.backend_ref.is_some() && settle_kept_end(r, &run, &backend).await? {
         return Ok(());
     }
+    // Watched by this replica's anomaly check while this supervisor holds it; a run adopted
+    // while running brings the time its output last moved.
+    let last_output = match run.status {
+        RunStatus::Running => ctx.store.last_output_at(&run.id).await?,
+        _ => None,
+    };
+    let watched = r.inner.live.watch(&run, last_output);
     let mut secrets =
         crate::service::jobs::open_secrets_of(ctx, &run.job_id, &run.job_name).await?;
     // The run's own token travels as a secret: delivered as the job's secrets are (variable
@@ -94,6 +101,7 @@ async fn attempt(r: &Runner, run: RunRow) -> anyhow::Result<()> {
     let Some(started_at) = wait_until_started(r, &backend, &handle, &run, &cancels).await? else {
         return Ok(());
     };
+    watched.running(started_at);
     if run.status == RunStatus::Starting {
         let mut tx = ctx.store.begin_write().await?;
         runs::mark_running(&mut tx, &run.id, run.attempt, started_at).await?;
@@ -108,6 +116,7 @@ async fn attempt(r: &Runner, run: RunRow) -> anyhow::Result<()> {
         run.clone(),
         redactor.clone(),
         logs_done.clone(),
+        watched.output.clone(),
     ));
     let ended = match watch(r, &backend, &handle, &run, started_at, &cancels).await {
         Ok(e) => e,
@@ -131,6 +140,7 @@ async fn attempt(r: &Runner, run: RunRow) -> anyhow::Result<()> {
             run.clone(),
             redactor,
             logs_done.clone(),
+            watched.output.clone(),
         ));
         drain(r, &run.id, again).await;
     }
@@ -418,6 +428,7 @@ async fn pump_logs(
     run: RunRow,
     redactor: Redactor,
     done: CancellationToken,
+    moved: Arc<std::sync::atomic::AtomicI64>,
 ) {
     let store = &r.inner.ctx.store;
     loop {
@@ -440,6 +451,7 @@ async fn pump_logs(
             redactor: &redactor,
             cap: r.inner.config.log_cap_bytes,
             owner: &r.inner.owner,
+            moved: &moved,
         };
         let result = tokio::select! {
             res = pump.run(pos) => res,

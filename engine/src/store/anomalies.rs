@@ -243,35 +243,43 @@ fn active_run(r: &sqlx::any::AnyRow) -> Result<ActiveRun> {
 }
 
 impl Store {
-    /// What the periodic check reads on every pass: the columns that move of every starting
-    /// or running run, and of the first queued first attempt of each job — a later run of a
-    /// job was triggered after its first and has waited less (see
-    /// [`Store::queued_waiting_since`]). Reading every queued run instead cost a row per run
-    /// of the queue every two seconds, 5,000 with 5,000 queued. Each job's first is a probe
-    /// of the queue's index by job, as in `runs::heads` (PostgreSQL through `LATERAL`).
-    pub async fn watched_runs(&self) -> Result<Vec<ActiveRun>> {
+    /// The first queued first attempt of each job: what the periodic check reads of the
+    /// queue on every pass (a later run of a job was triggered after its first and has
+    /// waited less; see [`Store::queued_waiting_since`]). Reading every queued run instead
+    /// cost a row per run of the queue every two seconds, 5,000 with 5,000 queued. Each
+    /// job's first is a probe of the queue's index by job, as in `runs::heads` (PostgreSQL
+    /// through `LATERAL`).
+    pub async fn first_queued_runs(&self) -> Result<Vec<ActiveRun>> {
         let first = "f.job_id = j.id AND f.status = 'queued' AND f.attempt = 1 \
                      ORDER BY f.seq LIMIT 1";
-        let queued = match self.dialect {
+        let sql = match self.dialect {
             Dialect::Sqlite => format!(
                 "SELECT r.seq, r.id, r.attempt, r.job_id, r.job_name, r.status, r.created_at, \
                  r.started_at, r.last_output_at \
                  FROM (SELECT (SELECT f.seq FROM runs f WHERE {first}) AS first_seq FROM jobs j) h \
-                 JOIN runs r ON r.seq = h.first_seq"
+                 JOIN runs r ON r.seq = h.first_seq ORDER BY r.seq"
             ),
             Dialect::Postgres => format!(
                 "SELECT r.seq, r.id, r.attempt, r.job_id, r.job_name, r.status, r.created_at, \
                  r.started_at, r.last_output_at FROM jobs j \
-                 CROSS JOIN LATERAL (SELECT {ACTIVE_COLUMNS} FROM runs f WHERE {first}) r"
+                 CROSS JOIN LATERAL (SELECT {ACTIVE_COLUMNS} FROM runs f WHERE {first}) r \
+                 ORDER BY r.seq"
             ),
         };
-        let rows = sqlx::query(&format!(
-            "SELECT {ACTIVE_COLUMNS} FROM runs WHERE status IN ('starting', 'running') \
-             UNION ALL {queued} ORDER BY seq"
-        ))
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
         rows.iter().map(active_run).collect()
+    }
+
+    /// When run `id`'s output last moved (ms), if it has.
+    pub async fn last_output_at(&self, id: &str) -> Result<Option<i64>> {
+        let row = sqlx::query("SELECT last_output_at FROM runs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => r.try_get("last_output_at")?,
+            None => None,
+        })
     }
 
     /// The queued first attempts of job `job_id` after `after_seq` in the queue that were

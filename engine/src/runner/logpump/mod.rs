@@ -67,6 +67,9 @@ pub struct Pump<'a> {
     pub cap: i64,
     /// This replica's lease owner id: batches are written only while it holds the run.
     pub owner: &'a str,
+    /// When the run's output last moved (ms), for the anomaly check: set as each batch of
+    /// the container's output is stored.
+    pub moved: &'a std::sync::atomic::AtomicI64,
 }
 
 /// Why reading stopped early.
@@ -101,9 +104,14 @@ impl Pump<'_> {
     /// Stores batches as they come, in order, until the reader is done.
     async fn write(&self, mut rx: mpsc::Receiver<Batch>) -> Result<(), StoreError> {
         while let Some(b) = rx.recv().await {
+            let output = b.totals.mark.is_some();
             self.store
                 .append_logs(self.run_id, &b.lines, b.totals)
                 .await?;
+            if output {
+                self.moved
+                    .store(crate::store::now_ms(), std::sync::atomic::Ordering::Relaxed);
+            }
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! The pump against a scripted backend and a real store.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -125,6 +126,17 @@ async fn pump_once(
     run_id: &str,
     attempt: i64,
 ) -> Result<(), PumpError> {
+    pump_once_moved(store, backend, run_id, attempt, &AtomicI64::new(0)).await
+}
+
+/// [`pump_once`], telling `moved` when output was stored.
+async fn pump_once_moved(
+    store: &Store,
+    backend: &Arc<dyn Backend>,
+    run_id: &str,
+    attempt: i64,
+    moved: &AtomicI64,
+) -> Result<(), PumpError> {
     let now = store.run(run_id).await.unwrap();
     let handle = RunHandle {
         run_id: run_id.into(),
@@ -140,6 +152,7 @@ async fn pump_once(
         redactor: &Redactor::new(&[]),
         cap: 1 << 20,
         owner: "me",
+        moved,
     };
     let from = Position {
         bytes: now.log_bytes,
@@ -162,7 +175,12 @@ async fn resumes_from_stored_cursors_of_the_same_attempt() {
     ]);
     let backend: Arc<dyn Backend> = scripted.clone();
 
-    let _ = pump_once(&store, &backend, &run_id, 1).await;
+    let moved = AtomicI64::new(0);
+    let _ = pump_once_moved(&store, &backend, &run_id, 1, &moved).await;
+    assert!(
+        moved.load(Ordering::Relaxed) > 0,
+        "the output moved: the anomaly check is told"
+    );
     let _ = pump_once(&store, &backend, &run_id, 1).await;
     let _ = pump_once(&store, &backend, &run_id, 2).await;
 

@@ -15,7 +15,7 @@ both!(
     the_runs_behind_a_first_are_noted_once,
     what_holds_slots_is_counted_by_job_backend_and_lock,
     a_run_is_due_unless_it_waits_out_a_backoff_or_runs_elsewhere,
-    the_check_watches_what_runs_and_each_jobs_first_queued_run,
+    the_check_reads_each_jobs_first_queued_first_attempt,
 );
 
 const DOCKER: &str = "docker";
@@ -206,7 +206,7 @@ async fn a_run_is_due_unless_it_waits_out_a_backoff_or_runs_elsewhere(pg: bool) 
     assert!(runs::any_due(&s, &docker).await.unwrap());
 }
 
-async fn the_check_watches_what_runs_and_each_jobs_first_queued_run(pg: bool) {
+async fn the_check_reads_each_jobs_first_queued_first_attempt(pg: bool) {
     let (s, _g) = store(pg).await;
     let (a, b) = (spec("a"), spec("b"));
     let mut tx = s.begin_write().await.unwrap();
@@ -233,10 +233,10 @@ async fn the_check_watches_what_runs_and_each_jobs_first_queued_run(pg: bool) {
         a_queued.push(queue(&s, &job_a, &a, DOCKER).await);
     }
     let b1 = queue(&s, &job_b, &b, DOCKER).await;
-    let watched = s.watched_runs().await.unwrap();
+    let watched = s.first_queued_runs().await.unwrap();
     let got: Vec<&str> = watched.iter().map(|r| r.id.as_str()).collect();
-    assert_eq!(got, [going.as_str(), a_queued[0].as_str(), b1.as_str()]);
-    assert_eq!(watched[1].job_id, job_a.id);
+    assert_eq!(got, [a_queued[0].as_str(), b1.as_str()], "{going} runs");
+    assert_eq!(watched[0].job_id, job_a.id);
 
     // Behind a's first: the first attempts triggered by a time, after a place in the queue.
     let mut tx = s.begin_write().await.unwrap();
@@ -255,7 +255,7 @@ async fn the_check_watches_what_runs_and_each_jobs_first_queued_run(pg: bool) {
             runs.into_iter().map(|r| r.id).collect::<Vec<_>>()
         }
     };
-    let first = watched[1].seq;
+    let first = watched[0].seq;
     assert_eq!(
         since(first, now_ms() - 30_000, 10).await,
         [a_queued[1].clone()]
