@@ -110,8 +110,8 @@ pub struct ActiveCheck {
     /// Each job's recent successes (durations, start latencies) and when they were read.
     /// Only a run's end adds one, so a job's are read again once a run of it has stopped
     /// running here, and after [`BASELINE_AGE`] for the runs that ended elsewhere or began
-    /// and ended between two passes. Reading them for every job on every pass
-    /// cost a statement per job every two seconds.
+    /// and ended between two passes. Reading them for every job on every pass cost a
+    /// statement per job every two seconds.
     baselines: HashMap<String, Baseline>,
     /// By job id, while the job's first queued run has waited too long: how far behind it
     /// the queue has been looked at. Runs queue in the order they were triggered, so the
@@ -147,10 +147,10 @@ impl ActiveCheck {
     ///
     /// A pass reads each job's first queued run; the runs queued behind a job's first only
     /// when that one has waited too long (a later run of the job was triggered after it, and
-    /// has waited less). The caveat: the runs behind are
-    /// looked at when the first has waited longer than its own settings allow, so a run
-    /// triggered after its job's monitoring settings changed may be judged by its own later
-    /// than it could be, at the latest once it is first in its job's queue.
+    /// has waited less). The caveat: the runs behind are looked at when the first has
+    /// waited longer than its own settings allow, so a run triggered after its job's
+    /// monitoring settings changed may be judged by its own later than it could be, at the
+    /// latest once it is first in its job's queue.
     pub async fn pass(
         &mut self,
         store: &Store,
