@@ -50,6 +50,20 @@ struct Inner {
     watcher_running: bool,
 }
 
+/// A long poll listening for its run's end, from [`RunWatch::listen`].
+pub struct EndWait<'a> {
+    _registration: Registration<'a>,
+    ended: std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>,
+}
+
+impl EndWait<'_> {
+    /// Waits until the run has ended (or may have: a waiter woken early only reads the run
+    /// again), or `wait` is over.
+    pub async fn wait(mut self, wait: Duration) {
+        let _ = tokio::time::timeout(wait, self.ended.as_mut()).await;
+    }
+}
+
 /// A waiter's place; leaving it (dropping) stops waiting.
 struct Registration<'a> {
     watch: &'a RunWatch,
@@ -86,17 +100,25 @@ impl RunWatch {
         id: &str,
         wait: Duration,
     ) -> Result<()> {
-        let (registration, notify) = self.register(store, id);
         // Listening before looking, so that no end slips in between.
-        let ended = notify.notified();
-        tokio::pin!(ended);
-        ended.as_mut().enable();
+        let end = self.listen(store, id);
         if store.status_of(id).await?.is_none_or(|s| s.is_final()) {
             return Ok(());
         }
-        let _ = tokio::time::timeout(wait, ended).await;
-        drop(registration);
+        end.wait(wait).await;
         Ok(())
+    }
+
+    /// Starts listening for the end of run `id`. A caller that reads the run after this and
+    /// finds it going waits with [`EndWait::wait`]: an end between the two is not missed.
+    pub fn listen(self: &Arc<Self>, store: &Store, id: &str) -> EndWait<'_> {
+        let (registration, notify) = self.register(store, id);
+        let mut ended = Box::pin(notify.notified_owned());
+        ended.as_mut().enable();
+        EndWait {
+            _registration: registration,
+            ended,
+        }
     }
 
     /// Run `id` has ended (or may have: a waiter woken early only reads the run again):
@@ -310,6 +332,22 @@ mod tests {
         assert!(!wb.is_finished(), "nobody told of the other run");
         wb.abort();
         let _ = wb.await;
+    }
+
+    /// A long poll listens before it reads its run: an end told between the read and the
+    /// wait still wakes it.
+    #[tokio::test]
+    async fn an_end_between_listening_and_waiting_is_not_missed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("t.db")).await.unwrap();
+        let (a, _) = two_queued_runs(&store).await;
+        let watch = Arc::new(RunWatch::new(Dialect::Sqlite));
+        let end = watch.listen(&store, &a);
+        watch.ended(&a);
+        tokio::time::timeout(Duration::from_secs(10), end.wait(Duration::from_secs(60)))
+            .await
+            .expect("woken by the end told before the wait began");
+        assert_eq!(watch.len(), 0, "the waiter left");
     }
 
     /// Two replicas on one PostgreSQL database: a run that replica B ends wakes a waiter on
