@@ -141,20 +141,10 @@ pub async fn read(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<ReadQuery>,
 ) -> Result<Json<Run>, ApiError> {
-    // One read answers a plain poll. A long poll listens for the run's end before that read
-    // (an end in between is not missed), and reads again once the wait is over.
-    svc::check_wait(q.wait_seconds)?;
-    let wait = q.wait_seconds.filter(|w| *w > 0);
-    let end = wait.map(|_| s.ctx.watch.listen(&s.ctx.store, &id));
-    let run = svc::get(&s.ctx, &id).await?;
+    let reading = svc::reading(&s.ctx, &id, q.wait_seconds)?;
+    let run = reading.now().await?;
     caller.check_job(&run.job)?;
-    let run = match (end, wait) {
-        (Some(end), Some(wait)) if !run.status.is_final() => {
-            end.wait(std::time::Duration::from_secs(wait)).await;
-            svc::get(&s.ctx, &id).await?
-        }
-        _ => run,
-    };
+    let run = reading.at_end(run).await?;
     Ok(Json(base.run(&s.ctx.keys, run)))
 }
 

@@ -451,14 +451,43 @@ pub async fn get(ctx: &Ctx, id: &str) -> Result<Run> {
 /// Most seconds a read may wait for a run to end.
 pub const MAX_WAIT_SECONDS: u64 = 60;
 
-/// One run; with `wait_seconds` (at most [`MAX_WAIT_SECONDS`]), a long poll: the answer comes
-/// as soon as the run has ended, or when the wait is over.
-pub async fn read(ctx: &Ctx, id: &str, wait_seconds: Option<u64>) -> Result<Run> {
+/// A read of one run; with `wait_seconds` (at most [`MAX_WAIT_SECONDS`]), a long poll: the
+/// answer comes as soon as the run has ended, or when the wait is over. A long poll listens
+/// for the run's end before its first read, so an end in between is not missed and the run
+/// is read twice, not three times (its status once more to close that gap).
+pub struct Reading<'a> {
+    ctx: &'a Ctx,
+    id: &'a str,
+    wait: Option<(Duration, super::watch::EndWait<'a>)>,
+}
+
+/// Starts a read of run `id`: [`Reading::now`] answers a poll, and [`Reading::at_end`] a
+/// long poll once the caller may see the run.
+pub fn reading<'a>(ctx: &'a Ctx, id: &'a str, wait_seconds: Option<u64>) -> Result<Reading<'a>> {
     check_wait(wait_seconds)?;
-    if let Some(wait) = wait_seconds {
-        wait_for_end(ctx, id, Duration::from_secs(wait)).await?;
+    let wait = wait_seconds
+        .filter(|w| *w > 0)
+        .map(|w| (Duration::from_secs(w), ctx.watch.listen(&ctx.store, id)));
+    Ok(Reading { ctx, id, wait })
+}
+
+impl Reading<'_> {
+    /// The run now.
+    pub async fn now(&self) -> Result<Run> {
+        get(self.ctx, self.id).await
     }
-    get(ctx, id).await
+
+    /// `run` (as [`Reading::now`] read it) if it has ended or the read does not wait;
+    /// otherwise the run once it has ended, or when the wait is over.
+    pub async fn at_end(self, run: Run) -> Result<Run> {
+        match self.wait {
+            Some((wait, end)) if !run.status.is_final() => {
+                end.wait(wait).await;
+                get(self.ctx, self.id).await
+            }
+            _ => Ok(run),
+        }
+    }
 }
 
 /// Refuses a `wait_seconds` above [`MAX_WAIT_SECONDS`].
@@ -470,13 +499,6 @@ pub fn check_wait(wait_seconds: Option<u64>) -> Result<()> {
         )),
         _ => Ok(()),
     }
-}
-
-/// Waits until the run has ended (or is gone), or `wait` is over: woken at once when any
-/// replica ends the run (see [`super::watch`]).
-pub async fn wait_for_end(ctx: &Ctx, id: &str, wait: Duration) -> Result<()> {
-    ctx.watch.wait_for_end(&ctx.store, id, wait).await?;
-    Ok(())
 }
 
 /// A page of a run's timeline, oldest first; the cursor is the last event's id.

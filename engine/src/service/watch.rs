@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::store::notify::Heard;
-use crate::store::{Dialect, Result, Store};
+use crate::store::{Dialect, Store};
 
 /// How often the watcher looks at the waited-for runs while ends on other replicas may go
 /// unheard (the longest a waiter then waits past its run's end).
@@ -93,13 +93,15 @@ impl RunWatch {
         }
     }
 
-    /// Waits until run `id` has ended (or is gone), or `wait` is over.
+    /// Waits until run `id` has ended (or is gone), or `wait` is over: listening, then
+    /// looking at the run's status, as a long poll does with its read (the tests' waiter).
+    #[cfg(test)]
     pub async fn wait_for_end(
         self: &Arc<Self>,
         store: &Store,
         id: &str,
         wait: Duration,
-    ) -> Result<()> {
+    ) -> crate::store::Result<()> {
         // Listening before looking, so that no end slips in between.
         let end = self.listen(store, id);
         if store.status_of(id).await?.is_none_or(|s| s.is_final()) {
