@@ -48,6 +48,11 @@ def measure(bins: Binaries, work: Path) -> list[Row]:
                 os.killpg(waiters.pid, signal.SIGKILL)
                 waiters.wait()
         api(f"{base}/api/v1/runs/{run['id']}/cancel", "POST", {})
+        # Ended, and its container removed, before the engine stops: stopped in between, the
+        # engine left the cancelled run's container behind on the daemon.
+        while api(f"{base}/api/v1/runs/{run['id']}?wait_seconds=60")["status"] in (
+                "queued", "starting", "running"):
+            pass
     return [Row(
         f"long polls ({WAITERS} waiting)",
         f"engine CPU {waiting:.1f} ms/s",
