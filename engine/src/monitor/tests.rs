@@ -10,6 +10,23 @@ use crate::store::{jobs, now_ms, JobRow, NewJob, Store};
 // Far longer than the hour the long run is in: only `long_running` may be raised.
 const STALL: std::time::Duration = std::time::Duration::from_secs(86_400);
 
+/// A store in a temporary directory (kept while the first value lives) with job `name`.
+async fn store_with_job(name: &str) -> (tempfile::TempDir, Store, JobSpec, JobRow) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open_sqlite(&dir.path().join("store.db"))
+        .await
+        .unwrap();
+    let spec = JobSpec {
+        name: name.into(),
+        image: "img".into(),
+        ..Default::default()
+    };
+    let mut tx = s.begin_write().await.unwrap();
+    let job = jobs::insert(&mut tx, NewJob { spec: &spec }).await.unwrap();
+    tx.commit().await.unwrap();
+    (dir, s, spec, job)
+}
+
 /// A run of `job` that started `ago_ms` ago and still runs.
 async fn running(s: &Store, job: &JobRow, spec: &JobSpec, ago_ms: i64) -> String {
     let mut tx = s.begin_write().await.unwrap();
@@ -65,18 +82,7 @@ async fn succeed(s: &Store, id: &str) {
 
 #[tokio::test]
 async fn a_jobs_baseline_is_read_again_once_one_of_its_runs_has_ended() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::open_sqlite(&dir.path().join("store.db"))
-        .await
-        .unwrap();
-    let spec = JobSpec {
-        name: "nightly".into(),
-        image: "img".into(),
-        ..Default::default()
-    };
-    let mut tx = s.begin_write().await.unwrap();
-    let job = jobs::insert(&mut tx, NewJob { spec: &spec }).await.unwrap();
-    tx.commit().await.unwrap();
+    let (_dir, s, spec, job) = store_with_job("nightly").await;
     // An hour in, and one just begun; the job has no successes yet, so nothing is usual.
     let long = running(&s, &job, &spec, 3_600_000).await;
     let other = running(&s, &job, &spec, 0).await;
@@ -124,18 +130,7 @@ async fn queued(s: &Store, job: &JobRow, spec: &JobSpec, ago_ms: &[i64]) -> Vec<
 
 #[tokio::test]
 async fn every_run_queued_too_long_is_a_slow_start_each_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::open_sqlite(&dir.path().join("store.db"))
-        .await
-        .unwrap();
-    let spec = JobSpec {
-        name: "orders".into(),
-        image: "img".into(),
-        ..Default::default()
-    };
-    let mut tx = s.begin_write().await.unwrap();
-    let job = jobs::insert(&mut tx, NewJob { spec: &spec }).await.unwrap();
-    tx.commit().await.unwrap();
+    let (_dir, s, spec, job) = store_with_job("orders").await;
     // Five successes that started at once: a usual start takes no time, so waiting more
     // than a minute (the default's least extra) is far from usual.
     for _ in 0..5 {

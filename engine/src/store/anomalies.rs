@@ -253,15 +253,19 @@ impl Store {
         let first = "f.job_id = j.id AND f.status = 'queued' AND f.attempt = 1 \
                      ORDER BY f.seq LIMIT 1";
         let sql = match self.dialect {
-            Dialect::Sqlite => format!(
-                "SELECT r.seq, r.id, r.attempt, r.job_id, r.job_name, r.status, r.created_at, \
-                 r.started_at, r.last_output_at \
-                 FROM (SELECT (SELECT f.seq FROM runs f WHERE {first}) AS first_seq FROM jobs j) h \
-                 JOIN runs r ON r.seq = h.first_seq ORDER BY r.seq"
-            ),
+            Dialect::Sqlite => {
+                let columns: Vec<String> = ACTIVE_COLUMNS
+                    .split(", ")
+                    .map(|c| format!("r.{c}"))
+                    .collect();
+                format!(
+                    "SELECT {} FROM (SELECT (SELECT f.seq FROM runs f WHERE {first}) AS first_seq \
+                     FROM jobs j) h JOIN runs r ON r.seq = h.first_seq ORDER BY r.seq",
+                    columns.join(", ")
+                )
+            }
             Dialect::Postgres => format!(
-                "SELECT r.seq, r.id, r.attempt, r.job_id, r.job_name, r.status, r.created_at, \
-                 r.started_at, r.last_output_at FROM jobs j \
+                "SELECT r.* FROM jobs j \
                  CROSS JOIN LATERAL (SELECT {ACTIVE_COLUMNS} FROM runs f WHERE {first}) r \
                  ORDER BY r.seq"
             ),

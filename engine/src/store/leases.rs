@@ -1,6 +1,8 @@
 //! Which replica supervises which run: leases that a heartbeat extends, adoption of runs
-//! whose supervisor is gone, and the slots of lost runs released once their container is
-//! confirmed gone.
+//! whose supervisor is gone, the slots of lost runs released once their container is
+//! confirmed gone, and which containers the sweep finds still belong to a run going.
+
+use sqlx::Row;
 
 use super::runs::{decode, RunRow, COLUMNS};
 use super::{now_ms, Result, Store};
@@ -51,6 +53,30 @@ impl Store {
             .map(decode)
             .filter(|r| r.as_ref().map_or(true, |r| backends.contains(&r.backend)))
             .collect()
+    }
+
+    /// Of the runs `ids`, those that exist and have not ended, with their current attempt:
+    /// in a statement per 200 runs (the sweep asks about every container it finds).
+    pub async fn attempts_in_flight(
+        &self,
+        ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, i64>> {
+        let mut found = std::collections::HashMap::new();
+        for batch in ids.chunks(200) {
+            let sql = format!(
+                "SELECT id, attempt FROM runs WHERE id IN ({}) \
+                 AND status IN ('queued', 'starting', 'running')",
+                super::placeholders(batch.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for id in batch {
+                q = q.bind(*id);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                found.insert(r.try_get("id")?, r.try_get("attempt")?);
+            }
+        }
+        Ok(found)
     }
 
     /// Ended runs that still hold their slots because their container was not confirmed gone.

@@ -573,30 +573,6 @@ impl Store {
         let rows = q.fetch_all(&self.pool).await?;
         rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
     }
-
-    /// Of the runs `ids`, those that exist and have not ended, with their current attempt:
-    /// in a statement per 200 runs (the sweep asks about every container it finds).
-    pub async fn attempts_in_flight(
-        &self,
-        ids: &[&str],
-    ) -> Result<std::collections::HashMap<String, i64>> {
-        let mut found = std::collections::HashMap::new();
-        for batch in ids.chunks(200) {
-            let sql = format!(
-                "SELECT id, attempt FROM runs WHERE id IN ({}) \
-                 AND status IN ('queued', 'starting', 'running')",
-                crate::store::placeholders(batch.len())
-            );
-            let mut q = sqlx::query(&sql);
-            for id in batch {
-                q = q.bind(*id);
-            }
-            for r in q.fetch_all(&self.pool).await? {
-                found.insert(r.try_get("id")?, r.try_get("attempt")?);
-            }
-        }
-        Ok(found)
-    }
 }
 
 /// A job's latest run, as a job's view shows it.
