@@ -38,9 +38,14 @@ pub(super) async fn record(
     outcome.finished_at.get_or_insert_with(now_ms);
     append_cap_notice(r, run, now.log_dropped).await?;
     if let (Some((backend, handle)), true) = (container, gone) {
-        let mut tx = store.begin_write().await?;
-        runs::note_attempt_end(&mut tx, &run.id, run.attempt, status, &outcome).await?;
-        tx.commit().await.map_err(StoreError::from)?;
+        runs::note_attempt_end(
+            &mut *store.write_alone().await?,
+            &run.id,
+            run.attempt,
+            status,
+            &outcome,
+        )
+        .await?;
         remove(backend, handle).await;
         return settle(r, run, status, outcome, true).await;
     }

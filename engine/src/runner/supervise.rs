@@ -109,6 +109,12 @@ async fn attempt(r: &Runner, run: RunRow) -> anyhow::Result<()> {
     }
 
     let logs_done = CancellationToken::new();
+    // The first stream starts where the row read when this supervisor took the run says:
+    // only the lease's holder stores the log, so nothing has moved it since.
+    let from_row = Position {
+        bytes: run.log_bytes,
+        mark: run.log_mark.clone(),
+    };
     let pump = tokio::spawn(pump_logs(
         r.clone(),
         backend.clone(),
@@ -117,6 +123,7 @@ async fn attempt(r: &Runner, run: RunRow) -> anyhow::Result<()> {
         redactor.clone(),
         logs_done.clone(),
         watched.output.clone(),
+        Some(from_row),
     ));
     let ended = match watch(r, &backend, &handle, &run, started_at, &cancels).await {
         Ok(e) => e,
@@ -141,6 +148,7 @@ async fn attempt(r: &Runner, run: RunRow) -> anyhow::Result<()> {
             redactor,
             logs_done.clone(),
             watched.output.clone(),
+            None,
         ));
         drain(r, &run.id, again).await;
     }
@@ -419,8 +427,10 @@ async fn reattach(
     }
 }
 
-/// Copies the log into the store, restarting the stream from the stored position when it
-/// breaks, until it ends with the container or `done` is cancelled.
+/// Copies the log into the store from `from` (the stored position when `None`), restarting
+/// the stream from the stored position when it breaks, until it ends with the container or
+/// `done` is cancelled.
+#[allow(clippy::too_many_arguments)] // one task's whole context; a struct would be used once
 async fn pump_logs(
     r: Runner,
     backend: Arc<dyn Backend>,
@@ -429,10 +439,15 @@ async fn pump_logs(
     redactor: Redactor,
     done: CancellationToken,
     moved: Arc<std::sync::atomic::AtomicI64>,
+    mut from: Option<Position>,
 ) {
     let store = &r.inner.ctx.store;
     loop {
-        let pos = match store.log_position(&run.id).await {
+        let stored = match from.take() {
+            Some(pos) => Ok((pos.bytes, pos.mark)),
+            None => store.log_position(&run.id).await,
+        };
+        let pos = match stored {
             Ok((bytes, mark)) => Position { bytes, mark },
             Err(e) => {
                 tracing::warn!(error = %e, "could not read the log position");

@@ -124,6 +124,11 @@ pub async fn enqueue_run_end(conn: &mut AnyConnection, run_id: &str) -> Result<u
     if any.is_none() {
         return Ok(0);
     }
+    put_run_end(conn, run_id).await
+}
+
+/// [`enqueue_run_end`] for a caller that knows the run has callbacks (`runs::EndNeeds`).
+pub async fn put_run_end(conn: &mut AnyConnection, run_id: &str) -> Result<usize> {
     let mut savepoint = conn.begin().await?;
     match enqueue_for_run(&mut savepoint, run_id).await {
         Ok(n) => {

@@ -240,6 +240,15 @@ impl Store {
         })
     }
 
+    /// A connection for one write statement, which is a transaction of its own: on SQLite the
+    /// writer's, so that it queues with the write transactions in the order they came; on
+    /// PostgreSQL one of the pool's. A transaction around a single statement adds only its
+    /// cost: on SQLite three more trips to the connection's thread (`BEGIN IMMEDIATE`, sqlx's
+    /// check that it began, `COMMIT`), each a handover between threads.
+    pub async fn write_alone(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>> {
+        Ok(self.writer.acquire().await?)
+    }
+
     /// Starts the transaction of a dispatch pass: one claimer at a time across replicas, for
     /// counting slots and taking them must not interleave, or two replicas could both see the
     /// same free slot. SQLite's write lock already makes it one; PostgreSQL takes an advisory

@@ -133,15 +133,6 @@ pub async fn hold(conn: &mut AnyConnection, run_id: &str, state: &str) -> Result
     Ok(())
 }
 
-/// Whether run `run_id` holds a state (without reading it).
-pub async fn holds_state(conn: &mut AnyConnection, run_id: &str) -> Result<bool> {
-    let row = sqlx::query("SELECT 1 AS x FROM run_held_states WHERE run_id = $1")
-        .bind(run_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    Ok(row.is_some())
-}
-
 /// What run `run_id` holds, if anything.
 pub async fn held(conn: &mut AnyConnection, run_id: &str) -> Result<Option<String>> {
     let row = sqlx::query("SELECT state FROM run_held_states WHERE run_id = $1")

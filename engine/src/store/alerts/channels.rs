@@ -187,14 +187,6 @@ pub async fn exists_for_share(conn: &mut AnyConnection, store: &Store, name: &st
     Ok(row.is_some())
 }
 
-/// Whether any channel exists, read on the caller's connection.
-pub async fn any(conn: &mut AnyConnection) -> Result<bool> {
-    let row = sqlx::query("SELECT 1 AS x FROM alert_channels LIMIT 1")
-        .fetch_optional(&mut *conn)
-        .await?;
-    Ok(row.is_some())
-}
-
 /// Every channel, by name, read on the caller's connection.
 pub async fn all(conn: &mut AnyConnection) -> Result<Vec<ChannelRow>> {
     let rows = sqlx::query(&format!(

@@ -496,7 +496,7 @@ impl Store {
             .bind(handle)
             .bind(id)
             .bind(attempt)
-            .execute(&self.pool)
+            .execute(&mut *self.write_alone().await?)
             .await?;
         Ok(())
     }
