@@ -39,7 +39,7 @@ pub(super) async fn record(
     append_cap_notice(r, run, now.log_dropped).await?;
     if let (Some((backend, handle)), true) = (container, gone) {
         runs::note_attempt_end(
-            &mut *store.write_alone().await?,
+            &mut store.write_alone().await?,
             &run.id,
             run.attempt,
             status,

@@ -63,7 +63,7 @@ fn parse(text: &str) -> Result<Map<String, Value>> {
 /// The job's current state; for a run, what it holds if it has set any.
 pub async fn get(ctx: &Ctx, job: &str, who: Writer<'_>) -> Result<Current> {
     check_job(ctx, job).await?;
-    let mut conn = ctx.store.acquire().await?;
+    let mut conn = ctx.store.read().await?;
     let current = state::current(&mut conn, job).await?;
     let version = current.as_ref().map_or(0, |v| v.version);
     if let Writer::Run(run_id) = who {
@@ -193,7 +193,7 @@ pub async fn versions(
 ) -> Result<Page<StateVersion>> {
     check_job(ctx, job).await?;
     let before = super::page::numeric_cursor(cursor)?;
-    let mut conn = ctx.store.acquire().await?;
+    let mut conn = ctx.store.read().await?;
     let rows = state::versions(&mut conn, job, before, limit + 1).await?;
     let more = rows.len() as i64 > limit;
     let items: Vec<StateVersion> = rows

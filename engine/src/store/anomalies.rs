@@ -4,7 +4,9 @@
 //! records the event (and, with it, the alerts).
 
 use jobdock_types::{Anomaly, AnomalyKind, RunEventKind};
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
+
+use crate::store::Conn;
 
 use super::alerts::{AlertEvent, AlertKind};
 use super::events::{self, NewEvent};
@@ -52,7 +54,7 @@ fn decode(r: &sqlx::any::AnyRow) -> Result<Anomaly> {
 
 /// Raises an anomaly unless the run already has one of its kind; `Some` when this call
 /// raised it (its event is recorded in the same transaction).
-pub async fn raise(conn: &mut AnyConnection, a: NewAnomaly<'_>) -> Result<Option<Anomaly>> {
+pub async fn raise(conn: &mut Conn, a: NewAnomaly<'_>) -> Result<Option<Anomaly>> {
     let inserted = sqlx::query(
         "INSERT INTO anomalies (run_id, job_name, kind, raised_at, message, expected, observed) \
          VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (run_id, kind) DO NOTHING",
@@ -108,7 +110,7 @@ pub async fn raise(conn: &mut AnyConnection, a: NewAnomaly<'_>) -> Result<Option
 
 /// Closes the run's open run-time anomalies (long_running, slow_start, stalled): they
 /// called for attention while it went on.
-pub async fn close_for_run(conn: &mut AnyConnection, run_id: &str, reason: &str) -> Result<()> {
+pub async fn close_for_run(conn: &mut Conn, run_id: &str, reason: &str) -> Result<()> {
     sqlx::query(
         "UPDATE anomalies SET closed_at = $1, closed_reason = $2 WHERE run_id = $3 \
          AND closed_at IS NULL AND kind IN ('long_running', 'slow_start', 'stalled')",
@@ -125,7 +127,7 @@ pub async fn close_for_run(conn: &mut AnyConnection, run_id: &str, reason: &str)
 /// `oom_killed`, `timed_out`, `failure_streak`): a clean success settles them. Those of runs
 /// still going stay open until their own run ends.
 pub async fn close_for_job(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     job: &str,
     except_run: &str,
     reason: &str,
@@ -148,7 +150,7 @@ pub async fn close_for_job(
 /// runs, newest first, leaving out `except_run`. Read from the run statistics, which
 /// outlive pruned runs.
 pub async fn recent_successes(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     job: &str,
     except_run: &str,
     limit: i64,
@@ -168,7 +170,7 @@ pub async fn recent_successes(
 
 /// How many of the job's latest finished runs in a row did not succeed (cancelled and
 /// skipped runs do not count either way), looking back at most `limit` runs.
-pub async fn failures_in_a_row(conn: &mut AnyConnection, job: &str, limit: i64) -> Result<i64> {
+pub async fn failures_in_a_row(conn: &mut Conn, job: &str, limit: i64) -> Result<i64> {
     let rows = sqlx::query(
         "SELECT status FROM runs WHERE job_name = $1 \
          AND status IN ('succeeded', 'failed', 'timed_out', 'lost') \
@@ -270,7 +272,7 @@ impl Store {
                  ORDER BY r.seq"
             ),
         };
-        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(&sql).fetch_all(&mut self.read().await?).await?;
         rows.iter().map(active_run).collect()
     }
 
@@ -278,7 +280,7 @@ impl Store {
     pub async fn last_output_at(&self, id: &str) -> Result<Option<i64>> {
         let row = sqlx::query("SELECT last_output_at FROM runs WHERE id = $1")
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut self.read().await?)
             .await?;
         Ok(match row {
             Some(r) => r.try_get("last_output_at")?,
@@ -304,7 +306,7 @@ impl Store {
         .bind(after_seq)
         .bind(triggered_by)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut self.read().await?)
         .await?;
         rows.iter().map(active_run).collect()
     }
@@ -326,7 +328,7 @@ impl Store {
         for id in ids {
             q = q.bind(*id);
         }
-        let rows = q.fetch_all(&self.pool).await?;
+        let rows = q.fetch_all(&mut self.read().await?).await?;
         rows.iter()
             .map(|r| {
                 let spec: String = r.try_get("spec")?;
@@ -343,7 +345,7 @@ impl Store {
 
     /// [`recent_successes`] outside a transaction.
     pub async fn recent_successes(&self, job: &str, limit: i64) -> Result<(Vec<i64>, Vec<i64>)> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.read().await?;
         recent_successes(&mut conn, job, "", limit).await
     }
 
@@ -352,7 +354,7 @@ impl Store {
         let row = sqlx::query("SELECT 1 AS x FROM anomalies WHERE run_id = $1 AND kind = $2")
             .bind(run_id)
             .bind(kind.as_str())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut self.read().await?)
             .await?;
         Ok(row.is_some())
     }
@@ -379,7 +381,7 @@ impl Store {
         .bind(f.kind.map(|k| k.as_str()))
         .bind(open)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut self.read().await?)
         .await?;
         rows.iter().map(decode).collect()
     }
@@ -397,7 +399,7 @@ impl Store {
         for id in run_ids {
             q = q.bind(*id);
         }
-        let rows = q.fetch_all(&self.pool).await?;
+        let rows = q.fetch_all(&mut self.read().await?).await?;
         rows.iter().map(decode).collect()
     }
 
@@ -405,7 +407,7 @@ impl Store {
     pub async fn anomaly(&self, id: i64) -> Result<Option<Anomaly>> {
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM anomalies WHERE id = $1"))
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut self.read().await?)
             .await?;
         row.as_ref().map(decode).transpose()
     }

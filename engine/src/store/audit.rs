@@ -2,7 +2,9 @@
 //! with the token that made it. Written in the same transaction as the change it records.
 
 use jobdock_types::AuditEntry;
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
+
+use crate::store::Conn;
 
 use super::{from_ms, now_ms, Result, Store};
 
@@ -35,7 +37,7 @@ pub struct AuditFilter<'a> {
 }
 
 /// Records one entry.
-pub async fn record(conn: &mut AnyConnection, e: NewAuditEntry<'_>) -> Result<()> {
+pub async fn record(conn: &mut Conn, e: NewAuditEntry<'_>) -> Result<()> {
     sqlx::query(
         "INSERT INTO audit_log (at, token_id, token_name, action, target, detail, request_id) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -64,7 +66,7 @@ impl Store {
         .bind(f.action)
         .bind(f.target)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut self.read().await?)
         .await?;
         rows.iter()
             .map(|r| {

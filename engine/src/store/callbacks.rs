@@ -7,7 +7,9 @@
 //! enqueued by exactly one of them.
 
 use serde_json::json;
-use sqlx::{AnyConnection, Connection, Row};
+use sqlx::Row;
+
+use crate::store::Conn;
 
 use super::alerts::outbox;
 use super::runs::{self, RunRow};
@@ -71,7 +73,7 @@ const COLUMNS: &str = "id, run_id, uri_shown, base_url, key_id, nonce, ciphertex
 
 /// Adds a callback to a run, on the caller's transaction, and enqueues it at once when the
 /// run has already ended. Returns false when the run already had this URI (nothing changes).
-pub async fn add(conn: &mut AnyConnection, dialect: Dialect, c: &NewCallback<'_>) -> Result<bool> {
+pub async fn add(conn: &mut Conn, dialect: Dialect, c: &NewCallback<'_>) -> Result<bool> {
     let lock = match dialect {
         Dialect::Postgres => " FOR UPDATE",
         // A write transaction on SQLite already holds the only write lock.
@@ -115,7 +117,7 @@ pub async fn add(conn: &mut AnyConnection, dialect: Dialect, c: &NewCallback<'_>
 /// `conn` inside the transaction that moved it there. Like the run's alerts, a failure to
 /// put them there is logged and never fails the run's end (a savepoint keeps the
 /// transaction usable).
-pub async fn enqueue_run_end(conn: &mut AnyConnection, run_id: &str) -> Result<usize> {
+pub async fn enqueue_run_end(conn: &mut Conn, run_id: &str) -> Result<usize> {
     // As for alerts without a channel: one read of the run's callbacks, and no savepoint.
     let any = sqlx::query("SELECT 1 AS x FROM run_callbacks WHERE run_id = $1 LIMIT 1")
         .bind(run_id)
@@ -128,15 +130,15 @@ pub async fn enqueue_run_end(conn: &mut AnyConnection, run_id: &str) -> Result<u
 }
 
 /// [`enqueue_run_end`] for a caller that knows the run has callbacks (`runs::EndNeeds`).
-pub async fn put_run_end(conn: &mut AnyConnection, run_id: &str) -> Result<usize> {
-    let mut savepoint = conn.begin().await?;
-    match enqueue_for_run(&mut savepoint, run_id).await {
+pub async fn put_run_end(conn: &mut Conn, run_id: &str) -> Result<usize> {
+    conn.savepoint().await?;
+    match enqueue_for_run(&mut *conn, run_id).await {
         Ok(n) => {
-            savepoint.commit().await?;
+            conn.release_savepoint().await?;
             Ok(n)
         }
         Err(e) => {
-            savepoint.rollback().await?;
+            conn.rollback_to_savepoint().await?;
             tracing::error!(run_id, error = %e, "could not enqueue the run's callbacks; the run ends without them");
             Ok(0)
         }
@@ -145,7 +147,7 @@ pub async fn put_run_end(conn: &mut AnyConnection, run_id: &str) -> Result<usize
 
 /// Puts every callback of a run that has ended and is not yet in the outbox there; how
 /// many.
-async fn enqueue_for_run(conn: &mut AnyConnection, run_id: &str) -> Result<usize> {
+async fn enqueue_for_run(conn: &mut Conn, run_id: &str) -> Result<usize> {
     let ids: Vec<String> = sqlx::query(
         "SELECT c.id FROM run_callbacks c WHERE c.run_id = $1 \
          AND NOT EXISTS (SELECT 1 FROM alert_outbox o WHERE o.callback_id = c.id) ORDER BY c.created_at, c.id",
@@ -186,7 +188,7 @@ fn details(run: &RunRow) -> serde_json::Value {
 }
 
 /// One callback, on the caller's connection.
-pub async fn get(conn: &mut AnyConnection, id: &str) -> Result<CallbackRow> {
+pub async fn get(conn: &mut Conn, id: &str) -> Result<CallbackRow> {
     let row = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM run_callbacks WHERE id = $1"
     ))
@@ -198,7 +200,7 @@ pub async fn get(conn: &mut AnyConnection, id: &str) -> Result<CallbackRow> {
 }
 
 /// Every callback not sealed under `key_id`, for re-sealing under a new master key.
-pub async fn not_sealed_with(conn: &mut AnyConnection, key_id: &str) -> Result<Vec<CallbackRow>> {
+pub async fn not_sealed_with(conn: &mut Conn, key_id: &str) -> Result<Vec<CallbackRow>> {
     let rows = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM run_callbacks WHERE key_id <> $1"
     ))
@@ -209,7 +211,7 @@ pub async fn not_sealed_with(conn: &mut AnyConnection, key_id: &str) -> Result<V
 }
 
 /// Replaces a callback's sealed URI (a key rotation).
-pub async fn put_sealed(conn: &mut AnyConnection, id: &str, s: &SealedSecret) -> Result<()> {
+pub async fn put_sealed(conn: &mut Conn, id: &str, s: &SealedSecret) -> Result<()> {
     sqlx::query("UPDATE run_callbacks SET key_id = $1, nonce = $2, ciphertext = $3 WHERE id = $4")
         .bind(&s.key_id)
         .bind(&s.nonce)
@@ -223,7 +225,7 @@ pub async fn put_sealed(conn: &mut AnyConnection, id: &str, s: &SealedSecret) ->
 impl Store {
     /// One callback.
     pub async fn callback(&self, id: &str) -> Result<CallbackRow> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.write_alone().await?;
         get(&mut conn, id).await
     }
 
@@ -234,7 +236,7 @@ impl Store {
             "SELECT {COLUMNS} FROM run_callbacks WHERE id IN \
              (SELECT MIN(id) FROM run_callbacks GROUP BY key_id)"
         ))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut self.read().await?)
         .await?;
         rows.iter().map(decode).collect()
     }
@@ -245,7 +247,7 @@ impl Store {
             "SELECT {COLUMNS} FROM run_callbacks WHERE run_id = $1 ORDER BY created_at, id"
         ))
         .bind(run_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut self.read().await?)
         .await?;
         rows.iter().map(decode).collect()
     }

@@ -2,7 +2,9 @@
 //! the change it records, so that the timeline and the run never disagree.
 
 use jobdock_types::{RunEvent, RunEventKind};
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
+
+use crate::store::Conn;
 
 use super::{from_ms, now_ms, Result, Store, StoreError};
 
@@ -41,7 +43,7 @@ impl<'a> NewEvent<'a> {
 }
 
 /// Records one event, now.
-pub async fn record(conn: &mut AnyConnection, e: NewEvent<'_>) -> Result<()> {
+pub async fn record(conn: &mut Conn, e: NewEvent<'_>) -> Result<()> {
     let detail = (!e.detail.is_null()).then(|| e.detail.to_string());
     sqlx::query(
         "INSERT INTO run_events (run_id, attempt, at, kind, message, detail) \
@@ -60,12 +62,7 @@ pub async fn record(conn: &mut AnyConnection, e: NewEvent<'_>) -> Result<()> {
 
 /// Notes what a queued run waits for; records a `waiting` event only when the reason
 /// changed (the dispatcher asks on every pass).
-pub async fn note_waiting(
-    conn: &mut AnyConnection,
-    run_id: &str,
-    attempt: i64,
-    reason: &str,
-) -> Result<()> {
+pub async fn note_waiting(conn: &mut Conn, run_id: &str, attempt: i64, reason: &str) -> Result<()> {
     let changed = sqlx::query(
         "UPDATE runs SET waiting_for = $1 WHERE id = $2 AND status = 'queued' \
          AND (waiting_for IS NULL OR waiting_for <> $1)",
@@ -101,7 +98,7 @@ impl Store {
         .bind(run_id)
         .bind(after.unwrap_or(i64::MIN))
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut self.read().await?)
         .await?;
         rows.iter()
             .map(|r| {

@@ -1,7 +1,9 @@
 //! Job definitions. A deleted job keeps its row (so its runs stay readable) but frees its name.
 
 use jobdock_types::JobSpec;
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
+
+use crate::store::Conn;
 
 use super::{from_ms, now_ms, Result, Store, StoreError};
 
@@ -49,7 +51,7 @@ fn encode(spec: &JobSpec) -> String {
 }
 
 /// Inserts a job; a live job of the same name is a conflict.
-pub async fn insert(conn: &mut AnyConnection, new: NewJob<'_>) -> Result<JobRow> {
+pub async fn insert(conn: &mut Conn, new: NewJob<'_>) -> Result<JobRow> {
     let id = uuid::Uuid::now_v7().to_string();
     let now = now_ms();
     let backend = new.spec.backend.map(|b| b.as_str()).unwrap_or("docker");
@@ -69,7 +71,7 @@ pub async fn insert(conn: &mut AnyConnection, new: NewJob<'_>) -> Result<JobRow>
 }
 
 /// Replaces a live job's definition.
-pub async fn update(conn: &mut AnyConnection, id: &str, spec: &JobSpec) -> Result<JobRow> {
+pub async fn update(conn: &mut Conn, id: &str, spec: &JobSpec) -> Result<JobRow> {
     let backend = spec.backend.map(|b| b.as_str()).unwrap_or("docker");
     let row = sqlx::query(&format!(
         "UPDATE jobs SET spec = $1, backend = $2, updated_at = $3 \
@@ -86,7 +88,7 @@ pub async fn update(conn: &mut AnyConnection, id: &str, spec: &JobSpec) -> Resul
 }
 
 /// Marks a job's definition as changed (a secret was set or removed).
-pub async fn touch(conn: &mut AnyConnection, id: &str) -> Result<()> {
+pub async fn touch(conn: &mut Conn, id: &str) -> Result<()> {
     sqlx::query("UPDATE jobs SET updated_at = $1 WHERE id = $2")
         .bind(now_ms())
         .bind(id)
@@ -96,7 +98,7 @@ pub async fn touch(conn: &mut AnyConnection, id: &str) -> Result<()> {
 }
 
 /// Deletes a live job: frees its name and drops its secrets; the row stays for its runs.
-pub async fn soft_delete(conn: &mut AnyConnection, id: &str) -> Result<()> {
+pub async fn soft_delete(conn: &mut Conn, id: &str) -> Result<()> {
     let done = sqlx::query("UPDATE jobs SET deleted_at = $1 WHERE id = $2 AND deleted_at IS NULL")
         .bind(now_ms())
         .bind(id)
@@ -113,7 +115,7 @@ pub async fn soft_delete(conn: &mut AnyConnection, id: &str) -> Result<()> {
 }
 
 /// The live job of this name, locked for update where the database can (PostgreSQL).
-pub async fn get_for_update(conn: &mut AnyConnection, store: &Store, name: &str) -> Result<JobRow> {
+pub async fn get_for_update(conn: &mut Conn, store: &Store, name: &str) -> Result<JobRow> {
     let lock = match store.dialect() {
         super::Dialect::Postgres => " FOR UPDATE",
         super::Dialect::Sqlite => "",
@@ -131,7 +133,7 @@ pub async fn get_for_update(conn: &mut AnyConnection, store: &Store, name: &str)
 /// The current `max_parallel` of each of `ids` (1 when unset, or when the job is gone), in
 /// one statement per 500 jobs: a dispatch pass asks for every job with a queued run.
 pub async fn max_parallel_of(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     ids: &[&str],
 ) -> Result<std::collections::HashMap<String, i64>> {
     /// Only the field asked for is decoded; serde skips the rest of the definition.
@@ -167,7 +169,7 @@ impl Store {
             "SELECT {COLUMNS} FROM jobs WHERE name = $1 AND deleted_at IS NULL"
         ))
         .bind(name)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut self.read().await?)
         .await?
         .ok_or(StoreError::NotFound)?;
         decode(&row)
@@ -181,7 +183,7 @@ impl Store {
         ))
         .bind(after.unwrap_or(""))
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut self.read().await?)
         .await?;
         rows.iter().map(decode).collect()
     }

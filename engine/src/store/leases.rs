@@ -16,7 +16,7 @@ impl Store {
         )
         .bind(until)
         .bind(owner)
-        .execute(&self.pool)
+        .execute(&mut self.write_alone().await?)
         .await?;
         Ok(done.rows_affected())
     }
@@ -34,7 +34,7 @@ impl Store {
         .bind(id)
         .bind(any_owner as i64)
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(&mut self.write_alone().await?)
         .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -47,7 +47,7 @@ impl Store {
         ))
         .bind(all as i64)
         .bind(now_ms())
-        .fetch_all(&self.pool)
+        .fetch_all(&mut self.read().await?)
         .await?;
         rows.iter()
             .map(decode)
@@ -72,7 +72,7 @@ impl Store {
             for id in batch {
                 q = q.bind(*id);
             }
-            for r in q.fetch_all(&self.pool).await? {
+            for r in q.fetch_all(&mut self.read().await?).await? {
                 found.insert(r.try_get("id")?, r.try_get("attempt")?);
             }
         }
@@ -85,7 +85,7 @@ impl Store {
             "SELECT {COLUMNS} FROM runs WHERE holds_slot = 1 \
              AND status NOT IN ('queued', 'starting', 'running') ORDER BY seq"
         ))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut self.read().await?)
         .await?;
         rows.iter().map(decode).collect()
     }

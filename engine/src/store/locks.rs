@@ -1,7 +1,9 @@
 //! Named locks shared by jobs: capacities, holders and waiters. A lock named in a job's
 //! `lock_keys` exists with capacity 1 until its capacity is set.
 
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
+
+use crate::store::Conn;
 
 use super::{from_ms, now_ms, Result, Store};
 
@@ -17,7 +19,7 @@ pub struct LockRun {
 }
 
 /// How many runs hold lock `key`, and its capacity (1 unless set).
-pub async fn lock_usage(conn: &mut AnyConnection, key: &str) -> Result<(i64, i64)> {
+pub async fn lock_usage(conn: &mut Conn, key: &str) -> Result<(i64, i64)> {
     let row = sqlx::query(
         "SELECT (SELECT COUNT(*) FROM run_locks rl JOIN runs r ON r.id = rl.run_id \
                  WHERE rl.key = $1 AND r.holds_slot = 1) AS held, \
@@ -30,7 +32,7 @@ pub async fn lock_usage(conn: &mut AnyConnection, key: &str) -> Result<(i64, i64
 }
 
 /// The runs holding lock `key`, oldest first.
-pub async fn holding_lock(conn: &mut AnyConnection, key: &str) -> Result<Vec<String>> {
+pub async fn holding_lock(conn: &mut Conn, key: &str) -> Result<Vec<String>> {
     let rows = sqlx::query(
         "SELECT r.id FROM run_locks rl JOIN runs r ON r.id = rl.run_id \
          WHERE rl.key = $1 AND r.holds_slot = 1 ORDER BY r.seq",
@@ -42,7 +44,7 @@ pub async fn holding_lock(conn: &mut AnyConnection, key: &str) -> Result<Vec<Str
 }
 
 /// Sets a lock's capacity.
-pub async fn set_capacity(conn: &mut AnyConnection, key: &str, capacity: i64) -> Result<()> {
+pub async fn set_capacity(conn: &mut Conn, key: &str, capacity: i64) -> Result<()> {
     sqlx::query(
         "INSERT INTO locks (key, capacity, updated_at) VALUES ($1, $2, $3) \
          ON CONFLICT (key) DO UPDATE SET capacity = excluded.capacity, updated_at = excluded.updated_at",
@@ -59,7 +61,7 @@ impl Store {
     /// Locks whose capacity was set, with it.
     pub async fn lock_capacities(&self) -> Result<Vec<(String, i64)>> {
         let rows = sqlx::query("SELECT key, capacity FROM locks ORDER BY key")
-            .fetch_all(&self.pool)
+            .fetch_all(&mut self.read().await?)
             .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("key")?, r.try_get("capacity")?)))
@@ -72,7 +74,7 @@ impl Store {
             "SELECT DISTINCT rl.key FROM run_locks rl JOIN runs r ON r.id = rl.run_id \
              WHERE r.holds_slot = 1 OR r.status = 'queued' ORDER BY rl.key",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut self.read().await?)
         .await?;
         rows.iter().map(|r| Ok(r.try_get("key")?)).collect()
     }
@@ -89,7 +91,7 @@ impl Store {
              WHERE rl.key = $1 AND {cond} ORDER BY r.seq"
         ))
         .bind(key)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut self.read().await?)
         .await?;
         rows.iter()
             .map(|r| {

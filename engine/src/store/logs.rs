@@ -284,7 +284,7 @@ impl Store {
         .bind(no)
         .bind(min_line_no)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut self.read().await?)
         .await?;
         rows.iter().map(decode_line).collect()
     }
@@ -308,7 +308,7 @@ impl Store {
         let row = sqlx::query(sql)
             .bind(run_id)
             .bind(n)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut self.read().await?)
             .await?;
         row.map(|r| Ok((r.try_get("ts")?, r.try_get("line_no")?)))
             .transpose()
@@ -323,7 +323,7 @@ impl Store {
         .bind(run_id)
         .bind(after_line_no)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut self.read().await?)
         .await?;
         rows.iter().map(decode_line).collect()
     }

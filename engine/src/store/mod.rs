@@ -11,6 +11,7 @@ pub mod alerts;
 pub mod anomalies;
 pub mod audit;
 pub mod callbacks;
+mod conn;
 pub mod events;
 pub mod jobs;
 mod leases;
@@ -22,6 +23,7 @@ pub mod runs;
 mod schedules;
 pub mod secrets;
 mod settings;
+mod sqlite;
 pub mod state;
 pub mod stats;
 pub mod tokens;
@@ -32,9 +34,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, ConnectOptions, Executor};
+use sqlx::{AnyPool, ConnectOptions, Connection as _, Executor};
 
 pub use audit::{AuditFilter, NewAuditEntry};
+pub use conn::{Conn, Tx};
 pub use jobs::{JobRow, NewJob};
 pub use secrets::SealedSecret;
 pub use tokens::{NewTokenRow, TokenRow};
@@ -46,16 +49,6 @@ pub enum Dialect {
     Sqlite,
     /// PostgreSQL (for several replicas).
     Postgres,
-}
-
-impl Dialect {
-    /// The dialect `conn` speaks, for the statements that must differ inside a transaction.
-    pub fn of(conn: &sqlx::AnyConnection) -> Self {
-        match conn.backend_name() {
-            "PostgreSQL" => Self::Postgres,
-            _ => Self::Sqlite,
-        }
-    }
 }
 
 /// Errors of the store.
@@ -108,30 +101,39 @@ impl StoreError {
 /// Shorthand.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// A connection of the store, on which functions of several store modules run in one
-/// transaction (a [`Tx`] derefs to it).
-pub type Conn = sqlx::AnyConnection;
-
-/// A transaction of the store, from [`Store::begin_write`] or [`Store::begin_claim`].
-pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
-
 /// Serialises claims across replicas on PostgreSQL; any constant shared by all replicas.
 const CLAIM_LOCK: i64 = 0x006a_6f62_646f_636b;
 
-/// The store: a connection pool and the dialect it speaks. Cheap to clone.
+/// The store: its connections and the dialect they speak. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: AnyPool,
-    /// Where write transactions begin: on SQLite a pool of one connection, so that writers
-    /// queue for SQLite's one write lock in the order they came (the pool's waiters are
-    /// served first come, first served) instead of retrying in SQLite's busy handler, which
-    /// sleeps up to 100 ms between tries and lets a newcomer overtake: eight concurrent
-    /// triggers had a p99 of 0.8 s that way. On PostgreSQL, the pool itself.
-    writer: AnyPool,
+    db: Db,
     dialect: Dialect,
     /// Where a listener for the ends of runs connects (PostgreSQL only; see [`notify`]).
     listen_url: notify::ListenUrl,
 }
+
+#[derive(Debug, Clone)]
+enum Db {
+    Sqlite {
+        /// Connections for reads; in WAL mode they never wait for the writer.
+        readers: sqlite::Pool,
+        /// The one connection that writes, so that writers queue for SQLite's one write lock
+        /// in the order they came (the pool's waiters are served first come, first served)
+        /// instead of retrying in SQLite's busy handler, which sleeps up to 100 ms between
+        /// tries and lets a newcomer overtake: eight concurrent triggers had a p99 of 0.8 s
+        /// that way.
+        writer: sqlite::Pool,
+    },
+    Postgres(AnyPool),
+}
+
+/// How many SQLite connections read at once. Their statements run on the runtime's
+/// threads, so more readers than threads only serve the tasks that hold one over an await.
+const SQLITE_READERS: usize = 8;
+
+/// How long a caller waits for a connection before the store answers busy.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -151,67 +153,59 @@ impl Store {
         } else if url.starts_with("sqlite:") {
             Dialect::Sqlite
         } else {
-            return Err(StoreError::Database(sqlx::Error::Configuration(
-                "database URL must start with postgres:// or sqlite://".into(),
-            )));
+            return Err(configuration(
+                "database URL must start with postgres:// or sqlite://",
+            ));
         };
         let options = AnyConnectOptions::from_str(url)?
             .log_statements(tracing::log::LevelFilter::Trace)
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
-        let pool_of = |size: u32| {
-            let pool = AnyPoolOptions::new()
-                .max_connections(size)
-                .acquire_timeout(Duration::from_secs(30))
-                // A pooled connection is pinged before each use by default: one more trip to
-                // the connection's worker thread per statement. A SQLite file does not go
-                // away under an open connection, so there is nothing to find out; a
-                // PostgreSQL server may have restarted, so its connections are still tested.
-                .test_before_acquire(dialect == Dialect::Postgres)
-                .after_release(|conn, _| Box::pin(release_outside_transactions(conn)));
-            match dialect {
-                // WAL lets readers work while one writer writes; the busy timeout makes a
-                // writer wait for the lock instead of failing with "database is locked".
-                Dialect::Sqlite => pool.after_connect(|conn, _| {
-                    Box::pin(async move {
-                        // No checkpoint on commit: see `checkpoints`.
-                        conn.execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 30000; \
-                             PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL; \
-                             PRAGMA wal_autocheckpoint = 0;",
-                        )
-                        .await?;
-                        Ok(())
-                    })
-                }),
-                Dialect::Postgres => pool,
+        let db = match dialect {
+            Dialect::Sqlite => {
+                if url.contains(":memory:") || url.contains("mode=memory") {
+                    return Err(configuration(
+                        "the SQLite store needs a file: its connections share one database",
+                    ));
+                }
+                let path = sqlx::sqlite::SqliteConnectOptions::from_str(url)?
+                    .get_filename()
+                    .to_owned();
+                // sqlx runs the migrations, on a connection of its own closed after them.
+                let mut migrating = sqlx::AnyConnection::connect_with(&options).await?;
+                migrating.execute(sqlite::PRAGMAS).await?;
+                SQLITE_MIGRATIONS.run(&mut migrating).await?;
+                migrating.close().await?;
+                let writer = sqlite::Pool::open(&path, 1, false)?;
+                tokio::spawn(checkpoints(
+                    writer.clone(),
+                    sqlite::Connection::open(&path, false)?,
+                ));
+                Db::Sqlite {
+                    readers: sqlite::Pool::open(&path, SQLITE_READERS, true)?,
+                    writer,
+                }
+            }
+            // A pooled connection is pinged before each use: a PostgreSQL server may have
+            // restarted since.
+            Dialect::Postgres => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .test_before_acquire(true)
+                    .after_release(|conn, _| Box::pin(release_outside_transactions(conn)))
+                    .connect_with(options)
+                    .await?;
+                POSTGRES_MIGRATIONS.run(&pool).await?;
+                Db::Postgres(pool)
             }
         };
-        let pool = pool_of(16).connect_with(options.clone()).await?;
-        let writer = match dialect {
-            Dialect::Sqlite => pool_of(1).connect_with(options).await?,
-            Dialect::Postgres => pool.clone(),
-        };
-        if dialect == Dialect::Sqlite {
-            tokio::spawn(checkpoints(pool.clone()));
-        }
         let listen_url = (dialect == Dialect::Postgres)
             .then(|| std::sync::Arc::new(secrecy::SecretString::from(url.to_owned())));
-        let store = Self {
-            pool,
-            writer,
+        Ok(Self {
+            db,
             dialect,
             listen_url,
-        };
-        store.migrate().await?;
-        Ok(store)
-    }
-
-    async fn migrate(&self) -> Result<()> {
-        match self.dialect {
-            Dialect::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
-            Dialect::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
-        }
-        Ok(())
+        })
     }
 
     /// Which database this is.
@@ -221,32 +215,36 @@ impl Store {
 
     /// Answers when the database does.
     pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1")
+            .execute(&mut self.read().await?)
+            .await?;
         Ok(())
     }
 
-    /// A connection of the pool, for a few reads in a row.
-    pub async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>> {
-        Ok(self.pool.acquire().await?)
+    /// A connection for reads, or for writes that need no transaction of their own.
+    pub async fn read(&self) -> Result<Conn> {
+        match &self.db {
+            Db::Sqlite { readers, .. } => Ok(Conn::sqlite(readers.get().await?)),
+            Db::Postgres(pool) => Ok(Conn::postgres(pool.acquire().await?)),
+        }
     }
 
     /// Starts a transaction that will write. On SQLite it takes the write lock at once
     /// (`BEGIN IMMEDIATE`), so that a transaction that reads before it writes waits for the
     /// lock instead of failing when another writer got there first.
     pub async fn begin_write(&self) -> Result<Tx> {
-        Ok(match self.dialect {
-            Dialect::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
-            Dialect::Postgres => self.writer.begin().await?,
-        })
+        Ok(Tx::begin(self.write_alone().await?).await?)
     }
 
     /// A connection for one write statement, which is a transaction of its own: on SQLite the
-    /// writer's, so that it queues with the write transactions in the order they came; on
+    /// writer, so that it queues with the write transactions in the order they came; on
     /// PostgreSQL one of the pool's. A transaction around a single statement adds only its
-    /// cost: on SQLite three more trips to the connection's thread (`BEGIN IMMEDIATE`, sqlx's
-    /// check that it began, `COMMIT`), each a handover between threads.
-    pub async fn write_alone(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>> {
-        Ok(self.writer.acquire().await?)
+    /// cost (`BEGIN`, `COMMIT`).
+    pub async fn write_alone(&self) -> Result<Conn> {
+        match &self.db {
+            Db::Sqlite { writer, .. } => Ok(Conn::sqlite(writer.get().await?)),
+            Db::Postgres(pool) => Ok(Conn::postgres(pool.acquire().await?)),
+        }
     }
 
     /// Starts the transaction of a dispatch pass: one claimer at a time across replicas, for
@@ -264,22 +262,33 @@ impl Store {
         Ok(tx)
     }
 
-    /// Closes the pool, waiting for connections to be returned.
+    /// Closes the store: no new connection is handed out, and those in use are closed as
+    /// they come back.
     pub async fn close(&self) {
-        self.writer.close().await;
-        self.pool.close().await;
+        match &self.db {
+            Db::Sqlite {
+                readers, writer, ..
+            } => {
+                writer.close();
+                readers.close();
+            }
+            Db::Postgres(pool) => pool.close().await,
+        }
     }
+}
+
+fn configuration(message: &str) -> StoreError {
+    StoreError::Database(sqlx::Error::Configuration(message.into()))
 }
 
 /// Keeps a connection that comes back to the pool only when no transaction is left open on
 /// it. A future dropped at the wrong moment (an HTTP request whose client went away, an
 /// aborted task) can leave one that nothing will end: sqlx acknowledges a `BEGIN` before the
-/// `Transaction` that would roll it back on drop exists, so a drop in between keeps the
-/// transaction open. Returned to the pool, such a connection would hold SQLite's write lock,
-/// stalling every other writer, and refuse every later `BEGIN IMMEDIATE` (on PostgreSQL,
-/// what later transactions committed on it would stay uncommitted); it is closed instead,
-/// which rolls the transaction back. A transaction merely dropped has its rollback on the
-/// way: the ping lets it land first.
+/// `Tx` that would roll it back on drop exists, so a drop in between keeps the transaction
+/// open. Returned to the pool, what later transactions committed on such a connection would
+/// stay uncommitted; it is closed instead, which rolls the transaction back. A transaction
+/// merely dropped has its rollback on the way: the ping lets it land first. (PostgreSQL; a
+/// SQLite transaction begins where it is asked for, with no await before its `Tx`.)
 async fn release_outside_transactions(conn: &mut sqlx::AnyConnection) -> sqlx::Result<bool> {
     use sqlx::Connection as _;
     if conn.is_in_transaction() {
@@ -295,20 +304,32 @@ async fn release_outside_transactions(conn: &mut sqlx::AnyConnection) -> sqlx::R
 }
 
 /// Copies SQLite's write-ahead log back into the database once a second, beside the
-/// writers. By default the commit that fills the log past 1,000 pages does it, inside the
-/// request that committed: with a store of a million runs those copies (and their fsync) were
-/// the slowest triggers. A passive checkpoint takes no write lock, so writers go on meanwhile.
-/// Ends when the pool is closed.
-async fn checkpoints(pool: AnyPool) {
+/// writers, on a connection of its own and a blocking thread. By default the commit that
+/// fills the log past 1,000 pages does it, inside the request that committed: with a store
+/// of a million runs those copies (and their fsync) were the slowest triggers. A passive
+/// checkpoint takes no write lock, so writers go on meanwhile. Ends when the store is
+/// closed.
+async fn checkpoints(writer: sqlite::Pool, mut conn: sqlite::Connection) {
     let mut every = tokio::time::interval(Duration::from_secs(1));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    while !pool.is_closed() {
+    loop {
         every.tick().await;
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&pool)
-            .await
-        {
-            tracing::debug!(error = %e, "could not checkpoint the database's log");
+        if writer.is_closed() {
+            return;
+        }
+        let done = tokio::task::spawn_blocking(move || {
+            let done = conn.checkpoint();
+            (conn, done)
+        })
+        .await;
+        match done {
+            Ok((back, done)) => {
+                conn = back;
+                if let Err(e) = done {
+                    tracing::debug!(error = %e, "could not checkpoint the database's log");
+                }
+            }
+            Err(_) => return,
         }
     }
 }

@@ -7,9 +7,9 @@
 
 use std::sync::Arc;
 
+use crate::store::Conn;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::PgListener;
-use sqlx::AnyConnection;
 
 use super::{Result, Store};
 
@@ -17,8 +17,8 @@ use super::{Result, Store};
 pub const RUN_ENDED: &str = "jobdock_run_ended";
 
 /// Announces, on `conn` inside the transaction that ended it, that run `id` has ended.
-pub async fn run_ended(conn: &mut AnyConnection, id: &str) -> Result<()> {
-    if super::Dialect::of(conn) == super::Dialect::Postgres {
+pub async fn run_ended(conn: &mut Conn, id: &str) -> Result<()> {
+    if conn.dialect() == super::Dialect::Postgres {
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(RUN_ENDED)
             .bind(id)

@@ -79,14 +79,14 @@ impl Store {
             "SELECT job_name FROM runs GROUP BY job_name HAVING COUNT(*) > $1 ORDER BY job_name",
         )
         .bind(max_runs)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut self.read().await?.long())
         .await?;
         rows.iter().map(|r| Ok(r.try_get("job_name")?)).collect()
     }
 
     /// One step of pruning under `cut`, in its own transaction; `now` in Unix ms.
     pub async fn prune_step(&self, policy: &Policy, cut: Cut<'_>, now: i64) -> Result<Step> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_write().await?.long();
         if self.dialect == Dialect::Postgres {
             let got: bool = sqlx::query("SELECT pg_try_advisory_xact_lock($1) AS got")
                 .bind(PRUNE_LOCK)
@@ -146,7 +146,7 @@ impl Store {
 
 /// Prunable runs that finished before `cutoff`, oldest first.
 async fn past_age(
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut crate::store::Conn,
     floor: i64,
     cutoff: i64,
 ) -> Result<Vec<Candidate>> {
@@ -164,7 +164,7 @@ async fn past_age(
 
 /// Prunable runs of `job` older than its newest `keep` runs.
 async fn past_count(
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut crate::store::Conn,
     job: &str,
     keep: i64,
     floor: i64,
@@ -200,7 +200,7 @@ fn candidate(r: &sqlx::any::AnyRow) -> Result<Candidate> {
 
 /// Deletes the runs (the cascade takes what references them), checking again that each
 /// may go.
-async fn delete_runs(conn: &mut sqlx::AnyConnection, ids: &[&str], floor: i64) -> Result<u64> {
+async fn delete_runs(conn: &mut crate::store::Conn, ids: &[&str], floor: i64) -> Result<u64> {
     let list = (0..ids.len())
         .map(|i| format!("${}", i + 2))
         .collect::<Vec<_>>()

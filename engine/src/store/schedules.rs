@@ -8,7 +8,7 @@ impl Store {
     /// Every job's last tick (Unix ms), by job id.
     pub async fn schedule_ticks(&self) -> Result<std::collections::HashMap<String, i64>> {
         let rows = sqlx::query("SELECT job_id, last_tick FROM schedule_ticks")
-            .fetch_all(&self.pool)
+            .fetch_all(&mut self.read().await?)
             .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("job_id")?, r.try_get("last_tick")?)))
@@ -24,7 +24,7 @@ impl Store {
         )
         .bind(job_id)
         .bind(tick)
-        .execute(&self.pool)
+        .execute(&mut self.write_alone().await?)
         .await?;
         Ok(())
     }

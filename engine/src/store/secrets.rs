@@ -1,7 +1,9 @@
 //! Sealed secret values of jobs. The store never sees a plain value: sealing and opening
 //! happen in `crypto`, with the job's name and the key bound as associated data.
 
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
+
+use crate::store::Conn;
 
 use super::{now_ms, Result, Store};
 
@@ -28,7 +30,7 @@ fn decode(row: &sqlx::any::AnyRow) -> Result<SealedSecret> {
 }
 
 /// Sets (inserts or replaces) one secret of a job.
-pub async fn put(conn: &mut AnyConnection, job_id: &str, s: &SealedSecret) -> Result<()> {
+pub async fn put(conn: &mut Conn, job_id: &str, s: &SealedSecret) -> Result<()> {
     sqlx::query(
         "INSERT INTO job_secrets (job_id, key, key_id, nonce, ciphertext, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6) \
@@ -47,11 +49,7 @@ pub async fn put(conn: &mut AnyConnection, job_id: &str, s: &SealedSecret) -> Re
 }
 
 /// Replaces the whole set of a job's secrets.
-pub async fn replace_all(
-    conn: &mut AnyConnection,
-    job_id: &str,
-    all: &[SealedSecret],
-) -> Result<()> {
+pub async fn replace_all(conn: &mut Conn, job_id: &str, all: &[SealedSecret]) -> Result<()> {
     sqlx::query("DELETE FROM job_secrets WHERE job_id = $1")
         .bind(job_id)
         .execute(&mut *conn)
@@ -63,7 +61,7 @@ pub async fn replace_all(
 }
 
 /// Removes one secret; false when there was none.
-pub async fn delete(conn: &mut AnyConnection, job_id: &str, key: &str) -> Result<bool> {
+pub async fn delete(conn: &mut Conn, job_id: &str, key: &str) -> Result<bool> {
     let done = sqlx::query("DELETE FROM job_secrets WHERE job_id = $1 AND key = $2")
         .bind(job_id)
         .bind(key)
@@ -74,7 +72,7 @@ pub async fn delete(conn: &mut AnyConnection, job_id: &str, key: &str) -> Result
 
 /// The names of a job's secrets, sorted, read on the caller's connection (inside its
 /// transaction: asking the pool for a second connection there can starve it).
-pub async fn names(conn: &mut AnyConnection, job_id: &str) -> Result<Vec<String>> {
+pub async fn names(conn: &mut Conn, job_id: &str) -> Result<Vec<String>> {
     let rows = sqlx::query("SELECT key FROM job_secrets WHERE job_id = $1 ORDER BY key")
         .bind(job_id)
         .fetch_all(&mut *conn)
@@ -85,7 +83,7 @@ pub async fn names(conn: &mut AnyConnection, job_id: &str) -> Result<Vec<String>
 /// Every sealed value that is not sealed under `key_id`, with its job's id and name,
 /// for re-sealing under a new master key.
 pub async fn not_sealed_with(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     key_id: &str,
 ) -> Result<Vec<(String, String, SealedSecret)>> {
     let rows = sqlx::query(
@@ -107,7 +105,7 @@ impl Store {
             "SELECT key, key_id, nonce, ciphertext FROM job_secrets WHERE job_id = $1 ORDER BY key",
         )
         .bind(job_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut self.read().await?)
         .await?;
         rows.iter().map(decode).collect()
     }
@@ -116,7 +114,7 @@ impl Store {
     pub async fn secret_names(&self, job_id: &str) -> Result<Vec<String>> {
         let rows = sqlx::query("SELECT key FROM job_secrets WHERE job_id = $1 ORDER BY key")
             .bind(job_id)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut self.read().await?)
             .await?;
         rows.iter().map(|r| Ok(r.try_get("key")?)).collect()
     }
@@ -125,7 +123,7 @@ impl Store {
     /// so that start-up can prove the key ring opens every one of them.
     pub async fn sealing_key_samples(&self) -> Result<Vec<(String, SealedSecret)>> {
         let ids = sqlx::query("SELECT DISTINCT key_id FROM job_secrets")
-            .fetch_all(&self.pool)
+            .fetch_all(&mut self.read().await?)
             .await?;
         let mut samples = Vec::with_capacity(ids.len());
         for id in ids {
@@ -135,7 +133,7 @@ impl Store {
                  JOIN jobs j ON j.id = s.job_id WHERE s.key_id = $1 LIMIT 1",
             )
             .bind(&key_id)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut self.read().await?)
             .await?;
             samples.push((r.try_get("name")?, decode(&r)?));
         }

@@ -17,11 +17,11 @@ impl Store {
         )
         .bind(key)
         .bind(init())
-        .execute(&self.pool)
+        .execute(&mut self.write_alone().await?)
         .await?;
         let row = sqlx::query("SELECT value FROM settings WHERE key = $1")
             .bind(key)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut self.read().await?)
             .await?;
         Ok(row.try_get("value")?)
     }

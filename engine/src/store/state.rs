@@ -2,7 +2,9 @@
 //! what a run has set but not committed. State is keyed by the job's name, so that a job
 //! deleted and created again resumes from its bookmark.
 
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
+
+use crate::store::Conn;
 
 use super::{now_ms, Result, StoreError};
 
@@ -37,7 +39,7 @@ fn decode(r: &sqlx::any::AnyRow) -> Result<VersionRow> {
 const COLUMNS: &str = "version, state, run_id, created_by, created_at";
 
 /// The current version of a job's state, if it has any.
-pub async fn current(conn: &mut AnyConnection, job: &str) -> Result<Option<VersionRow>> {
+pub async fn current(conn: &mut Conn, job: &str) -> Result<Option<VersionRow>> {
     let row = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM job_states WHERE job_name = $1 ORDER BY version DESC LIMIT 1"
     ))
@@ -48,7 +50,7 @@ pub async fn current(conn: &mut AnyConnection, job: &str) -> Result<Option<Versi
 }
 
 /// One version.
-pub async fn version(conn: &mut AnyConnection, job: &str, version: i64) -> Result<VersionRow> {
+pub async fn version(conn: &mut Conn, job: &str, version: i64) -> Result<VersionRow> {
     let row = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM job_states WHERE job_name = $1 AND version = $2"
     ))
@@ -65,7 +67,7 @@ pub async fn version(conn: &mut AnyConnection, job: &str, version: i64) -> Resul
 /// (0: none yet): otherwise nothing is written and the current version is returned as
 /// the error. Returns the new version.
 pub async fn write(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     job: &str,
     state: &str,
     expected: Option<i64>,
@@ -102,7 +104,7 @@ pub async fn write(
 
 /// A job's versions, newest first, below `before` (a version), at most `limit`.
 pub async fn versions(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     job: &str,
     before: Option<i64>,
     limit: i64,
@@ -120,7 +122,7 @@ pub async fn versions(
 }
 
 /// Sets what run `run_id` holds (replacing what it held).
-pub async fn hold(conn: &mut AnyConnection, run_id: &str, state: &str) -> Result<()> {
+pub async fn hold(conn: &mut Conn, run_id: &str, state: &str) -> Result<()> {
     sqlx::query(
         "INSERT INTO run_held_states (run_id, state, updated_at) VALUES ($1, $2, $3) \
          ON CONFLICT (run_id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
@@ -134,7 +136,7 @@ pub async fn hold(conn: &mut AnyConnection, run_id: &str, state: &str) -> Result
 }
 
 /// What run `run_id` holds, if anything.
-pub async fn held(conn: &mut AnyConnection, run_id: &str) -> Result<Option<String>> {
+pub async fn held(conn: &mut Conn, run_id: &str) -> Result<Option<String>> {
     let row = sqlx::query("SELECT state FROM run_held_states WHERE run_id = $1")
         .bind(run_id)
         .fetch_optional(&mut *conn)
@@ -144,7 +146,7 @@ pub async fn held(conn: &mut AnyConnection, run_id: &str) -> Result<Option<Strin
 
 /// Makes what run `run_id` of job `job` holds the job's state (a new version), on the
 /// caller's write transaction; the new version, or `None` when the run held nothing.
-pub async fn commit_held(conn: &mut AnyConnection, job: &str, run_id: &str) -> Result<Option<i64>> {
+pub async fn commit_held(conn: &mut Conn, job: &str, run_id: &str) -> Result<Option<i64>> {
     let Some(state) = held(conn, run_id).await? else {
         return Ok(None);
     };

@@ -4,7 +4,9 @@
 //! anomaly detector).
 
 use jobdock_types::RunStatus;
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
+
+use crate::store::Conn;
 
 use super::{Result, Store, StoreError};
 
@@ -46,7 +48,7 @@ fn decode(r: &sqlx::any::AnyRow) -> Result<RunStat> {
 
 /// Records the statistics of a run that has just been made final, from its stored row, in
 /// the caller's transaction. Recording a run twice keeps the first row.
-pub async fn record(conn: &mut AnyConnection, run_id: &str) -> Result<()> {
+pub async fn record(conn: &mut Conn, run_id: &str) -> Result<()> {
     // Times of the start may come from the backend's clock: a negative span is taken as 0.
     sqlx::query(
         "INSERT INTO run_stats (run_id, job_name, finished_at, status, duration_ms, start_latency_ms) \
@@ -65,11 +67,7 @@ pub async fn record(conn: &mut AnyConnection, run_id: &str) -> Result<()> {
 }
 
 /// The job's latest successful runs, newest first: the baseline of its durations.
-pub async fn recent_successes(
-    conn: &mut AnyConnection,
-    job: &str,
-    limit: i64,
-) -> Result<Vec<RunStat>> {
+pub async fn recent_successes(conn: &mut Conn, job: &str, limit: i64) -> Result<Vec<RunStat>> {
     let rows = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM run_stats WHERE job_name = $1 AND status = 'succeeded' \
          ORDER BY finished_at DESC, run_id DESC LIMIT $2"
@@ -82,7 +80,7 @@ pub async fn recent_successes(
 }
 
 /// The job's latest finished runs whatever their status, newest first.
-pub async fn recent(conn: &mut AnyConnection, job: &str, limit: i64) -> Result<Vec<RunStat>> {
+pub async fn recent(conn: &mut Conn, job: &str, limit: i64) -> Result<Vec<RunStat>> {
     let rows = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM run_stats WHERE job_name = $1 \
          ORDER BY finished_at DESC, run_id DESC LIMIT $2"
@@ -95,7 +93,7 @@ pub async fn recent(conn: &mut AnyConnection, job: &str, limit: i64) -> Result<V
 }
 
 /// How many finished runs of the job the statistics hold, and how many of them succeeded.
-pub async fn counts(conn: &mut AnyConnection, job: &str) -> Result<(i64, i64)> {
+pub async fn counts(conn: &mut Conn, job: &str) -> Result<(i64, i64)> {
     let row = sqlx::query(
         "SELECT COUNT(*) AS n, \
          COALESCE(SUM(CASE WHEN status = 'succeeded' THEN 1 ELSE 0 END), 0) AS ok \
@@ -108,7 +106,7 @@ pub async fn counts(conn: &mut AnyConnection, job: &str) -> Result<(i64, i64)> {
 }
 
 /// Deletes up to `batch` of the job's rows beyond its newest `keep`; how many went.
-pub async fn trim(conn: &mut AnyConnection, job: &str, keep: i64, batch: i64) -> Result<u64> {
+pub async fn trim(conn: &mut Conn, job: &str, keep: i64, batch: i64) -> Result<u64> {
     let done = sqlx::query(
         "DELETE FROM run_stats WHERE run_id IN (SELECT run_id FROM run_stats WHERE job_name = $1 \
          ORDER BY finished_at DESC, run_id DESC LIMIT $2 OFFSET $3)",
@@ -138,7 +136,7 @@ impl Store {
     /// The statistics of a job: counts, its latest `successes` successful runs and its
     /// latest `recent` runs.
     pub async fn job_stats(&self, job: &str, successes: i64, recent_n: i64) -> Result<JobStatRows> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.read().await?;
         let (count, ok) = counts(&mut conn, job).await?;
         Ok(JobStatRows {
             count,
@@ -155,7 +153,7 @@ impl Store {
              ORDER BY job_name",
         )
         .bind(keep)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut self.read().await?.long())
         .await?;
         rows.iter().map(|r| Ok(r.try_get("job_name")?)).collect()
     }

@@ -43,7 +43,10 @@ both!(
     audit_filters_and_pages_newest_first,
     settings_are_created_once,
     migrations_run_again_without_change,
+    a_dropped_transaction_leaves_nothing_and_the_next_writer_begins,
     a_connection_left_inside_a_transaction_is_not_reused,
+    a_failed_step_under_a_savepoint_undoes_only_its_own_writes,
+    values_come_back_as_they_were_bound,
     a_jobs_unfinished_runs_are_counted_with_the_oldest,
     a_runs_lock_rows_last_while_it_waits_or_holds_its_slots,
     batches_of_any_length_are_stored_whole_and_in_order,
@@ -224,9 +227,29 @@ async fn settings_are_created_once(pg: bool) {
 }
 
 async fn migrations_run_again_without_change(pg: bool) {
-    let (s, _g) = store(pg).await;
-    s.migrate().await.unwrap();
+    let (s, g) = store(pg).await;
+    let again = reopen(&s, &g).await;
+    again.ping().await.unwrap();
     s.ping().await.unwrap();
+}
+
+/// A second store on the database of `s` (opening it runs the migrations again).
+async fn reopen(s: &Store, guard: &Box<dyn std::any::Any>) -> Store {
+    match (&s.listen_url, guard.downcast_ref::<tempfile::TempDir>()) {
+        (Some(url), _) => Store::connect(secrecy::ExposeSecret::expose_secret(&**url))
+            .await
+            .unwrap(),
+        (None, Some(dir)) => Store::open_sqlite(&dir.path().join("t.db")).await.unwrap(),
+        (None, None) => unreachable!("a SQLite store lives in a temporary directory"),
+    }
+}
+
+async fn count(s: &Store, like: &str) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM settings WHERE key LIKE $1")
+        .bind(like)
+        .fetch_one(&mut s.read().await.unwrap())
+        .await
+        .unwrap()
 }
 
 mod queue;
@@ -299,27 +322,32 @@ async fn anomalies_are_raised_once_and_a_success_closes_only_ended_ones(pg: bool
     ));
 }
 
-/// A connection that comes back to the pool inside a transaction nothing will end (its
-/// `Transaction` never existed, as when a request is cancelled between `BEGIN` and its
-/// acknowledgement; here it is forgotten) is closed, not handed out again: the write
-/// transactions after it begin at once and what they commit is there for everyone.
-async fn a_connection_left_inside_a_transaction_is_not_reused(pg: bool) {
-    use sqlx::Connection as _;
-    let (s, _g) = store(pg).await;
-    {
-        let mut conn = s.acquire().await.unwrap();
-        let mut tx = (*conn).begin().await.unwrap();
-        // A write, so that on SQLite the forgotten transaction holds the write lock.
-        sqlx::query("INSERT INTO settings (key, value) VALUES ('forgotten', 'x')")
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-        std::mem::forget(tx);
-    }
+/// A write transaction whose task is cancelled in the middle of it (an HTTP request whose
+/// client went away) is rolled back: the write transactions after it begin at once, and
+/// what it wrote is nowhere, seen from another store on the same database.
+async fn a_dropped_transaction_leaves_nothing_and_the_next_writer_begins(pg: bool) {
+    let (s, g) = store(pg).await;
+    let (began, wait) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn({
+        let s = s.clone();
+        async move {
+            let mut tx = s.begin_write().await.unwrap();
+            sqlx::query("INSERT INTO settings (key, value) VALUES ('forgotten', 'x')")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            began.send(()).unwrap();
+            std::future::pending::<()>().await;
+            tx.commit().await.unwrap();
+        }
+    });
+    wait.await.unwrap();
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
     for i in 0..20 {
         let mut tx = tokio::time::timeout(std::time::Duration::from_secs(10), s.begin_write())
             .await
-            .expect("a write transaction begins, not stalled behind the forgotten one")
+            .expect("a write transaction begins, not stalled behind the dropped one")
             .unwrap();
         sqlx::query("INSERT INTO settings (key, value) VALUES ($1, 'v')")
             .bind(format!("k{i}"))
@@ -328,19 +356,143 @@ async fn a_connection_left_inside_a_transaction_is_not_reused(pg: bool) {
             .unwrap();
         tx.commit().await.unwrap();
     }
-    // Seen from a pool of its own: nothing was committed into the forgotten transaction.
-    let other = match (&s.listen_url, _g.downcast_ref::<tempfile::TempDir>()) {
-        (Some(url), _) => Store::connect(secrecy::ExposeSecret::expose_secret(&**url))
+    let other = reopen(&s, &g).await;
+    assert_eq!(count(&other, "k%").await, 20);
+    assert_eq!(count(&other, "forgotten").await, 0);
+    assert_eq!(count(&s, "forgotten").await, 0);
+}
+
+/// A connection that comes back to its pool inside a transaction nothing will end is not
+/// handed out so again. On PostgreSQL that happens when a task is cancelled between sqlx's
+/// `BEGIN` and the transaction that would end it (here: that transaction is forgotten), and
+/// the connection is closed; on SQLite a transaction begins where it is asked for, and a
+/// connection found inside one (a `BEGIN` run by hand) is rolled back when next taken.
+async fn a_connection_left_inside_a_transaction_is_not_reused(pg: bool) {
+    let (s, _g) = store(pg).await;
+    {
+        let mut conn = s.read().await.unwrap();
+        match conn.as_postgres() {
+            Some(pg) => std::mem::forget(sqlx::Connection::begin(pg).await.unwrap()),
+            None => {
+                sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
+            }
+        }
+        sqlx::query("SELECT COUNT(*) FROM settings")
+            .fetch_one(&mut conn)
             .await
-            .unwrap(),
-        (None, Some(dir)) => Store::open_sqlite(&dir.path().join("t.db")).await.unwrap(),
-        (None, None) => unreachable!("a SQLite store lives in a temporary directory"),
+            .unwrap();
+    }
+    for _ in 0..20 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let mut conn = s.read().await.unwrap();
+        let inside = match s.dialect() {
+            // PostgreSQL takes a savepoint only inside a transaction.
+            Dialect::Postgres => sqlx::query("SAVEPOINT probe")
+                .execute(&mut conn)
+                .await
+                .is_ok(),
+            // SQLite refuses a transaction inside another.
+            Dialect::Sqlite => {
+                let refused = sqlx::query("BEGIN").execute(&mut conn).await.is_err();
+                if !refused {
+                    sqlx::query("ROLLBACK").execute(&mut conn).await.unwrap();
+                }
+                refused
+            }
+        };
+        assert!(!inside, "a connection was handed out inside a transaction");
+    }
+}
+
+/// A step under a savepoint that fails (here a unique violation) is undone alone: the
+/// transaction's writes before it stay, and so do those after it.
+async fn a_failed_step_under_a_savepoint_undoes_only_its_own_writes(pg: bool) {
+    let (s, _g) = store(pg).await;
+    let insert = |key: &'static str| {
+        sqlx::query("INSERT INTO settings (key, value) VALUES ($1, 'v')").bind(key)
     };
-    let kept: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM settings WHERE key LIKE 'k%'")
-        .fetch_one(&other.pool)
+    let mut tx = s.begin_write().await.unwrap();
+    insert("before").execute(&mut *tx).await.unwrap();
+    tx.savepoint().await.unwrap();
+    insert("inside").execute(&mut *tx).await.unwrap();
+    let clash = insert("before").execute(&mut *tx).await.unwrap_err();
+    assert!(matches!(
+        StoreError::on_unique(clash, "setting"),
+        StoreError::Conflict("setting")
+    ));
+    tx.rollback_to_savepoint().await.unwrap();
+    insert("after").execute(&mut *tx).await.unwrap();
+    tx.savepoint().await.unwrap();
+    insert("kept").execute(&mut *tx).await.unwrap();
+    tx.release_savepoint().await.unwrap();
+    tx.commit().await.unwrap();
+    let keys: Vec<String> = sqlx::query_scalar("SELECT key FROM settings ORDER BY key")
+        .fetch_all(&mut s.read().await.unwrap())
         .await
         .unwrap();
-    assert_eq!(kept, 20);
+    let ours: Vec<&str> = keys
+        .iter()
+        .map(String::as_str)
+        .filter(|k| ["before", "inside", "after", "kept"].contains(k))
+        .collect();
+    assert_eq!(ours, ["after", "before", "kept"]);
+}
+
+/// What a statement is given comes back the same: integers at their limits, reals, text
+/// (with a tab and non-ASCII), bytes and NULLs; parameters may come in any order
+/// and more than once; an `UPDATE` counts the rows it changed.
+async fn values_come_back_as_they_were_bound(pg: bool) {
+    let (s, _g) = store(pg).await;
+    let cast = match s.dialect() {
+        Dialect::Postgres => [
+            "$2::BIGINT",
+            "$1::DOUBLE PRECISION",
+            "$3::TEXT",
+            "$4::BYTEA",
+            "$5::BIGINT",
+        ],
+        Dialect::Sqlite => ["$2", "$1", "$3", "$4", "$5"],
+    };
+    let sql = format!(
+        "SELECT {} AS big, {} AS real, {} AS text, {} AS bytes, {} AS none, \
+         {} + 1 AS again",
+        cast[0], cast[1], cast[2], cast[3], cast[4], cast[0]
+    );
+    for big in [i64::MIN, -1, 0, i64::MAX - 1] {
+        let row = sqlx::query(&sql)
+            .bind(0.25_f64)
+            .bind(big)
+            .bind("a\tb – ü")
+            .bind(vec![0_u8, 255, 7])
+            .bind(None::<i64>)
+            .fetch_one(&mut s.read().await.unwrap())
+            .await
+            .unwrap();
+        use sqlx::Row as _;
+        assert_eq!(row.try_get::<i64, _>("big").unwrap(), big);
+        assert_eq!(row.try_get::<i64, _>("again").unwrap(), big + 1);
+        assert_eq!(row.try_get::<f64, _>("real").unwrap(), 0.25);
+        assert_eq!(row.try_get::<String, _>("text").unwrap(), "a\tb – ü");
+        assert_eq!(row.try_get::<Vec<u8>, _>("bytes").unwrap(), [0, 255, 7]);
+        assert_eq!(row.try_get::<Option<i64>, _>("none").unwrap(), None);
+        assert!(row.try_get::<String, _>("missing").is_err());
+    }
+    let mut w = s.write_alone().await.unwrap();
+    for key in ["x", "y", "z"] {
+        sqlx::query("INSERT INTO settings (key, value) VALUES ($1, 'old')")
+            .bind(key)
+            .execute(&mut w)
+            .await
+            .unwrap();
+    }
+    let changed = sqlx::query("UPDATE settings SET value = $1 WHERE key IN ($2, $3)")
+        .bind("new")
+        .bind("x")
+        .bind("z")
+        .execute(&mut w)
+        .await
+        .unwrap();
+    assert_eq!(changed.rows_affected(), 2);
 }
 
 /// What a trigger learns of its job's unfinished runs: how many, how many queued, the oldest;
@@ -382,7 +534,7 @@ async fn a_jobs_unfinished_runs_are_counted_with_the_oldest(pg: bool) {
 async fn lock_rows(s: &Store, id: &str) -> i64 {
     let row = sqlx::query("SELECT COUNT(*) AS n FROM run_locks WHERE run_id = $1")
         .bind(id)
-        .fetch_one(&s.pool)
+        .fetch_one(&mut s.read().await.unwrap())
         .await
         .unwrap();
     sqlx::Row::try_get(&row, "n").unwrap()
@@ -425,13 +577,25 @@ async fn a_runs_lock_rows_last_while_it_waits_or_holds_its_slots(pg: bool) {
     tx.commit().await.unwrap();
     assert_eq!(lock_rows(&s, &ids[1]).await, 2, "the slots are still held");
     let (held, _) = {
-        let mut conn = s.pool.acquire().await.unwrap();
+        let mut conn = s.read().await.unwrap();
         locks::lock_usage(&mut conn, "source").await.unwrap()
     };
     assert_eq!(held, 1);
     s.release_slot(&ids[1]).await.unwrap();
     assert_eq!(lock_rows(&s, &ids[1]).await, 0, "released with the slots");
     assert_eq!(lock_rows(&s, &ids[2]).await, 2, "another run's rows stay");
+}
+
+/// The SQLite store's connections share one database: an in-memory one is refused with a
+/// message that says so, not opened as several databases.
+#[tokio::test]
+async fn an_in_memory_sqlite_store_is_refused() {
+    let e = Store::connect("sqlite::memory:").await.unwrap_err();
+    assert!(e.to_string().contains("database error"), "{e}");
+    let StoreError::Database(sqlx::Error::Configuration(why)) = e else {
+        panic!("not a configuration error: {e:?}");
+    };
+    assert!(why.to_string().contains("needs a file"), "{why}");
 }
 
 /// Commits leave SQLite's write-ahead log alone (`wal_autocheckpoint = 0`); the store's own

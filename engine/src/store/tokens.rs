@@ -1,6 +1,8 @@
 //! API tokens, stored only as hashes.
 
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
+
+use crate::store::Conn;
 
 use super::{now_ms, Result, Store, StoreError};
 
@@ -56,7 +58,7 @@ fn decode(row: &sqlx::any::AnyRow) -> Result<TokenRow> {
 }
 
 /// Inserts a token.
-pub async fn insert(conn: &mut AnyConnection, new: NewTokenRow<'_>) -> Result<TokenRow> {
+pub async fn insert(conn: &mut Conn, new: NewTokenRow<'_>) -> Result<TokenRow> {
     let jobs = new
         .jobs
         .map(|j| serde_json::to_string(j).expect("strings serialise"));
@@ -77,7 +79,7 @@ pub async fn insert(conn: &mut AnyConnection, new: NewTokenRow<'_>) -> Result<To
 }
 
 /// Revokes a live token; false when there was none.
-pub async fn revoke(conn: &mut AnyConnection, id: &str) -> Result<Option<TokenRow>> {
+pub async fn revoke(conn: &mut Conn, id: &str) -> Result<Option<TokenRow>> {
     let row = sqlx::query(&format!(
         "UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL RETURNING {COLUMNS}"
     ))
@@ -89,7 +91,7 @@ pub async fn revoke(conn: &mut AnyConnection, id: &str) -> Result<Option<TokenRo
 }
 
 /// Whether any token was ever created (revoked ones count: bootstrap happens once).
-pub async fn any_exists(conn: &mut AnyConnection) -> Result<bool> {
+pub async fn any_exists(conn: &mut Conn) -> Result<bool> {
     let row = sqlx::query("SELECT COUNT(*) AS n FROM api_tokens")
         .fetch_one(&mut *conn)
         .await?;
@@ -103,7 +105,7 @@ impl Store {
             "SELECT {COLUMNS} FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL"
         ))
         .bind(hash)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut self.read().await?)
         .await?;
         row.as_ref().map(decode).transpose()
     }
@@ -115,7 +117,7 @@ impl Store {
         ))
         .bind(after.unwrap_or(""))
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut self.read().await?)
         .await?;
         rows.iter().map(decode).collect()
     }
@@ -130,7 +132,7 @@ impl Store {
         .bind(now)
         .bind(id)
         .bind(now - 60_000)
-        .execute(&self.pool)
+        .execute(&mut self.write_alone().await?)
         .await?;
         Ok(())
     }

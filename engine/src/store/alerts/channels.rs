@@ -2,7 +2,9 @@
 //! secret: sealing and opening happen in `crypto`, bound to the channel's id.
 
 use jobdock_types::{ChannelKind, ChannelSubscription};
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
+
+use crate::store::Conn;
 
 use crate::store::{now_ms, Dialect, Result, SealedSecret, Store, StoreError};
 
@@ -79,7 +81,7 @@ fn subscribe_columns(s: Option<&ChannelSubscription>) -> (Option<&str>, Option<S
 
 /// Inserts a channel with the id its values were sealed for; a name in use is a conflict.
 pub async fn insert(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     id: &str,
     name: &str,
     f: &ChannelFields<'_>,
@@ -105,11 +107,7 @@ pub async fn insert(
 }
 
 /// Replaces a channel's fields.
-pub async fn update(
-    conn: &mut AnyConnection,
-    id: &str,
-    f: &ChannelFields<'_>,
-) -> Result<ChannelRow> {
+pub async fn update(conn: &mut Conn, id: &str, f: &ChannelFields<'_>) -> Result<ChannelRow> {
     let (jobs, on) = subscribe_columns(f.subscribe);
     let row = sqlx::query(&format!(
         "UPDATE alert_channels SET kind = $1, url_shown = $2, description = $3, \
@@ -129,7 +127,7 @@ pub async fn update(
 }
 
 /// Deletes a channel, its sealed values and its outbox rows.
-pub async fn delete(conn: &mut AnyConnection, id: &str) -> Result<()> {
+pub async fn delete(conn: &mut Conn, id: &str) -> Result<()> {
     // Children first, rather than trusting the cascade: SQLite enforces foreign keys only
     // where the connection turned them on.
     for sql in [
@@ -158,11 +156,7 @@ fn lock_clause(store: &Store, mode: &'static str) -> &'static str {
 }
 
 /// The channel of this name, locked for update where the database can (PostgreSQL).
-pub async fn get_for_update(
-    conn: &mut AnyConnection,
-    store: &Store,
-    name: &str,
-) -> Result<ChannelRow> {
+pub async fn get_for_update(conn: &mut Conn, store: &Store, name: &str) -> Result<ChannelRow> {
     let lock = lock_clause(store, " FOR UPDATE");
     let row = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM alert_channels WHERE name = $1{lock}"
@@ -176,7 +170,7 @@ pub async fn get_for_update(
 
 /// Whether a channel of this name exists; on PostgreSQL it is share-locked until the
 /// transaction ends, so that it cannot be deleted while a job that names it is stored.
-pub async fn exists_for_share(conn: &mut AnyConnection, store: &Store, name: &str) -> Result<bool> {
+pub async fn exists_for_share(conn: &mut Conn, store: &Store, name: &str) -> Result<bool> {
     let lock = lock_clause(store, " FOR SHARE");
     let row = sqlx::query(&format!(
         "SELECT id FROM alert_channels WHERE name = $1{lock}"
@@ -188,7 +182,7 @@ pub async fn exists_for_share(conn: &mut AnyConnection, store: &Store, name: &st
 }
 
 /// Every channel, by name, read on the caller's connection.
-pub async fn all(conn: &mut AnyConnection) -> Result<Vec<ChannelRow>> {
+pub async fn all(conn: &mut Conn) -> Result<Vec<ChannelRow>> {
     let rows = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM alert_channels ORDER BY name"
     ))
@@ -198,7 +192,7 @@ pub async fn all(conn: &mut AnyConnection) -> Result<Vec<ChannelRow>> {
 }
 
 /// The live jobs whose `alerts` name channel `name`, sorted.
-pub async fn subscribing_jobs(conn: &mut AnyConnection, name: &str) -> Result<Vec<String>> {
+pub async fn subscribing_jobs(conn: &mut Conn, name: &str) -> Result<Vec<String>> {
     #[derive(serde::Deserialize)]
     struct Alerts {
         #[serde(default)]
@@ -222,11 +216,7 @@ pub async fn subscribing_jobs(conn: &mut AnyConnection, name: &str) -> Result<Ve
 }
 
 /// Sets (inserts or replaces) one sealed value of a channel.
-pub async fn put_sealed(
-    conn: &mut AnyConnection,
-    channel_id: &str,
-    s: &SealedSecret,
-) -> Result<()> {
+pub async fn put_sealed(conn: &mut Conn, channel_id: &str, s: &SealedSecret) -> Result<()> {
     sqlx::query(
         "INSERT INTO alert_channel_secrets (channel_id, key, key_id, nonce, ciphertext, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6) \
@@ -254,7 +244,7 @@ fn decode_sealed(r: &sqlx::any::AnyRow) -> Result<SealedSecret> {
 }
 
 /// A channel's sealed values, read on the caller's connection.
-pub async fn sealed(conn: &mut AnyConnection, channel_id: &str) -> Result<Vec<SealedSecret>> {
+pub async fn sealed(conn: &mut Conn, channel_id: &str) -> Result<Vec<SealedSecret>> {
     let rows = sqlx::query(
         "SELECT key, key_id, nonce, ciphertext FROM alert_channel_secrets \
          WHERE channel_id = $1 ORDER BY key",
@@ -267,10 +257,7 @@ pub async fn sealed(conn: &mut AnyConnection, channel_id: &str) -> Result<Vec<Se
 
 /// Every sealed channel value not sealed under `key_id`, with its channel's id, for
 /// re-sealing under a new master key.
-pub async fn not_sealed_with(
-    conn: &mut AnyConnection,
-    key_id: &str,
-) -> Result<Vec<(String, SealedSecret)>> {
+pub async fn not_sealed_with(conn: &mut Conn, key_id: &str) -> Result<Vec<(String, SealedSecret)>> {
     let rows = sqlx::query(
         "SELECT channel_id, key, key_id, nonce, ciphertext FROM alert_channel_secrets \
          WHERE key_id <> $1",
@@ -290,7 +277,7 @@ impl Store {
             "SELECT {COLUMNS} FROM alert_channels WHERE name = $1"
         ))
         .bind(name)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut self.read().await?)
         .await?
         .ok_or(StoreError::NotFound)?;
         decode(&row)
@@ -303,14 +290,14 @@ impl Store {
         ))
         .bind(after.unwrap_or(""))
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut self.read().await?)
         .await?;
         rows.iter().map(decode).collect()
     }
 
     /// A channel's sealed values.
     pub async fn channel_sealed(&self, channel_id: &str) -> Result<Vec<SealedSecret>> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.read().await?;
         sealed(&mut conn, channel_id).await
     }
 
@@ -318,7 +305,7 @@ impl Store {
     /// channel values, so that start-up can prove the key ring opens every one of them.
     pub async fn channel_sealing_key_samples(&self) -> Result<Vec<(String, SealedSecret)>> {
         let ids = sqlx::query("SELECT DISTINCT key_id FROM alert_channel_secrets")
-            .fetch_all(&self.pool)
+            .fetch_all(&mut self.read().await?)
             .await?;
         let mut samples = Vec::with_capacity(ids.len());
         for id in ids {
@@ -328,7 +315,7 @@ impl Store {
                  WHERE key_id = $1 LIMIT 1",
             )
             .bind(&key_id)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut self.read().await?)
             .await?;
             samples.push((r.try_get("channel_id")?, decode_sealed(&r)?));
         }

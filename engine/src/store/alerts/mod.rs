@@ -10,7 +10,9 @@ mod run_end;
 use std::collections::BTreeSet;
 
 use jobdock_types::AlertSubscription;
-use sqlx::{AnyConnection, Connection, Row};
+use sqlx::Row;
+
+use crate::store::Conn;
 
 use super::{now_ms, Result};
 
@@ -42,15 +44,15 @@ pub struct AlertEvent {
 /// inside a write transaction deadlocks on SQLite. The work happens under a savepoint, so an
 /// alert that cannot be enqueued (it is logged) never fails the caller's change; only an error
 /// that leaves the transaction itself unusable is returned.
-pub async fn enqueue_alerts(conn: &mut AnyConnection, event: &AlertEvent) -> Result<usize> {
-    let mut savepoint = conn.begin().await?;
-    match enqueue_for(&mut savepoint, event, &BTreeSet::new()).await {
+pub async fn enqueue_alerts(conn: &mut Conn, event: &AlertEvent) -> Result<usize> {
+    conn.savepoint().await?;
+    match enqueue_for(&mut *conn, event, &BTreeSet::new()).await {
         Ok(told) => {
-            savepoint.commit().await?;
+            conn.release_savepoint().await?;
             Ok(told.len())
         }
         Err(e) => {
-            savepoint.rollback().await?;
+            conn.rollback_to_savepoint().await?;
             tracing::error!(job = %event.job, run_id = %event.run_id, event = %event.kind,
                 error = %e, "could not enqueue an alert; the change goes on without it");
             Ok(0)
@@ -62,15 +64,15 @@ pub async fn enqueue_alerts(conn: &mut AnyConnection, event: &AlertEvent) -> Res
 /// success, recovery), on `conn` inside the transaction that moved it there. Without a
 /// channel nobody is told: the caller asks first (`runs::EndNeeds`) and skips this. Like
 /// [`enqueue_alerts`], a failure here is logged and never fails the run's end.
-pub async fn enqueue_run_end(conn: &mut AnyConnection, run_id: &str) -> Result<usize> {
-    let mut savepoint = conn.begin().await?;
-    match run_end::enqueue(&mut savepoint, run_id).await {
+pub async fn enqueue_run_end(conn: &mut Conn, run_id: &str) -> Result<usize> {
+    conn.savepoint().await?;
+    match run_end::enqueue(&mut *conn, run_id).await {
         Ok(n) => {
-            savepoint.commit().await?;
+            conn.release_savepoint().await?;
             Ok(n)
         }
         Err(e) => {
-            savepoint.rollback().await?;
+            conn.rollback_to_savepoint().await?;
             tracing::error!(run_id, error = %e, "could not enqueue the run's alerts; the run ends without them");
             Ok(0)
         }
@@ -80,7 +82,7 @@ pub async fn enqueue_run_end(conn: &mut AnyConnection, run_id: &str) -> Result<u
 /// Inserts `event` for each channel that wants it and is not in `skip`; the ids of the
 /// channels told.
 async fn enqueue_for(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     event: &AlertEvent,
     skip: &BTreeSet<String>,
 ) -> Result<BTreeSet<String>> {
@@ -111,7 +113,7 @@ async fn enqueue_for(
 /// The ids of the channels told about `kind` for `job`: named by the job's current
 /// definition, or covering it with a channel-wide subscription. Each channel once.
 pub async fn subscribed_channels(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     job: &str,
     kind: AlertKind,
 ) -> Result<Vec<String>> {
@@ -135,7 +137,7 @@ pub async fn subscribed_channels(
 
 /// The `alerts` of the live job called `job` (none when it is gone). Read leniently: a
 /// definition that does not parse alerts nobody rather than failing the caller.
-async fn job_subscriptions(conn: &mut AnyConnection, job: &str) -> Result<Vec<AlertSubscription>> {
+async fn job_subscriptions(conn: &mut Conn, job: &str) -> Result<Vec<AlertSubscription>> {
     #[derive(serde::Deserialize)]
     struct Alerts {
         #[serde(default)]

@@ -9,7 +9,9 @@
 //! delivery is at least once, and receivers dedupe on the alert's id.
 
 use jobdock_types::{ChannelKind, DeliveryStatus};
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
+
+use crate::store::Conn;
 
 use crate::store::{now_ms, Dialect, Result, Store, StoreError};
 
@@ -141,7 +143,7 @@ fn decode(r: &sqlx::any::AnyRow) -> Result<OutboxRow> {
 }
 
 /// Puts one alert in the outbox, on the caller's connection; its id.
-pub async fn insert(conn: &mut AnyConnection, a: &NewAlert<'_>) -> Result<String> {
+pub async fn insert(conn: &mut Conn, a: &NewAlert<'_>) -> Result<String> {
     let id = uuid::Uuid::now_v7().to_string();
     sqlx::query(
         "INSERT INTO alert_outbox (id, channel_id, event, job_name, run_id, occurred_at, summary, \
@@ -166,7 +168,7 @@ pub async fn insert(conn: &mut AnyConnection, a: &NewAlert<'_>) -> Result<String
 /// Puts the callback `callback_id` of a run that has ended in the outbox, due at once, on
 /// the caller's connection; its id.
 pub async fn insert_callback(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     callback_id: &str,
     job: &str,
     run_id: &str,
@@ -239,7 +241,7 @@ impl Store {
             free.replace("$3", "$1")
         ))
         .bind(now)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut self.read().await?)
         .await?;
         if due.is_none() {
             return Ok(Vec::new());
@@ -254,7 +256,7 @@ impl Store {
         .bind(lease_until)
         .bind(now)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut self.write_alone().await?)
         .await?;
         let mut claimed = Vec::with_capacity(rows.len());
         for r in &rows {
@@ -268,7 +270,7 @@ impl Store {
             };
             let ch = sqlx::query("SELECT name, kind FROM alert_channels WHERE id = $1")
                 .bind(channel_id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut self.read().await?)
                 .await?;
             // A channel deleted meanwhile takes its alerts with it.
             let Some(ch) = ch else { continue };
@@ -351,7 +353,7 @@ impl Store {
         .bind(channel_id)
         .bind(before_seq.unwrap_or(i64::MAX))
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut self.read().await?)
         .await?;
         rows.iter().map(decode).collect()
     }
@@ -370,7 +372,7 @@ impl Store {
         for id in alert_ids {
             q = q.bind(id);
         }
-        let rows = q.fetch_all(&self.pool).await?;
+        let rows = q.fetch_all(&mut self.read().await?).await?;
         rows.iter()
             .map(|r| {
                 Ok(AttemptRow {
@@ -392,7 +394,7 @@ impl Store {
             "UPDATE alert_outbox SET claimed_by = NULL, claimed_until = NULL \
              WHERE status = 'pending' AND claimed_by IS NOT NULL",
         )
-        .execute(&self.pool)
+        .execute(&mut self.write_alone().await?)
         .await?;
         Ok(done.rows_affected())
     }
@@ -401,7 +403,7 @@ impl Store {
     pub async fn alert(&self, id: &str) -> Result<OutboxRow> {
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM alert_outbox WHERE id = $1"))
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut self.read().await?)
             .await?
             .ok_or(StoreError::NotFound)?;
         decode(&row)
@@ -410,7 +412,7 @@ impl Store {
 
 /// Deletes up to `limit` alerts that were delivered or given up and happened before
 /// `before_ms`, with their attempts; returns how many went. Pending alerts always stay.
-pub async fn prune(conn: &mut AnyConnection, before_ms: i64, limit: i64) -> Result<u64> {
+pub async fn prune(conn: &mut Conn, before_ms: i64, limit: i64) -> Result<u64> {
     sqlx::query(
         "DELETE FROM alert_attempts WHERE outbox_id IN (SELECT id FROM alert_outbox \
          WHERE status IN ('delivered', 'failed') AND occurred_at < $1 ORDER BY seq LIMIT $2)",

@@ -8,14 +8,16 @@ use std::collections::BTreeSet;
 
 use jobdock_types::RunStatus;
 use serde_json::json;
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
+
+use crate::store::Conn;
 
 use super::{enqueue_for, AlertEvent, AlertKind};
 use crate::store::runs::{self, RunRow};
 use crate::store::{from_ms, now_ms, Result, StoreError};
 
 /// Enqueues the alerts of run `run_id`'s end; how many rows.
-pub(super) async fn enqueue(conn: &mut AnyConnection, run_id: &str) -> Result<usize> {
+pub(super) async fn enqueue(conn: &mut Conn, run_id: &str) -> Result<usize> {
     let run = runs::get(conn, run_id).await?;
     let previous = match run.status {
         RunStatus::Succeeded => previous_finished(conn, &run).await?,
@@ -48,7 +50,7 @@ pub(super) async fn enqueue(conn: &mut AnyConnection, run_id: &str) -> Result<us
 
 /// The final status of the job's latest finished run before this one, not counting cancelled
 /// and skipped runs.
-async fn previous_finished(conn: &mut AnyConnection, run: &RunRow) -> Result<Option<RunStatus>> {
+async fn previous_finished(conn: &mut Conn, run: &RunRow) -> Result<Option<RunStatus>> {
     let row = sqlx::query(
         // `finished_at IS NOT NULL` lets the database use `runs_job_finished` (by job, newest
         // end first) instead of reading every finished run of every job: with a million runs

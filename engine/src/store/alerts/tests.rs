@@ -89,7 +89,7 @@ async fn told(s: &Store, run_id: &str) -> Vec<String> {
          WHERE o.run_id = $1 ORDER BY c.name, o.event",
     )
     .bind(run_id)
-    .fetch_all(&s.pool)
+    .fetch_all(&mut s.read().await.unwrap())
     .await
     .unwrap();
     rows.iter()
@@ -202,7 +202,7 @@ async fn run_ends_raise_failure_timeout_success_and_recovery(pg: bool) {
     assert_eq!(told(&s, &failed).await, ["ops:failure"]);
     let summary: String = sqlx::query("SELECT summary FROM alert_outbox WHERE run_id = $1")
         .bind(&failed)
-        .fetch_one(&s.pool)
+        .fetch_one(&mut s.read().await.unwrap())
         .await
         .unwrap()
         .get("summary");
@@ -230,7 +230,7 @@ async fn run_ends_raise_failure_timeout_success_and_recovery(pg: bool) {
         "SELECT details FROM alert_outbox WHERE run_id = $1 AND event = 'recovery' LIMIT 1",
     )
     .bind(&after_lost)
-    .fetch_one(&s.pool)
+    .fetch_one(&mut s.read().await.unwrap())
     .await
     .unwrap()
     .get("details");
@@ -396,7 +396,7 @@ async fn attempts_are_kept_and_retries_come_when_due(pg: bool) {
     );
     sqlx::query("UPDATE alert_outbox SET next_attempt_at = $1")
         .bind(now_ms() - 1)
-        .execute(&s.pool)
+        .execute(&mut s.write_alone().await.unwrap())
         .await
         .unwrap();
     let again = s.claim_alerts("me", now_ms() + 60_000, 10).await.unwrap();
@@ -435,7 +435,7 @@ async fn a_broken_outbox_never_fails_a_run_end(pg: bool) {
     let job = add_job(&s, "sync", &[]).await;
     for t in ["alert_attempts", "alert_outbox"] {
         sqlx::query(&format!("DROP TABLE {t}"))
-            .execute(&s.pool)
+            .execute(&mut s.write_alone().await.unwrap())
             .await
             .unwrap();
     }

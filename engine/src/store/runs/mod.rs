@@ -12,7 +12,9 @@
 //! | starting, running    | queued (next attempt)      | [`requeue`] (retry)                  |
 
 use jobdock_types::{JobSpec, RunEventKind, RunStatus};
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
+
+use crate::store::Conn;
 
 mod queue;
 mod supervision;
@@ -163,7 +165,7 @@ impl<'a> NewRun<'a> {
 
 /// Moves run `id`'s trigger back to `created_at` (ms), for the tests of what waits too long.
 #[cfg(test)]
-pub async fn backdate(conn: &mut AnyConnection, id: &str, created_at: i64) -> Result<()> {
+pub async fn backdate(conn: &mut Conn, id: &str, created_at: i64) -> Result<()> {
     sqlx::query("UPDATE runs SET created_at = $1 WHERE id = $2")
         .bind(created_at)
         .bind(id)
@@ -260,7 +262,7 @@ pub(super) fn decode_mark(r: &sqlx::any::AnyRow) -> Result<super::logs::LogMark>
 }
 
 /// Inserts a run. A clash on the idempotency key is [`StoreError::Conflict`].
-pub async fn insert(conn: &mut AnyConnection, new: NewRun<'_>) -> Result<RunRow> {
+pub async fn insert(conn: &mut Conn, new: NewRun<'_>) -> Result<RunRow> {
     let now = now_ms();
     let finished = new.status.is_final().then_some(now);
     let row = sqlx::query(&format!(
@@ -321,7 +323,7 @@ pub async fn insert(conn: &mut AnyConnection, new: NewRun<'_>) -> Result<RunRow>
 }
 
 /// One run, read on the caller's connection.
-pub async fn get(conn: &mut AnyConnection, id: &str) -> Result<RunRow> {
+pub async fn get(conn: &mut Conn, id: &str) -> Result<RunRow> {
     let row = sqlx::query(&format!("SELECT {COLUMNS} FROM runs WHERE id = $1"))
         .bind(id)
         .fetch_optional(&mut *conn)
@@ -332,7 +334,7 @@ pub async fn get(conn: &mut AnyConnection, id: &str) -> Result<RunRow> {
 
 /// The run of a job with this idempotency key.
 pub async fn by_idempotency_key(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     job_id: &str,
     key: &str,
 ) -> Result<Option<RunRow>> {
@@ -347,7 +349,7 @@ pub async fn by_idempotency_key(
 }
 
 /// The runs holding a slot of a job, oldest first (to name one in a refusal).
-pub async fn holding_for_job(conn: &mut AnyConnection, job_id: &str) -> Result<Vec<String>> {
+pub async fn holding_for_job(conn: &mut Conn, job_id: &str) -> Result<Vec<String>> {
     let rows = sqlx::query("SELECT id FROM runs WHERE job_id = $1 AND holds_slot = 1 ORDER BY seq")
         .bind(job_id)
         .fetch_all(&mut *conn)
@@ -356,7 +358,7 @@ pub async fn holding_for_job(conn: &mut AnyConnection, job_id: &str) -> Result<V
 }
 
 /// The runs of a job that are not final, oldest first.
-pub async fn unfinished_for_job(conn: &mut AnyConnection, job_id: &str) -> Result<Vec<RunRow>> {
+pub async fn unfinished_for_job(conn: &mut Conn, job_id: &str) -> Result<Vec<RunRow>> {
     let rows = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM runs WHERE job_id = $1 \
          AND status IN ('queued', 'starting', 'running') ORDER BY seq"
@@ -380,7 +382,7 @@ pub struct Unfinished {
 
 /// A job's [`Unfinished`] runs, counted in one statement: a trigger asks on every call, and
 /// reading the rows themselves made each trigger cost as much as the job's queue was long.
-pub async fn unfinished_of_job(conn: &mut AnyConnection, job_id: &str) -> Result<Unfinished> {
+pub async fn unfinished_of_job(conn: &mut Conn, job_id: &str) -> Result<Unfinished> {
     let row = sqlx::query(
         "SELECT COUNT(*) AS count, \
          COALESCE(SUM(CASE WHEN status = 'queued' THEN 1 ELSE 0 END), 0) AS queued, \
@@ -403,7 +405,7 @@ impl Store {
     pub async fn run(&self, id: &str) -> Result<RunRow> {
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM runs WHERE id = $1"))
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut self.read().await?)
             .await?
             .ok_or(StoreError::NotFound)?;
         decode(&row)
@@ -437,7 +439,7 @@ impl Store {
         if let Some(status) = status {
             q = q.bind(status.as_str());
         }
-        let rows = q.bind(limit).fetch_all(&self.pool).await?;
+        let rows = q.bind(limit).fetch_all(&mut self.read().await?).await?;
         rows.iter().map(decode).collect()
     }
 
@@ -448,7 +450,7 @@ impl Store {
              FROM run_attempts WHERE run_id = $1 ORDER BY attempt",
         )
         .bind(run_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut self.read().await?)
         .await?;
         rows.iter()
             .map(|r| {
@@ -477,7 +479,7 @@ impl Store {
         )
         .bind(id)
         .bind(attempt)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut self.read().await?)
         .await?;
         let Some(r) = row else { return Ok(None) };
         let outcome = Outcome {
@@ -496,7 +498,7 @@ impl Store {
             .bind(handle)
             .bind(id)
             .bind(attempt)
-            .execute(&mut *self.write_alone().await?)
+            .execute(&mut self.write_alone().await?)
             .await?;
         Ok(())
     }
@@ -511,7 +513,7 @@ impl Store {
              AND lease_owner = $1",
         )
         .bind(owner)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut self.read().await?)
         .await?;
         rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
     }
@@ -520,7 +522,7 @@ impl Store {
     pub async fn cancel_requested(&self, id: &str) -> Result<bool> {
         let row = sqlx::query("SELECT cancel_requested FROM runs WHERE id = $1")
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut self.read().await?)
             .await?;
         Ok(match row {
             Some(r) => r.try_get::<i64, _>("cancel_requested")? != 0,
@@ -535,7 +537,7 @@ impl Store {
              ORDER BY seq DESC LIMIT 1",
         )
         .bind(job_name)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut self.read().await?)
         .await?;
         row.map(|r| {
             Ok(LastRunRow {
@@ -552,7 +554,7 @@ impl Store {
     pub async fn status_of(&self, id: &str) -> Result<Option<RunStatus>> {
         let row = sqlx::query("SELECT status FROM runs WHERE id = $1")
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut self.read().await?)
             .await?;
         row.map(|r| status(r.try_get("status")?)).transpose()
     }
@@ -570,7 +572,7 @@ impl Store {
         for id in ids {
             q = q.bind(*id);
         }
-        let rows = q.fetch_all(&self.pool).await?;
+        let rows = q.fetch_all(&mut self.read().await?).await?;
         rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
     }
 }

@@ -8,7 +8,9 @@
 use std::collections::HashMap;
 
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
+
+use crate::store::Conn;
 
 use super::super::{now_ms, Dialect, Result, Store};
 use jobdock_types::RunEventKind;
@@ -78,13 +80,13 @@ fn due_run(r: &AnyRow, last_seq: i64) -> Result<DueRun> {
 /// 0.5 ms this way. PostgreSQL is given `LATERAL`, which SQLite lacks: the statement in
 /// SQLite's form was planned there as a scan of every run until its statistics said
 /// otherwise.
-pub async fn heads(conn: &mut AnyConnection, backends: &[String]) -> Result<Vec<DueRun>> {
+pub async fn heads(conn: &mut Conn, backends: &[String]) -> Result<Vec<DueRun>> {
     if backends.is_empty() {
         return Ok(Vec::new());
     }
     let n = backends.len();
     let (first, last) = (due_where(n, "f."), due_where(n, "l."));
-    let sql = match Dialect::of(conn) {
+    let sql = match conn.dialect() {
         Dialect::Sqlite => format!(
             "SELECT r.seq, r.id, r.job_id, r.job_name, r.attempt, r.backend, h.last_seq \
              FROM (SELECT \
@@ -122,7 +124,7 @@ pub async fn any_due(store: &Store, backends: &[String]) -> Result<bool> {
         due_where(backends.len(), "")
     );
     Ok(bind_due(&sql, backends)
-        .fetch_optional(&store.pool)
+        .fetch_optional(&mut store.read().await?)
         .await?
         .is_some())
 }
@@ -130,7 +132,7 @@ pub async fn any_due(store: &Store, backends: &[String]) -> Result<bool> {
 /// The due run of `before`'s job that comes after it, up to the job's last due run as the
 /// pass first saw it (a run triggered since waits for the next pass), if any.
 pub async fn next_of_job(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     backends: &[String],
     before: &DueRun,
 ) -> Result<Option<DueRun>> {
@@ -161,7 +163,7 @@ pub async fn next_of_job(
 /// for `reason` (behind the run at `after_seq`), with a `waiting` event for each run whose
 /// reason changed — in two statements however many runs there are.
 pub async fn note_behind(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     job_id: &str,
     after_seq: i64,
     upto_seq: i64,
@@ -208,7 +210,7 @@ pub struct Held {
 /// What holds slots now, in one statement: a dispatch pass reads it once, whatever the
 /// number of jobs waiting (counting per job and per lock cost three statements per waiting
 /// job on every pass).
-pub async fn held(conn: &mut AnyConnection) -> Result<Held> {
+pub async fn held(conn: &mut Conn) -> Result<Held> {
     let rows = sqlx::query(
         "SELECT 'job' AS kind, job_id AS name, COUNT(*) AS n FROM runs \
          WHERE holds_slot = 1 GROUP BY job_id \

@@ -27,7 +27,7 @@ impl Store {
             "SELECT log_bytes, {MARK_COLUMNS} FROM runs WHERE id = $1"
         ))
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut self.read().await?)
         .await?
         .ok_or(StoreError::NotFound)?;
         Ok((row.try_get("log_bytes")?, decode_mark(&row)?))
@@ -37,7 +37,7 @@ impl Store {
     pub async fn end_check(&self, id: &str) -> Result<EndCheck> {
         let row = sqlx::query("SELECT status, lease_owner, log_dropped FROM runs WHERE id = $1")
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut self.read().await?)
             .await?
             .ok_or(StoreError::NotFound)?;
         Ok(EndCheck {

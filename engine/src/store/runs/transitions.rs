@@ -3,7 +3,9 @@
 //! attempt, written with its timeline event in the caller's transaction.
 
 use jobdock_types::{RunEventKind, RunStatus};
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
+
+use crate::store::Conn;
 
 use super::Outcome;
 use crate::store::events::{self, NewEvent};
@@ -11,7 +13,7 @@ use crate::store::{now_ms, Result};
 
 /// queued → starting: the caller's replica takes the run under a lease.
 pub async fn mark_starting(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     id: &str,
     owner: &str,
     lease_until: i64,
@@ -71,7 +73,7 @@ pub fn seconds(ms: i64) -> String {
 }
 
 /// queued → cancelled.
-pub async fn cancel_queued(conn: &mut AnyConnection, id: &str, reason: &str) -> Result<bool> {
+pub async fn cancel_queued(conn: &mut Conn, id: &str, reason: &str) -> Result<bool> {
     let done = sqlx::query(
         "UPDATE runs SET status = 'cancelled', reason = $1, finished_at = $2, next_attempt_at = NULL \
          WHERE id = $3 AND status = 'queued'",
@@ -99,7 +101,7 @@ pub async fn cancel_queued(conn: &mut AnyConnection, id: &str, reason: &str) -> 
 }
 
 /// Asks the supervisor of a starting or running run to stop it.
-pub async fn request_cancel(conn: &mut AnyConnection, id: &str) -> Result<bool> {
+pub async fn request_cancel(conn: &mut Conn, id: &str) -> Result<bool> {
     let done = sqlx::query(
         "UPDATE runs SET cancel_requested = 1 WHERE id = $1 AND status IN ('starting', 'running') \
          AND cancel_requested = 0",
@@ -127,7 +129,7 @@ pub async fn request_cancel(conn: &mut AnyConnection, id: &str) -> Result<bool> 
 }
 
 /// The run's current attempt.
-async fn current_attempt(conn: &mut AnyConnection, id: &str) -> Result<i64> {
+async fn current_attempt(conn: &mut Conn, id: &str) -> Result<i64> {
     let row = sqlx::query("SELECT attempt FROM runs WHERE id = $1")
         .bind(id)
         .fetch_one(&mut *conn)
@@ -137,7 +139,7 @@ async fn current_attempt(conn: &mut AnyConnection, id: &str) -> Result<i64> {
 
 /// starting → running, for the given attempt.
 pub async fn mark_running(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     id: &str,
     attempt: i64,
     started_at: i64,
@@ -173,7 +175,7 @@ pub async fn mark_running(
 }
 
 async fn update_attempt(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     id: &str,
     attempt: i64,
     status: RunStatus,
@@ -203,7 +205,7 @@ async fn update_attempt(
 
 /// Forgets which locks run `id` needs, once it has ended and freed its slots: the lock
 /// checks read the rows of a key, which would otherwise grow with every run ever made.
-pub async fn release_locks(conn: &mut AnyConnection, id: &str) -> Result<()> {
+pub async fn release_locks(conn: &mut Conn, id: &str) -> Result<()> {
     sqlx::query("DELETE FROM run_locks WHERE run_id = $1")
         .bind(id)
         .execute(&mut *conn)
@@ -235,7 +237,7 @@ impl Finished {
 /// (a run given up as lost while its backend could not be reached): those wait until the
 /// backend confirms the container is gone.
 pub async fn finish(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     id: &str,
     attempt: i64,
     to: RunStatus,
@@ -307,7 +309,7 @@ pub async fn finish(
 /// Keeps how an attempt ended (`to`, and the outcome with its finish time) on the attempt,
 /// while the run itself stays as it is until [`finish`] or [`requeue`].
 pub async fn note_attempt_end(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     id: &str,
     attempt: i64,
     to: RunStatus,
@@ -333,7 +335,7 @@ pub async fn note_attempt_end(
 
 /// starting | running → queued for the next attempt: the ended attempt keeps `ended_as`.
 pub async fn requeue(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     id: &str,
     attempt: i64,
     ended_as: RunStatus,
@@ -384,7 +386,7 @@ pub(crate) struct EndNeeds {
 }
 
 impl EndNeeds {
-    pub(crate) async fn of(conn: &mut AnyConnection, id: &str) -> Result<Self> {
+    pub(crate) async fn of(conn: &mut Conn, id: &str) -> Result<Self> {
         // `CASE … THEN 1 ELSE 0`: an integer in both dialects (`EXISTS` alone is an integer on
         // SQLite, a boolean on PostgreSQL).
         let row = sqlx::query(
@@ -411,15 +413,14 @@ impl EndNeeds {
 /// ended it (called when [`EndNeeds`] found one). A failure is logged and leaves the
 /// bookmark where it was (the next run loads again from there), and never fails the run's
 /// end.
-async fn commit_held_state(conn: &mut AnyConnection, id: &str) -> Result<()> {
-    use sqlx::Connection as _;
-    let mut savepoint = conn.begin().await?;
+async fn commit_held_state(conn: &mut Conn, id: &str) -> Result<()> {
+    conn.savepoint().await?;
     let job: String = sqlx::query("SELECT job_name FROM runs WHERE id = $1")
         .bind(id)
-        .fetch_one(&mut *savepoint)
+        .fetch_one(&mut *conn)
         .await
         .and_then(|r| sqlx::Row::try_get(&r, "job_name"))?;
-    let committed = match crate::store::state::commit_held(&mut savepoint, &job, id).await {
+    let committed = match crate::store::state::commit_held(&mut *conn, &job, id).await {
         Ok(Some(version)) => {
             let by = format!("run {id}");
             let entry = crate::store::NewAuditEntry {
@@ -430,15 +431,15 @@ async fn commit_held_state(conn: &mut AnyConnection, id: &str) -> Result<()> {
                 detail: serde_json::json!({ "version": version, "run_id": id, "on": "success" }),
                 request_id: None,
             };
-            crate::store::audit::record(&mut savepoint, entry).await
+            crate::store::audit::record(&mut *conn, entry).await
         }
         Ok(None) => Ok(()),
         Err(e) => Err(e),
     };
     match committed {
-        Ok(()) => savepoint.commit().await?,
+        Ok(()) => conn.release_savepoint().await?,
         Err(e) => {
-            savepoint.rollback().await?;
+            conn.rollback_to_savepoint().await?;
             tracing::error!(run_id = id, error = %e, "could not make the run's state its job's; the job keeps its previous state");
         }
     }

@@ -89,7 +89,7 @@ impl Store {
         };
         let row = sqlx::query(sql)
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut self.read().await?)
             .await?
             .ok_or(StoreError::NotFound)?;
         let run = decode(&row)?;

@@ -49,7 +49,7 @@ async fn each_jobs_first_due_run_comes_oldest_first(pg: bool) {
     sqlx::query("UPDATE runs SET next_attempt_at = $1 WHERE id = $2")
         .bind(now_ms() + 60_000)
         .bind(&b_backoff)
-        .execute(&s.pool)
+        .execute(&mut s.write_alone().await.unwrap())
         .await
         .unwrap();
     let backends = vec![DOCKER.to_string()];
@@ -91,7 +91,7 @@ async fn waiting(s: &Store, id: &str) -> (Option<String>, i64) {
          AND e.kind = 'waiting') AS events FROM runs r WHERE id = $1",
     )
     .bind(id)
-    .fetch_one(&s.pool)
+    .fetch_one(&mut s.read().await.unwrap())
     .await
     .unwrap();
     (
@@ -183,7 +183,7 @@ async fn backoff(s: &Store, id: &str) {
     sqlx::query("UPDATE runs SET next_attempt_at = $1 WHERE id = $2")
         .bind(now_ms() + 60_000)
         .bind(id)
-        .execute(&s.pool)
+        .execute(&mut s.write_alone().await.unwrap())
         .await
         .unwrap();
 }
@@ -225,7 +225,7 @@ async fn the_check_reads_each_jobs_first_queued_first_attempt(pg: bool) {
     let retry = queue(&s, &job_a, &a, DOCKER).await;
     sqlx::query("UPDATE runs SET attempt = 2 WHERE id = $1")
         .bind(&retry)
-        .execute(&s.pool)
+        .execute(&mut s.write_alone().await.unwrap())
         .await
         .unwrap();
     let mut a_queued = Vec::new();

@@ -98,7 +98,7 @@ async fn backdate(s: &Store, id: &str, by_ms: i64) {
     )
     .bind(by_ms)
     .bind(id)
-    .execute(&s.pool)
+    .execute(&mut s.write_alone().await.unwrap())
     .await
     .unwrap();
 }
@@ -106,7 +106,7 @@ async fn backdate(s: &Store, id: &str, by_ms: i64) {
 async fn count(s: &Store, sql: &str, id: &str) -> i64 {
     sqlx::query(sql)
         .bind(id)
-        .fetch_one(&s.pool)
+        .fetch_one(&mut s.read().await.unwrap())
         .await
         .unwrap()
         .try_get::<i64, _>(0)
@@ -143,7 +143,7 @@ async fn finishing_a_run_records_its_stats(pg: bool) {
     // Newest first even within one millisecond: ties go by id, and ids grow with time.
     sqlx::query("UPDATE run_stats SET finished_at = finished_at - 5 WHERE run_id = $1")
         .bind(&older)
-        .execute(&s.pool)
+        .execute(&mut s.write_alone().await.unwrap())
         .await
         .unwrap();
     // A failure: recorded, but not among the successes.
@@ -168,7 +168,7 @@ async fn finishing_a_run_records_its_stats(pg: bool) {
     );
     tx.commit().await.unwrap();
 
-    let mut conn = s.pool.acquire().await.unwrap();
+    let mut conn = s.read().await.unwrap();
     let ok = stats::recent_successes(&mut conn, "j", 10).await.unwrap();
     assert_eq!(
         ok.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(),
@@ -248,7 +248,7 @@ async fn the_count_cut_keeps_each_jobs_newest_runs(pg: bool) {
     for id in &of_b {
         assert!(exists(&s, id).await);
     }
-    let mut conn = s.pool.acquire().await.unwrap();
+    let mut conn = s.read().await.unwrap();
     assert_eq!(stats::counts(&mut conn, "a").await.unwrap(), (5, 5));
 }
 
@@ -294,7 +294,7 @@ async fn young_unfinished_and_fenced_runs_are_never_pruned(pg: bool) {
     sqlx::query("UPDATE runs SET finished_at = finished_at - $1 WHERE id = $2")
         .bind(60 * DAY)
         .bind(&skewed)
-        .execute(&s.pool)
+        .execute(&mut s.write_alone().await.unwrap())
         .await
         .unwrap();
 
@@ -322,7 +322,7 @@ async fn a_long_log_goes_in_pieces_before_its_run(pg: bool) {
     sqlx::query("UPDATE runs SET log_lines = $1 WHERE id = $2")
         .bind(BATCH_LINES + 1)
         .bind(&id)
-        .execute(&s.pool)
+        .execute(&mut s.write_alone().await.unwrap())
         .await
         .unwrap();
     let now = now_ms();
@@ -365,7 +365,7 @@ async fn concurrent_prunes_delete_each_run_once(pg: bool) {
     let rest = prune(&s, &POLICY, Cut::Age).await;
     assert_eq!(a + b + rest, 12);
     let left: i64 = sqlx::query("SELECT COUNT(*) FROM runs")
-        .fetch_one(&s.pool)
+        .fetch_one(&mut s.read().await.unwrap())
         .await
         .unwrap()
         .try_get(0)
@@ -386,7 +386,7 @@ async fn statistics_are_trimmed_to_the_newest_per_job(pg: bool) {
         sqlx::query("UPDATE run_stats SET finished_at = $1 WHERE run_id = $2")
             .bind(1_000 + i as i64)
             .bind(id)
-            .execute(&s.pool)
+            .execute(&mut s.write_alone().await.unwrap())
             .await
             .unwrap();
     }
@@ -396,7 +396,7 @@ async fn statistics_are_trimmed_to_the_newest_per_job(pg: bool) {
     assert_eq!(stats::trim(&mut tx, "j", 2, 500).await.unwrap(), 1);
     assert_eq!(stats::trim(&mut tx, "j", 2, 500).await.unwrap(), 0);
     tx.commit().await.unwrap();
-    let mut conn = s.pool.acquire().await.unwrap();
+    let mut conn = s.read().await.unwrap();
     let left = stats::recent(&mut conn, "j", 10).await.unwrap();
     assert_eq!(
         left.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(),
