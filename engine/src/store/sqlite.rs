@@ -33,10 +33,15 @@ use sqlx_core::any::{AnyColumn, AnyValueKind};
 
 /// What every connection is set to: WAL lets readers work while one writer writes; the busy
 /// timeout makes a writer of another process wait for the lock instead of failing; no
-/// checkpoint on commit (see `Store::checkpoints`).
+/// checkpoint on commit, and the log's file cut back to [`WAL_LIMIT`] when it starts over
+/// (see `checkpoints` in the store's module).
 pub const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 30000; \
                        PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL; \
-                       PRAGMA wal_autocheckpoint = 0;";
+                       PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 4194304;";
+
+/// The size in bytes past which the write-ahead log is copied back into the database within
+/// a second (the `journal_size_limit` of [`PRAGMAS`]).
+pub const WAL_LIMIT: u64 = 4_194_304;
 
 /// A statement slower than this is logged as a warning, as sqlx does for its drivers.
 const SLOW: Duration = Duration::from_secs(1);

@@ -636,6 +636,45 @@ async fn sqlite_log_is_checkpointed_beside_the_writers() {
     }
 }
 
+/// A log that stays small is copied back too, at the slower pace: a single small write
+/// reaches the database file.
+#[tokio::test]
+async fn a_small_sqlite_log_is_checkpointed_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let s = Store::open_sqlite(&path).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let size = || std::fs::metadata(&path).unwrap().len();
+    let before = size();
+    let mut tx = s.begin_write().await.unwrap();
+    let entry = NewAuditEntry {
+        token_id: None,
+        token_name: Some("test"),
+        action: "test.fill",
+        target: "t",
+        detail: json!({ "filler": "x".repeat(20_000) }),
+        request_id: None,
+    };
+    audit::record(&mut tx, entry).await.unwrap();
+    tx.commit().await.unwrap();
+    let wal = std::fs::metadata(dir.path().join("t.db-wal"))
+        .unwrap()
+        .len();
+    assert!(
+        wal < sqlite::WAL_LIMIT,
+        "the write stays under the limit: {wal}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while size() < before + 16_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the small log was not checkpointed: {} bytes",
+            size()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 /// Batches are cut into inserts of a few fixed lengths; whatever a batch's length, every
 /// line lands once, numbered on from the last, with its own fields.
 async fn batches_of_any_length_are_stored_whole_and_in_order(pg: bool) {
