@@ -28,7 +28,7 @@ pub struct Conn(Inner);
 enum Inner {
     Sqlite {
         conn: Object<sqlite::Connection>,
-        /// Whether its statements may take long, and so run on a blocking thread.
+        /// Whether its statements may take long (see [`Conn::long`]).
         long: bool,
     },
     Postgres(PoolConnection<Any>),
@@ -44,9 +44,9 @@ impl Conn {
     }
 
     /// This connection for statements that may take long (a batch of the retention, a scan
-    /// of many rows): on SQLite they run on a blocking thread, so that the runtime's other
-    /// tasks go on meanwhile, instead of on the calling one. The same on PostgreSQL, whose
-    /// statements never run on the caller's thread.
+    /// of many rows): on SQLite the runtime's thread that runs them first hands its other
+    /// tasks to another thread (`block_in_place`), so that they go on meanwhile. Nothing
+    /// changes on PostgreSQL, whose statements never run on the caller's thread.
     pub fn long(mut self) -> Self {
         if let Inner::Sqlite { long, .. } = &mut self.0 {
             *long = true;
@@ -63,8 +63,9 @@ impl Conn {
     }
 
     /// Marks a point inside the current transaction that [`Conn::rollback_to_savepoint`]
-    /// returns to: a step that may fail without failing the transaction. Savepoints of the
-    /// store do not nest.
+    /// returns to: a step that may fail without failing the transaction. One may be taken
+    /// inside another: each release or rollback ends the most recent (as both databases
+    /// treat savepoints of one name).
     pub async fn savepoint(&mut self) -> sqlx::Result<()> {
         self.execute("SAVEPOINT jobdock_step").await.map(drop)
     }
@@ -94,8 +95,8 @@ impl Conn {
     }
 }
 
-/// Runs `query` on a SQLite connection, on a blocking thread when it may take long and the
-/// runtime has other threads to go on with.
+/// Runs `query` on a SQLite connection; when it may take long, the runtime's other tasks
+/// move to another of its threads first (a runtime of one thread has none to move to).
 fn run_sqlite<'q, E: Execute<'q, Any>>(
     conn: &mut sqlite::Connection,
     long: bool,
