@@ -224,7 +224,8 @@ impl Store {
         Ok(())
     }
 
-    /// A connection for reads, or for writes that need no transaction of their own.
+    /// A connection for reads. On SQLite it refuses writes, which queue on the writer
+    /// ([`Store::write_alone`], [`Store::begin_write`]).
     pub async fn read(&self) -> Result<Conn> {
         match &self.db {
             Db::Sqlite { readers, .. } => Ok(Conn::sqlite(readers.get().await?)),
