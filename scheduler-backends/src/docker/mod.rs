@@ -7,6 +7,7 @@
 
 // `create`, `errors`, `logs` and `status` hold helpers the Swarm backend shares.
 pub(crate) mod attach;
+pub(crate) mod client;
 pub(crate) mod create;
 mod cursor;
 pub(crate) mod errors;
@@ -80,7 +81,7 @@ impl DockerBackend {
     /// API version with it: bollard's default is newer than many daemons speak, and without
     /// the negotiation every call fails.
     pub async fn connect(config: DockerConfig) -> Result<Self, BackendError> {
-        let docker = Docker::connect_with_defaults().map_err(errors::from_docker)?;
+        let docker = client::connect().map_err(errors::from_docker)?;
         let docker = docker
             .negotiate_version()
             .await

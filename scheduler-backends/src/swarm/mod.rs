@@ -65,7 +65,7 @@ impl SwarmBackend {
     /// version with it, and returns the backend when that daemon is a swarm manager;
     /// `Ok(None)` when it is not (not in a swarm, or only a worker).
     pub async fn detect(config: SwarmConfig) -> Result<Option<SwarmBackend>, BackendError> {
-        let docker = Docker::connect_with_defaults().map_err(from_docker)?;
+        let docker = crate::docker::client::connect().map_err(from_docker)?;
         let docker = docker.negotiate_version().await.map_err(from_docker)?;
         let info = docker.info().await.map_err(from_docker)?;
         let manager = info.swarm.and_then(|s| s.control_available) == Some(true);
