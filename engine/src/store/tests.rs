@@ -292,8 +292,8 @@ async fn anomalies_are_raised_once_and_a_success_closes_only_ended_ones(pg: bool
     ));
 }
 
-/// What a trigger learns of its job's unfinished runs: how many, how many queued, the oldest;
-/// ended runs and other jobs' runs do not count.
+/// What a trigger learns of its job's unfinished runs: how many, how many queued, the oldest
+/// (queued or started); ended runs and other jobs' runs do not count.
 async fn a_jobs_unfinished_runs_are_counted_with_the_oldest(pg: bool) {
     let (s, _g) = store(pg).await;
     let (a, b) = (spec("a"), spec("b"));
@@ -323,6 +323,28 @@ async fn a_jobs_unfinished_runs_are_counted_with_the_oldest(pg: bool) {
             count: 2,
             queued: 2,
             first: Some(ids[1].clone())
+        }
+    );
+    // A newer run that started counts as unfinished; the older queued one is still first.
+    assert!(runs::mark_starting(&mut tx, &ids[2], "replica", i64::MAX)
+        .await
+        .unwrap());
+    assert_eq!(
+        runs::unfinished_of_job(&mut tx, &job_a.id).await.unwrap(),
+        runs::Unfinished {
+            count: 2,
+            queued: 1,
+            first: Some(ids[1].clone())
+        }
+    );
+    // Once that one is the only one, the started run is first.
+    assert!(runs::cancel_queued(&mut tx, &ids[1], "test").await.unwrap());
+    assert_eq!(
+        runs::unfinished_of_job(&mut tx, &job_a.id).await.unwrap(),
+        runs::Unfinished {
+            count: 1,
+            queued: 0,
+            first: Some(ids[2].clone())
         }
     );
     tx.commit().await.unwrap();

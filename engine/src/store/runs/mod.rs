@@ -382,20 +382,34 @@ pub struct Unfinished {
 
 /// A job's [`Unfinished`] runs, counted in one statement: a trigger asks on every call, and
 /// reading the rows themselves made each trigger cost as much as the job's queue was long.
+///
+/// Each part reads one of the job's partial indexes: its queue (`runs_queued_job`) and the
+/// runs holding a slot (`runs_holding`; every starting or running run holds one). Asked as
+/// `status IN ('queued', 'starting', 'running')`, both databases read every unfinished run
+/// of every job by status instead: with 5,000 runs queued, 386 µs a trigger against 10 µs
+/// (SQLite), in the write lock.
 pub async fn unfinished_of_job(conn: &mut Conn, job_id: &str) -> Result<Unfinished> {
-    let row = sqlx::query(
-        "SELECT COUNT(*) AS count, \
-         COALESCE(SUM(CASE WHEN status = 'queued' THEN 1 ELSE 0 END), 0) AS queued, \
-         (SELECT id FROM runs WHERE job_id = $1 AND status IN ('queued', 'starting', 'running') \
-          ORDER BY seq LIMIT 1) AS first \
-         FROM runs WHERE job_id = $1 AND status IN ('queued', 'starting', 'running')",
-    )
+    const QUEUED: &str = "job_id = $1 AND status = 'queued'";
+    const ACTIVE: &str = "job_id = $1 AND holds_slot = 1 AND status IN ('starting', 'running')";
+    let row = sqlx::query(&format!(
+        "SELECT (SELECT COUNT(*) FROM runs WHERE {QUEUED}) AS queued, \
+                (SELECT COUNT(*) FROM runs WHERE {ACTIVE}) AS active, \
+                (SELECT id FROM ( \
+                   SELECT id, seq FROM (SELECT id, seq FROM runs WHERE {QUEUED} \
+                                        ORDER BY seq LIMIT 1) q \
+                   UNION ALL \
+                   SELECT id, seq FROM (SELECT id, seq FROM runs WHERE {ACTIVE} \
+                                        ORDER BY seq LIMIT 1) a \
+                 ) f ORDER BY seq LIMIT 1) AS first"
+    ))
     .bind(job_id)
     .fetch_one(&mut *conn)
     .await?;
+    let queued: i64 = row.try_get("queued")?;
+    let active: i64 = row.try_get("active")?;
     Ok(Unfinished {
-        count: row.try_get("count")?,
-        queued: row.try_get("queued")?,
+        count: queued + active,
+        queued,
         first: row.try_get("first")?,
     })
 }
