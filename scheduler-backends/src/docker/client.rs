@@ -7,11 +7,13 @@
 //! (hyperlocal's), so a call reuses an idle connection when there is one. Written here
 //! because bollard offers no setting for it, only this transport hook.
 //!
-//! A pooled connection can be closed by the daemon (a restart) while it sits idle; hyper
-//! drops such a connection from the pool once it sees the close, and resends a request
-//! whose connection closed before any of it was written. A request already written when
-//! the daemon went away fails as it failed before, as a transport error that the engine's
-//! callers treat as the daemon being unavailable.
+//! A pooled connection can be closed by the daemon while it sits idle (a restart): hyper
+//! drops such a connection from the pool once it sees the close (tested below), and resends
+//! a request whose connection closed before any of it was written. Only a request written at
+//! the very moment the daemon closes its connection fails for that reason, as a transport
+//! error, which the engine's callers already treat as the daemon being unavailable (a launch
+//! is tried again and adopts its container by name; a wait re-attaches). The pool lets a
+//! connection go after 30 s idle.
 //!
 //! `DOCKER_HOST` naming anything else than a Unix socket (`tcp://`, TLS) keeps bollard's
 //! own client.
