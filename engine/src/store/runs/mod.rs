@@ -21,7 +21,9 @@ mod supervision;
 mod transitions;
 mod view;
 
-pub use queue::{any_due, heads, held, next_of_job, note_behind, DueRun, Held};
+pub use queue::{
+    any_due, heads, held, next_of_job, note_behind, unfinished_of_job, DueRun, Held, Unfinished,
+};
 pub use supervision::EndCheck;
 pub use transitions::*;
 
@@ -367,51 +369,6 @@ pub async fn unfinished_for_job(conn: &mut Conn, job_id: &str) -> Result<Vec<Run
     .fetch_all(&mut *conn)
     .await?;
     rows.iter().map(decode).collect()
-}
-
-/// How many runs of a job are unfinished, how many of them queued, and the oldest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unfinished {
-    /// Queued, starting or running.
-    pub count: i64,
-    /// Of those, queued.
-    pub queued: i64,
-    /// The oldest of them.
-    pub first: Option<String>,
-}
-
-/// A job's [`Unfinished`] runs, counted in one statement: a trigger asks on every call, and
-/// reading the rows themselves made each trigger cost as much as the job's queue was long.
-///
-/// Each part reads one of the job's partial indexes: its queue (`runs_queued_job`) and the
-/// runs holding a slot (`runs_holding`; every starting or running run holds one). Asked as
-/// `status IN ('queued', 'starting', 'running')`, both databases read every unfinished run
-/// of every job by status instead: with 5,000 runs queued, 386 µs a trigger against 10 µs
-/// (SQLite), in the write lock.
-pub async fn unfinished_of_job(conn: &mut Conn, job_id: &str) -> Result<Unfinished> {
-    const QUEUED: &str = "job_id = $1 AND status = 'queued'";
-    const ACTIVE: &str = "job_id = $1 AND holds_slot = 1 AND status IN ('starting', 'running')";
-    let row = sqlx::query(&format!(
-        "SELECT (SELECT COUNT(*) FROM runs WHERE {QUEUED}) AS queued, \
-                (SELECT COUNT(*) FROM runs WHERE {ACTIVE}) AS active, \
-                (SELECT id FROM ( \
-                   SELECT id, seq FROM (SELECT id, seq FROM runs WHERE {QUEUED} \
-                                        ORDER BY seq LIMIT 1) q \
-                   UNION ALL \
-                   SELECT id, seq FROM (SELECT id, seq FROM runs WHERE {ACTIVE} \
-                                        ORDER BY seq LIMIT 1) a \
-                 ) f ORDER BY seq LIMIT 1) AS first"
-    ))
-    .bind(job_id)
-    .fetch_one(&mut *conn)
-    .await?;
-    let queued: i64 = row.try_get("queued")?;
-    let active: i64 = row.try_get("active")?;
-    Ok(Unfinished {
-        count: queued + active,
-        queued,
-        first: row.try_get("first")?,
-    })
 }
 
 impl Store {
