@@ -5,6 +5,7 @@ use sqlx::Row;
 
 use crate::store::Conn;
 
+use super::runs::holding_locks;
 use super::{from_ms, now_ms, Result, Store};
 
 /// A run holding or waiting for a lock.
@@ -20,11 +21,11 @@ pub struct LockRun {
 
 /// How many runs hold lock `key`, and its capacity (1 unless set).
 pub async fn lock_usage(conn: &mut Conn, key: &str) -> Result<(i64, i64)> {
-    let row = sqlx::query(
-        "SELECT (SELECT COUNT(*) FROM run_locks rl JOIN runs r ON r.id = rl.run_id \
-                 WHERE rl.key = $1 AND r.holds_slot = 1) AS held, \
-                COALESCE((SELECT capacity FROM locks WHERE key = $1), 1) AS capacity",
-    )
+    let row = sqlx::query(&format!(
+        "SELECT (SELECT COUNT(*) FROM {} AND rl.key = $1) AS held, \
+                    COALESCE((SELECT capacity FROM locks WHERE key = $1), 1) AS capacity",
+        holding_locks(conn.dialect())
+    ))
     .bind(key)
     .fetch_one(&mut *conn)
     .await?;
@@ -33,14 +34,21 @@ pub async fn lock_usage(conn: &mut Conn, key: &str) -> Result<(i64, i64)> {
 
 /// The runs holding lock `key`, oldest first.
 pub async fn holding_lock(conn: &mut Conn, key: &str) -> Result<Vec<String>> {
-    let rows = sqlx::query(
-        "SELECT r.id FROM run_locks rl JOIN runs r ON r.id = rl.run_id \
-         WHERE rl.key = $1 AND r.holds_slot = 1 ORDER BY r.seq",
-    )
+    let rows = sqlx::query(&format!(
+        "SELECT r.seq, r.id FROM {} AND rl.key = $1",
+        holding_locks(conn.dialect())
+    ))
     .bind(key)
     .fetch_all(&mut *conn)
     .await?;
-    rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
+    let mut held = rows
+        .iter()
+        .map(|r| Ok((r.try_get::<i64, _>("seq")?, r.try_get("id")?)))
+        .collect::<Result<Vec<(i64, String)>>>()?;
+    // Sorted here: asked to, SQLite reads every run in queue order rather than the few
+    // holding a slot.
+    held.sort_unstable();
+    Ok(held.into_iter().map(|(_, id)| id).collect())
 }
 
 /// Sets a lock's capacity.
@@ -81,26 +89,31 @@ impl Store {
 
     /// The runs holding a lock (`waiting` false) or queued for it (`waiting` true), oldest first.
     pub async fn lock_runs(&self, key: &str, waiting: bool) -> Result<Vec<LockRun>> {
-        let cond = if waiting {
-            "r.status = 'queued'"
+        let from = if waiting {
+            // From the key's lock rows: its queue, not every run queued.
+            "run_locks rl CROSS JOIN runs r WHERE r.id = rl.run_id AND r.status = 'queued'"
         } else {
-            "r.holds_slot = 1"
+            holding_locks(self.dialect())
         };
         let rows = sqlx::query(&format!(
-            "SELECT r.id, r.job_name, r.created_at FROM run_locks rl JOIN runs r ON r.id = rl.run_id \
-             WHERE rl.key = $1 AND {cond} ORDER BY r.seq"
+            "SELECT r.seq, r.id, r.job_name, r.created_at FROM {from} AND rl.key = $1"
         ))
         .bind(key)
         .fetch_all(&mut self.read().await?)
         .await?;
-        rows.iter()
+        let mut runs = rows
+            .iter()
             .map(|r| {
-                Ok(LockRun {
+                let run = LockRun {
                     run_id: r.try_get("id")?,
                     job: r.try_get("job_name")?,
                     created_at: from_ms(r.try_get("created_at")?),
-                })
+                };
+                Ok((r.try_get::<i64, _>("seq")?, run))
             })
-            .collect()
+            .collect::<Result<Vec<(i64, LockRun)>>>()?;
+        // Sorted here, as in `holding_lock`.
+        runs.sort_unstable_by_key(|(seq, _)| *seq);
+        Ok(runs.into_iter().map(|(_, run)| run).collect())
     }
 }

@@ -21,6 +21,7 @@ mod supervision;
 mod transitions;
 mod view;
 
+pub(crate) use queue::holding_locks;
 pub use queue::{
     any_due, heads, held, next_of_job, note_behind, unfinished_of_job, DueRun, Held, Unfinished,
 };

@@ -208,19 +208,37 @@ pub struct Held {
     pub capacities: HashMap<String, i64>,
 }
 
+/// The runs holding a slot joined to the locks they hold, as `FROM` and `WHERE` text: read
+/// from the runs (`runs_holding`) to their lock rows, so that it costs as much as runs hold
+/// slots. A queued run has its lock rows too, and both databases, left to choose, read every
+/// lock row: SQLite looking its run up, with 5,000 runs queued 3.7 ms a dispatch pass
+/// against 0.04 ms; PostgreSQL hashing them, 0.5 against 0.35 ms. `CROSS JOIN` is SQLite's
+/// way of fixing the order; `OFFSET 0` keeps PostgreSQL from flattening the subquery.
+pub(crate) fn holding_locks(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Sqlite => {
+            "runs r CROSS JOIN run_locks rl WHERE rl.run_id = r.id AND r.holds_slot = 1"
+        }
+        Dialect::Postgres => {
+            "runs r CROSS JOIN LATERAL \
+             (SELECT key FROM run_locks WHERE run_id = r.id OFFSET 0) rl WHERE r.holds_slot = 1"
+        }
+    }
+}
+
 /// What holds slots now, in one statement: a dispatch pass reads it once, whatever the
 /// number of jobs waiting (counting per job and per lock cost three statements per waiting
 /// job on every pass).
 pub async fn held(conn: &mut Conn) -> Result<Held> {
-    let rows = sqlx::query(
+    let holding = holding_locks(conn.dialect());
+    let rows = sqlx::query(&format!(
         "SELECT 'job' AS kind, job_id AS name, COUNT(*) AS n FROM runs \
          WHERE holds_slot = 1 GROUP BY job_id \
          UNION ALL SELECT 'backend', backend, COUNT(*) FROM runs \
          WHERE holds_slot = 1 GROUP BY backend \
-         UNION ALL SELECT 'lock', rl.key, COUNT(*) FROM run_locks rl \
-         JOIN runs r ON r.id = rl.run_id WHERE r.holds_slot = 1 GROUP BY rl.key \
-         UNION ALL SELECT 'capacity', key, capacity FROM locks",
-    )
+         UNION ALL SELECT 'lock', rl.key, COUNT(*) FROM {holding} GROUP BY rl.key \
+         UNION ALL SELECT 'capacity', key, capacity FROM locks"
+    ))
     .fetch_all(&mut *conn)
     .await?;
     let mut held = Held::default();

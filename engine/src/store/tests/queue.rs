@@ -158,7 +158,7 @@ async fn what_holds_slots_is_counted_by_job_backend_and_lock(pg: bool) {
     tx.commit().await.unwrap();
     let a1 = queue(&s, &job_a, &a, DOCKER).await;
     let a2 = queue(&s, &job_a, &a, DOCKER).await;
-    let _a_queued = queue(&s, &job_a, &a, DOCKER).await;
+    let a3 = queue(&s, &job_a, &a, DOCKER).await;
     let b1 = queue(&s, &job_b, &b, "nomad").await;
     let mut tx = s.begin_claim().await.unwrap();
     assert_eq!(runs::held(&mut tx).await.unwrap().jobs, HashMap::new());
@@ -171,12 +171,27 @@ async fn what_holds_slots_is_counted_by_job_backend_and_lock(pg: bool) {
     assert_eq!(held.backends, counts(&[(DOCKER, 2), ("nomad", 1)]));
     assert_eq!(held.locks, counts(&[("source", 3), ("sink", 2)]));
     assert_eq!(held.capacities, counts(&[("source", 5)]));
+    // One key's holders, as a trigger and the lock's page read them: the queued run's lock
+    // rows are not counted.
+    let usage = locks::lock_usage(&mut tx, "source").await.unwrap();
+    assert_eq!(usage, (3, 5));
+    assert_eq!(locks::lock_usage(&mut tx, "sink").await.unwrap(), (2, 1));
+    let holders = locks::holding_lock(&mut tx, "source").await.unwrap();
+    assert_eq!(
+        holders,
+        [a1.clone(), a2.clone(), b1.clone()],
+        "oldest first"
+    );
     let limits = jobs::max_parallel_of(&mut tx, &[&job_a.id, &job_b.id, "gone"])
         .await
         .unwrap();
     let want = counts(&[(&job_a.id, 3), (&job_b.id, 1), ("gone", 1)]);
     assert_eq!(limits, want, "unset and missing jobs allow one run");
     tx.commit().await.unwrap();
+    let ids = |runs: Vec<locks::LockRun>| runs.into_iter().map(|r| r.run_id).collect::<Vec<_>>();
+    let holding = ids(s.lock_runs("source", false).await.unwrap());
+    assert_eq!(holding, [a1, a2, b1]);
+    assert_eq!(ids(s.lock_runs("source", true).await.unwrap()), [a3]);
 }
 
 async fn backoff(s: &Store, id: &str) {
