@@ -14,13 +14,6 @@ use crate::store::{events, Conn, StoreError};
 /// Most runs one pass looks at; the rest wait for the next pass.
 const PER_PASS: usize = 2_000;
 
-/// What one pass knows of the slots taken: read once from the store, then kept.
-struct Slots {
-    held: runs::Held,
-    /// Each waiting job's `max_parallel` now: raising it lets queued runs start.
-    job_limit: HashMap<String, i64>,
-}
-
 /// What a dispatch pass did.
 struct Pass {
     /// The runs it claimed.
@@ -85,12 +78,8 @@ impl Runner {
             tx.commit().await?;
             return Ok(pass);
         }
-        let jobs: Vec<&str> = next.values().map(|d| d.job_id.as_str()).collect();
-        let job_limit = crate::store::jobs::max_parallel_of(&mut tx, &jobs).await?;
-        let mut slots = Slots {
-            held: runs::held(&mut tx).await?,
-            job_limit,
-        };
+        // What holds slots: read once from the store, then kept by this pass.
+        let mut held = runs::held(&mut tx).await?;
         let mut looked = 0;
         while let Some((_, due)) = next.pop_first() {
             looked += 1;
@@ -98,7 +87,7 @@ impl Runner {
                 pass.left = true;
                 break;
             }
-            if let Some(wait) = self.waits_for_job_or_backend(&slots, &due) {
+            if let Some(wait) = self.waits_for_job_or_backend(&held, &due) {
                 pass.left = true;
                 self.note_waiting(&mut tx, &due.id, due.attempt, &wait)
                     .await?;
@@ -113,7 +102,7 @@ impl Runner {
                 Err(e) => return Err(e),
             };
             if let Some(run) = run {
-                if let Some(wait) = waits_for_lock(&slots, &run) {
+                if let Some(wait) = waits_for_lock(&held, &run) {
                     pass.left = true;
                     self.note_waiting(&mut tx, &run.id, run.attempt, &wait)
                         .await?;
@@ -123,7 +112,7 @@ impl Runner {
                 if runs::mark_starting(&mut tx, &run.id, &self.inner.owner, self.lease_until())
                     .await?
                 {
-                    take(&mut slots.held, &run);
+                    take(&mut held, &run);
                     let mut run = run;
                     run.status = jobdock_types::RunStatus::Starting;
                     run.backend_ref = None;
@@ -185,17 +174,17 @@ impl Runner {
     }
 
     /// What the run waits for, in words, when its job or its backend has no slot free.
-    fn waits_for_job_or_backend(&self, slots: &Slots, due: &DueRun) -> Option<String> {
-        let held = |map: &HashMap<String, i64>, k: &str| map.get(k).copied().unwrap_or(0);
-        let limit = slots.job_limit.get(&due.job_id).copied().unwrap_or(1);
-        if held(&slots.held.jobs, &due.job_id) >= limit {
+    fn waits_for_job_or_backend(&self, held: &runs::Held, due: &DueRun) -> Option<String> {
+        let count = |map: &HashMap<String, i64>, k: &str| map.get(k).copied().unwrap_or(0);
+        let limit = due.max_parallel;
+        if count(&held.jobs, &due.job_id) >= limit {
             return Some(format!(
                 "waiting for a slot of job `{}` (max_parallel {limit})",
                 due.job_name
             ));
         }
         let cap = self.inner.config.backend_caps.get(&due.backend)?;
-        (held(&slots.held.backends, &due.backend) >= *cap).then(|| {
+        (count(&held.backends, &due.backend) >= *cap).then(|| {
             format!(
                 "waiting for backend `{}` (at most {cap} runs at once)",
                 due.backend
@@ -205,11 +194,11 @@ impl Runner {
 }
 
 /// What the run waits for, in words, when one of its locks has no slot free.
-fn waits_for_lock(slots: &Slots, run: &RunRow) -> Option<String> {
+fn waits_for_lock(held: &runs::Held, run: &RunRow) -> Option<String> {
     run.spec.lock_keys.iter().find_map(|key| {
-        let held = slots.held.locks.get(key).copied().unwrap_or(0);
-        let capacity = slots.held.capacities.get(key).copied().unwrap_or(1);
-        (held >= capacity).then(|| format!("waiting for lock `{key}` (capacity {capacity})"))
+        let taken = held.locks.get(key).copied().unwrap_or(0);
+        let capacity = held.capacities.get(key).copied().unwrap_or(1);
+        (taken >= capacity).then(|| format!("waiting for lock `{key}` (capacity {capacity})"))
     })
 }
 

@@ -213,8 +213,6 @@ async fn launch(
             Ok(h) => {
                 let took = asked.elapsed().as_millis() as i64;
                 let json = serde_json::to_string(&h)?;
-                let store = &r.inner.ctx.store;
-                store.set_backend_ref(&run.id, run.attempt, &json).await?;
                 let message = format!(
                     "{} accepted the container in {} (image pull included)",
                     run.backend,
@@ -222,7 +220,10 @@ async fn launch(
                 );
                 let event = NewEvent::new(&run.id, run.attempt, RunEventKind::Launched, message)
                     .detail(serde_json::json!({ "took_ms": took, "backend": run.backend }));
-                store.record_event(event).await?;
+                let store = &r.inner.ctx.store;
+                store
+                    .set_backend_ref(&run.id, run.attempt, &json, event)
+                    .await?;
                 return Ok(Ok(h));
             }
             Err(e @ (BackendError::Unavailable(_) | BackendError::Api { status: None, .. }))

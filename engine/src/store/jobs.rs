@@ -130,38 +130,6 @@ pub async fn get_for_update(conn: &mut Conn, store: &Store, name: &str) -> Resul
     decode(&row)
 }
 
-/// The current `max_parallel` of each of `ids` (1 when unset, or when the job is gone), in
-/// one statement per 500 jobs: a dispatch pass asks for every job with a queued run.
-pub async fn max_parallel_of(
-    conn: &mut Conn,
-    ids: &[&str],
-) -> Result<std::collections::HashMap<String, i64>> {
-    /// Only the field asked for is decoded; serde skips the rest of the definition.
-    #[derive(serde::Deserialize)]
-    struct Limit {
-        max_parallel: Option<i64>,
-    }
-    let mut limits: std::collections::HashMap<String, i64> =
-        ids.iter().map(|id| (id.to_string(), 1)).collect();
-    for chunk in ids.chunks(500) {
-        let sql = format!(
-            "SELECT id, spec FROM jobs WHERE id IN ({})",
-            super::placeholders(chunk.len())
-        );
-        let mut q = sqlx::query(&sql);
-        for id in chunk {
-            q = q.bind(*id);
-        }
-        for row in q.fetch_all(&mut *conn).await? {
-            let spec: String = row.try_get("spec")?;
-            let limit: Limit = serde_json::from_str(&spec)
-                .map_err(|e| StoreError::Corrupt(format!("job definition: {e}")))?;
-            limits.insert(row.try_get("id")?, limit.max_parallel.unwrap_or(1));
-        }
-    }
-    Ok(limits)
-}
-
 impl Store {
     /// The live job of this name.
     pub async fn job(&self, name: &str) -> Result<JobRow> {

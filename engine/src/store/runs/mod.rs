@@ -464,14 +464,24 @@ impl Store {
         Ok(Some((status(r.try_get("ended_as")?)?, outcome)))
     }
 
-    /// Records the backend's handle of a run's current attempt.
-    pub async fn set_backend_ref(&self, id: &str, attempt: i64, handle: &str) -> Result<()> {
+    /// Records the backend's handle of a run's current attempt, with the event that says it
+    /// was launched: one transaction (two cost a commit more for every run).
+    pub async fn set_backend_ref(
+        &self,
+        id: &str,
+        attempt: i64,
+        handle: &str,
+        launched: NewEvent<'_>,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
         sqlx::query("UPDATE runs SET backend_ref = $1 WHERE id = $2 AND attempt = $3")
             .bind(handle)
             .bind(id)
             .bind(attempt)
-            .execute(&mut self.write_alone().await?)
+            .execute(&mut *tx)
             .await?;
+        events::record(&mut tx, launched).await?;
+        tx.commit().await?;
         Ok(())
     }
 
