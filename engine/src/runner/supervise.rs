@@ -222,7 +222,7 @@ async fn launch(
                     .detail(serde_json::json!({ "took_ms": took, "backend": run.backend }));
                 let store = &r.inner.ctx.store;
                 store
-                    .set_backend_ref(&run.id, run.attempt, &json, event)
+                    .record_launch(&run.id, run.attempt, &json, event)
                     .await?;
                 return Ok(Ok(h));
             }

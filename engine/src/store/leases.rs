@@ -79,15 +79,20 @@ impl Store {
         Ok(found)
     }
 
-    /// Ended runs that still hold their slots because their container was not confirmed gone.
+    /// Ended runs that still hold their slots because their container was not confirmed
+    /// gone, oldest first. Sorted here: asked to sort by `seq`, SQLite read every run in
+    /// queue order rather than the few holding a slot (`runs_holding`): 190–250 ms on a store
+    /// of a million runs, against 0.03 ms.
     pub async fn fenced(&self) -> Result<Vec<RunRow>> {
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM runs WHERE holds_slot = 1 \
-             AND status NOT IN ('queued', 'starting', 'running') ORDER BY seq"
+             AND status NOT IN ('queued', 'starting', 'running')"
         ))
         .fetch_all(&mut self.read().await?)
         .await?;
-        rows.iter().map(decode).collect()
+        let mut runs = rows.iter().map(decode).collect::<Result<Vec<_>>>()?;
+        runs.sort_unstable_by_key(|r| r.seq);
+        Ok(runs)
     }
 
     /// Releases the slots of an ended run whose container is now known to be gone.

@@ -400,9 +400,23 @@ async fn a_runs_lock_rows_last_while_it_waits_or_holds_its_slots(pg: bool) {
         locks::lock_usage(&mut conn, "source").await.unwrap()
     };
     assert_eq!(held, 1);
+    // A second lost run: both await their container's end, oldest first.
+    let mut tx = s.begin_write().await.unwrap();
+    assert!(
+        runs::mark_starting(&mut tx, &ids[2], "me", now_ms() + 30_000)
+            .await
+            .unwrap()
+    );
+    let done = runs::finish(&mut tx, &ids[2], 1, RunStatus::Lost, &lost, false).await;
+    assert!(done.unwrap().is_some());
+    tx.commit().await.unwrap();
+    let fenced = |runs: Vec<runs::RunRow>| runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    let both = fenced(s.fenced().await.unwrap());
+    assert_eq!(both, [ids[1].clone(), ids[2].clone()]);
     s.release_slot(&ids[1]).await.unwrap();
     assert_eq!(lock_rows(&s, &ids[1]).await, 0, "released with the slots");
     assert_eq!(lock_rows(&s, &ids[2]).await, 2, "another run's rows stay");
+    assert_eq!(fenced(s.fenced().await.unwrap()), [ids[2].clone()]);
 }
 
 /// Batches are cut into inserts of a few fixed lengths; whatever a batch's length, every

@@ -466,7 +466,7 @@ impl Store {
 
     /// Records the backend's handle of a run's current attempt, with the event that says it
     /// was launched: one transaction (two cost a commit more for every run).
-    pub async fn set_backend_ref(
+    pub async fn record_launch(
         &self,
         id: &str,
         attempt: i64,
